@@ -1,0 +1,1 @@
+//! The Bayeux (CometD) long-polling client. (being written)

@@ -1,0 +1,27 @@
+//! gws-sms-gateway: one gRPC API in front of Genesys Web Services (GWS) SMS sessions.
+//!
+//! A request reads top to bottom, an event bottom to top:
+//! - [`config`]: command line and environment, validated before any port is bound.
+//! - [`server`]: assembles tonic (service, health, reflection) and the shutdown drain.
+//! - [`grpc`]: the edge: request validation, the service, the one `Error -> Status` mapping.
+//! - [`upstream`]: the GWS REST client and per-agent state (cookies, CSRF, credential key).
+//! - [`bayeux`]: the Bayeux (CometD long-polling) client.
+//! - [`mapping`]: GWS notification JSON -> proto, lossless and total.
+//! - [`events`]: the per-agent hub: one upstream CometD session, fan-out, replay, resume.
+//! - [`simulator`]: the GWS simulator (REST + CometD + control API) for demos and tests.
+//! - [`client`]: the built-in command-line client.
+#![forbid(unsafe_code)]
+
+pub mod bayeux;
+pub mod mapping;
+pub mod simulator;
+
+/// Code generated from `proto/gws/sms/v1/sms_session.proto`.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("gws.sms.v1");
+
+    /// The encoded file descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("gws_sms_v1_descriptor");
+}

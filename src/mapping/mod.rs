@@ -1,0 +1,1 @@
+//! GWS notification JSON -> proto. (being written)

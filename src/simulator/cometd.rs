@@ -1,0 +1,1 @@
+//! The simulator CometD hub. (being written)

@@ -1,0 +1,2 @@
+//! The GWS simulator. (being written)
+pub mod cometd;
