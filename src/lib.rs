@@ -13,8 +13,14 @@
 #![forbid(unsafe_code)]
 
 pub mod bayeux;
+pub mod client;
+pub mod config;
+pub mod events;
+pub mod grpc;
 pub mod mapping;
+pub mod server;
 pub mod simulator;
+pub mod upstream;
 
 /// Code generated from `proto/gws/sms/v1/sms_session.proto`.
 pub mod proto {

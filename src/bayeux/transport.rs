@@ -1,0 +1,128 @@
+//! The thin long-polling driver: performs the [`Action`]s of the [`State`] machine
+//! with reqwest and tokio timers, feeds the outcomes back, and watches the
+//! cancellation token and the listener throughout. No protocol decision is made
+//! here; the only policy is turning HTTP into [`RequestError`]s without ever
+//! exposing headers (the client carries the agent's credentials).
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::message::{Message, parse_response};
+use super::state::{Action, Input, Request, RequestError, State};
+use super::{BayeuxConfig, BayeuxEvent};
+
+/// Largest response body accepted; a connect reply carries a batch of events, which
+/// for one agent stays far below this.
+const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Runs one Bayeux client session until `cancel` fires (then sends a best-effort
+/// /meta/disconnect and returns) or a terminal failure (after sending `Failed`).
+/// Stops quietly if `events` is closed (nobody listens any more).
+pub async fn run(
+    http: reqwest::Client,
+    config: BayeuxConfig,
+    events: mpsc::Sender<BayeuxEvent>,
+    cancel: CancellationToken,
+) {
+    let mut state = State::new(&config);
+    let mut todo: VecDeque<Action> = state.handle(Input::Start, Instant::now()).into();
+    // Each action list ends in Send, Wait or Stop, so the queue only runs dry if the
+    // machine has nothing left to do, which ends the session too.
+    while let Some(action) = todo.pop_front() {
+        let input = match action {
+            Action::Emit(event) => {
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
+                    sent = events.send(event) => {
+                        if sent.is_err() {
+                            tracing::debug!("bayeux: listener gone, stopping");
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            }
+            Action::Stop => return,
+            Action::Wait(delay) => {
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
+                    () = events.closed() => break,
+                    () = tokio::time::sleep(delay) => Input::Timer,
+                }
+            }
+            Action::Send(request) => {
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
+                    () = events.closed() => break,
+                    result = execute(&http, &config.url, &request) => Input::Reply {
+                        kind: request.kind,
+                        result,
+                    },
+                }
+            }
+        };
+        todo.extend(state.handle(input, Instant::now()));
+    }
+    // Cancelled or nobody listening: release the server session (and its parked
+    // connect, which the select above has already dropped) if there is one.
+    if let Some(request) = state.disconnect_request() {
+        let outcome = execute(&http, &config.url, &request).await;
+        tracing::debug!(ok = outcome.is_ok(), "bayeux: disconnect sent");
+    }
+}
+
+/// POSTs the request's messages as a JSON array and parses the reply.
+async fn execute(
+    http: &reqwest::Client,
+    url: &reqwest::Url,
+    request: &Request,
+) -> Result<Vec<Message>, RequestError> {
+    let body = serde_json::to_vec(&request.messages)
+        .map_err(|_| RequestError::Malformed("request not serializable".into()))?;
+    let mut response = http
+        .post(url.clone())
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/json;charset=UTF-8",
+        )
+        .body(body)
+        .timeout(request.timeout)
+        .send()
+        .await
+        .map_err(classify)?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(RequestError::Http(status.as_u16()));
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+        if buf.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(RequestError::Malformed("response too large".into()));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    parse_response(&buf).map_err(|e| RequestError::Malformed(e.to_string()))
+}
+
+/// A short, credential-free description of a reqwest failure (its Display would
+/// include the URL and nested causes; we keep only the category).
+fn classify(e: reqwest::Error) -> RequestError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "response body interrupted"
+    } else if e.is_request() {
+        "request failed"
+    } else {
+        "HTTP error"
+    };
+    RequestError::Transport(what.into())
+}

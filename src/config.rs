@@ -1,0 +1,305 @@
+//! Command line and environment, validated before any port is bound. A bad configuration is
+//! one clear line on stderr and exit code 64 (EX_USAGE).
+
+use crate::upstream::Credential;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub const EX_USAGE: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gws-sms-gateway",
+    version,
+    about = "gRPC gateway to Genesys Web Services SMS sessions"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (with an embedded GWS simulator when no --gws-url is given).
+    Serve(ServeArgs),
+    /// Run the GWS simulator alone.
+    Simulate(SimulateArgs),
+    /// Call a running gateway.
+    Client(ClientArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// GWS base URL, e.g. http://gws.example:8080. Without it the embedded simulator is used.
+    #[arg(long, env = "GWS_URL", value_parser = parse_url)]
+    pub gws_url: Option<reqwest::Url>,
+    /// CometD endpoint path under the GWS base URL.
+    #[arg(
+        long,
+        env = "GWS_NOTIFICATIONS_PATH",
+        default_value = "/api/v2/notifications"
+    )]
+    pub notifications_path: String,
+    /// CometD channel(s) to subscribe (repeat or comma-separate).
+    #[arg(
+        long = "channel",
+        env = "GWS_CHANNELS",
+        value_delimiter = ',',
+        default_value = "/v2/me/smssessions"
+    )]
+    pub channels: Vec<String>,
+    /// Upstream timeout when the caller sets no gRPC deadline (e.g. 10s, 500ms).
+    #[arg(long, env = "GWS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Agent user for calls without credentials (with --default-password).
+    #[arg(long, env = "GATEWAY_DEFAULT_USER")]
+    pub default_user: Option<String>,
+    /// Password of --default-user.
+    #[arg(long, env = "GATEWAY_DEFAULT_PASSWORD", hide_env_values = true)]
+    pub default_password: Option<String>,
+    /// Most agents whose upstream state is kept at once.
+    #[arg(long, env = "GATEWAY_MAX_AGENTS", default_value_t = 1000)]
+    pub max_agents: usize,
+    /// Forget an agent's upstream state after this long unused.
+    #[arg(long, env = "GATEWAY_AGENT_IDLE_TTL", default_value = "10m", value_parser = parse_duration)]
+    pub agent_idle_ttl: Duration,
+    /// Events kept per agent for resume.
+    #[arg(long, env = "GATEWAY_REPLAY_MAX_EVENTS", default_value_t = 1000)]
+    pub replay_max_events: usize,
+    /// Age after which events leave the replay buffer.
+    #[arg(long, env = "GATEWAY_REPLAY_MAX_AGE", default_value = "5m", value_parser = parse_duration)]
+    pub replay_max_age: Duration,
+    /// Items queued per SessionEvents stream before a slow consumer is cut off.
+    #[arg(long, env = "GATEWAY_STREAM_BUFFER", default_value_t = 256)]
+    pub stream_buffer: usize,
+    /// How long an agent's CometD session outlives its last stream.
+    #[arg(long, env = "GATEWAY_LINGER", default_value = "5s", value_parser = parse_duration)]
+    pub linger: Duration,
+    /// How long a new stream waits for the upstream subscription.
+    #[arg(long, env = "GATEWAY_SUBSCRIBE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub subscribe_timeout: Duration,
+    /// Longest wait for in-flight calls on shutdown.
+    #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Listen address of the embedded simulator (only without --gws-url).
+    #[arg(long, env = "SIMULATOR_LISTEN", default_value = "127.0.0.1:0")]
+    pub simulator_listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// HTTP listen address of the simulator.
+    #[arg(long, env = "SIMULATOR_LISTEN", default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    /// An agent as user:password (repeat or comma-separate). Default: agent1:password1,agent2:password2.
+    #[arg(
+        long = "agent",
+        env = "SIMULATOR_AGENTS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub agents: Vec<String>,
+    /// Turn GWS's CSRF protection off.
+    #[arg(long)]
+    pub no_csrf: bool,
+    /// CometD long-poll timeout.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub cometd_timeout: Duration,
+    /// CometD session lifetime without a connect.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub cometd_max_interval: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The gateway's address.
+    #[arg(long, env = "GATEWAY_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// GWS agent user.
+    #[arg(long, env = "GWS_USER")]
+    pub user: Option<String>,
+    /// GWS agent password.
+    #[arg(long, env = "GWS_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    #[command(subcommand)]
+    pub call: ClientCall,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClientCall {
+    /// Delete user-data keys from an SMS session.
+    DeleteUserData {
+        #[arg(long)]
+        session: String,
+        /// A key to delete (repeat for several).
+        #[arg(long = "key", required = true)]
+        keys: Vec<String>,
+        /// gRPC deadline for the call.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Print the agent's SMS session events as they arrive.
+    Events {
+        /// Only this session (repeat for several).
+        #[arg(long = "session")]
+        sessions: Vec<String>,
+        /// Resume after this token.
+        #[arg(long)]
+        resume: Option<String>,
+    },
+}
+
+/// Validated `serve` settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub args: ServeArgs,
+    pub default_credential: Option<Credential>,
+}
+
+impl ServeConfig {
+    pub fn from_args(args: ServeArgs) -> Result<Self, String> {
+        if !args.notifications_path.starts_with('/') {
+            return Err(format!(
+                "--notifications-path must start with '/', got {:?}",
+                args.notifications_path
+            ));
+        }
+        if args.channels.is_empty()
+            || args
+                .channels
+                .iter()
+                .any(|c| !c.starts_with('/') || c.starts_with("/meta/"))
+        {
+            return Err(
+                "--channel must be one or more channel names like /v2/me/smssessions".into(),
+            );
+        }
+        for (name, value) in [
+            ("--max-agents", args.max_agents),
+            ("--replay-max-events", args.replay_max_events),
+            ("--stream-buffer", args.stream_buffer),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        if args.upstream_timeout.is_zero() {
+            return Err("--upstream-timeout must be more than 0".into());
+        }
+        let default_credential = match (&args.default_user, &args.default_password) {
+            (None, None) => None,
+            (Some(user), Some(password)) => Some(
+                Credential::new(user.clone(), password.clone())
+                    .map_err(|e| format!("--default-user: {e}"))?,
+            ),
+            _ => return Err("--default-user and --default-password go together".into()),
+        };
+        Ok(Self {
+            args,
+            default_credential,
+        })
+    }
+
+    /// The CometD endpoint URL.
+    pub fn notifications_url(&self, base: &reqwest::Url) -> reqwest::Url {
+        let mut url = base.clone();
+        let path = format!(
+            "{}{}",
+            base.path().trim_end_matches('/'),
+            self.args.notifications_path
+        );
+        url.set_path(&path);
+        url
+    }
+}
+
+/// Validated `simulate` agents.
+pub fn simulator_agents(args: &SimulateArgs) -> Result<Vec<(String, String)>, String> {
+    if args.agents.is_empty() {
+        return Ok(crate::simulator::default_agents());
+    }
+    args.agents
+        .iter()
+        .map(|a| match a.split_once(':') {
+            Some((u, p)) if !u.is_empty() => Ok((u.to_string(), p.to_string())),
+            _ => Err("--agent must be user:password".to_string()),
+        })
+        .collect()
+}
+
+fn parse_url(text: &str) -> Result<reqwest::Url, String> {
+    let url: reqwest::Url = text.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    Ok(url)
+}
+
+/// Parses `500ms`, `10s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 500ms, 10s, 5m"))?;
+    let seconds = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => Some(Duration::from_secs(n)),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{text:?} is not a duration like 500ms, 10s, 5m"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeConfig, String> {
+        let mut all = vec!["gws-sms-gateway", "serve"];
+        all.extend_from_slice(args);
+        let cli = Cli::try_parse_from(all).map_err(|e| e.to_string())?;
+        match cli.command {
+            Some(Command::Serve(a)) => ServeConfig::from_args(a),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn validates_serve_settings() {
+        let ok = serve(&["--gws-url", "http://gws:8080/base"]).unwrap();
+        assert_eq!(
+            ok.notifications_url(ok.args.gws_url.as_ref().unwrap())
+                .as_str(),
+            "http://gws:8080/base/api/v2/notifications"
+        );
+        assert!(serve(&["--gws-url", "ftp://x"]).is_err());
+        assert!(serve(&["--listen", "nowhere"]).is_err());
+        assert!(serve(&["--notifications-path", "x"]).is_err());
+        assert!(serve(&["--channel", "/meta/connect"]).is_err());
+        assert!(serve(&["--default-user", "a"]).is_err());
+        assert!(serve(&["--stream-buffer", "0"]).is_err());
+        let d = serve(&["--default-user", "a", "--default-password", "b"]).unwrap();
+        assert_eq!(d.default_credential.unwrap().user(), "a");
+    }
+}

@@ -1,0 +1,257 @@
+//! One agent's feed: the single upstream CometD session all of that agent's streams share,
+//! its replay buffer, and the subscribers it fans out to.
+//!
+//! Fan-out policy: each subscriber has a bounded queue; delivery never waits. A subscriber
+//! whose queue is full is cut off alone (its stream ends with RESOURCE_EXHAUSTED carrying its
+//! last delivered token, so it can resume from the replay buffer); the others are not delayed.
+
+use super::EventsError;
+use super::filter::Filter;
+use super::replay::{ReplayBuffer, Stored, Token};
+use crate::bayeux::{self, BayeuxConfig, BayeuxEvent};
+use crate::mapping;
+use crate::proto::{
+    NoticeKind, SessionEventsResponse, StreamNotice, session_events_response::Event,
+};
+use crate::upstream::{Agent, UpstreamError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The upstream CometD session as the feed's subscribers see it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Upstream {
+    Connecting,
+    Subscribed,
+    Lost,
+    /// Ended for good; the feed is being removed.
+    Failed(EventsError),
+}
+
+/// Why a subscriber's queue was closed by the feed (read by its stream once drained).
+pub type EndReason = Arc<Mutex<Option<EventsError>>>;
+
+struct Slot {
+    tx: mpsc::Sender<SessionEventsResponse>,
+    filter: Filter,
+    end: EndReason,
+}
+
+pub struct FeedState {
+    slots: HashMap<u64, Slot>,
+    next_slot: u64,
+    /// Subscribers registered or still waiting for the upstream subscription.
+    pub interest: usize,
+    pub replay: ReplayBuffer,
+    /// Notifications that could not be mapped (logged and counted, never fatal).
+    pub unmapped: u64,
+}
+
+impl FeedState {
+    pub fn slots_len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+pub struct Feed {
+    pub agent: Arc<Agent>,
+    pub epoch: u64,
+    seq: Arc<AtomicU64>,
+    state: Mutex<FeedState>,
+    pub status: watch::Sender<Upstream>,
+    /// Ends the upstream session (the Bayeux client disconnects).
+    pub cancel: CancellationToken,
+}
+
+impl Feed {
+    pub fn new(agent: Arc<Agent>, epoch: u64, seq: Arc<AtomicU64>, replay: ReplayBuffer) -> Self {
+        Self {
+            agent,
+            epoch,
+            seq,
+            state: Mutex::new(FeedState {
+                slots: HashMap::new(),
+                next_slot: 0,
+                interest: 0,
+                replay,
+                unmapped: 0,
+            }),
+            status: watch::Sender::new(Upstream::Connecting),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, FeedState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn token(&self, seq: u64) -> String {
+        Token {
+            epoch: self.epoch,
+            seq,
+        }
+        .encode()
+    }
+
+    /// Registers a subscriber's queue; returns its slot id.
+    pub fn add_slot(
+        state: &mut FeedState,
+        tx: mpsc::Sender<SessionEventsResponse>,
+        filter: Filter,
+        end: EndReason,
+    ) -> u64 {
+        let id = state.next_slot;
+        state.next_slot += 1;
+        state.slots.insert(id, Slot { tx, filter, end });
+        id
+    }
+
+    pub fn remove_slot(&self, id: u64) {
+        self.lock().slots.remove(&id);
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.lock().slots.len()
+    }
+
+    /// Applies one event of the Bayeux client.
+    pub fn on_bayeux(&self, event: BayeuxEvent) {
+        match event {
+            BayeuxEvent::Message { channel, data } => self.on_message(&channel, &data),
+            BayeuxEvent::Subscribed { restored } => {
+                self.status.send_replace(Upstream::Subscribed);
+                if restored {
+                    tracing::info!(agent = ?self.agent.key(), "upstream notifications restored");
+                    self.notify(
+                        NoticeKind::UpstreamRestored,
+                        "re-handshaked and re-subscribed upstream; events may have been missed while it was lost",
+                    );
+                } else {
+                    tracing::info!(agent = ?self.agent.key(), "upstream notifications subscribed");
+                }
+            }
+            BayeuxEvent::Lost { reason } => {
+                tracing::warn!(agent = ?self.agent.key(), %reason, "upstream notifications lost");
+                self.status.send_replace(Upstream::Lost);
+                self.notify(
+                    NoticeKind::UpstreamLost,
+                    &format!("upstream CometD session lost: {reason}"),
+                );
+            }
+            BayeuxEvent::Failed {
+                reason,
+                http_status,
+            } => {
+                tracing::warn!(agent = ?self.agent.key(), %reason, ?http_status, "upstream notifications failed");
+                let error = match http_status {
+                    Some(http_status @ (401 | 403)) => EventsError::Upstream(UpstreamError::Http {
+                        http_status,
+                        excerpt: reason,
+                    }),
+                    _ => EventsError::Ended(reason),
+                };
+                self.fail(error);
+            }
+        }
+    }
+
+    /// Ends every subscriber with `error` (after what they already have queued).
+    pub fn fail(&self, error: EventsError) {
+        self.status.send_replace(Upstream::Failed(error.clone()));
+        let mut state = self.lock();
+        for (_, slot) in state.slots.drain() {
+            *slot.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
+        }
+    }
+
+    fn on_message(&self, channel: &str, data: &serde_json::Value) {
+        let event = match mapping::map_notification(data) {
+            Ok(event) => event,
+            Err(error) => {
+                let unmapped = {
+                    let mut state = self.lock();
+                    state.unmapped += 1;
+                    state.unmapped
+                };
+                tracing::warn!(agent = ?self.agent.key(), channel, %error, unmapped, "notification could not be mapped; skipped");
+                return;
+            }
+        };
+        let proto_event = match &event {
+            mapping::Notification::StateChange(change) => Event::StateChange(change.clone()),
+            mapping::Notification::MessageLog(log) => Event::MessageLog(log.clone()),
+        };
+        let mut state = self.lock();
+        // Allocated under the lock so this agent's buffer stays in sequence order.
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let stored = Arc::new(Stored {
+            seq,
+            at: Instant::now(),
+            response: SessionEventsResponse {
+                resume_token: self.token(seq),
+                receive_time: Some(SystemTime::now().into()),
+                event: Some(proto_event),
+            },
+            event,
+        });
+        state.replay.push(stored.clone());
+        state
+            .slots
+            .retain(|_, slot| !slot.filter.matches(&stored.event) || offer(slot, &stored.response));
+    }
+
+    /// Sends a notice to every subscriber.
+    fn notify(&self, kind: NoticeKind, detail: &str) {
+        let mut state = self.lock();
+        let response = notice(kind, detail, self.token(state.replay.last_seq()));
+        state.slots.retain(|_, slot| offer(slot, &response));
+    }
+}
+
+/// Queues `response` for one subscriber without waiting; false drops the slot.
+fn offer(slot: &Slot, response: &SessionEventsResponse) -> bool {
+    match slot.tx.try_send(response.clone()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            // The stream fills in its own last delivered token when it reports this.
+            *slot.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(EventsError::SlowConsumer {
+                last_resume_token: String::new(),
+            });
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+pub fn notice(kind: NoticeKind, detail: &str, resume_token: String) -> SessionEventsResponse {
+    SessionEventsResponse {
+        resume_token,
+        receive_time: Some(SystemTime::now().into()),
+        event: Some(Event::Notice(StreamNotice {
+            kind: kind as i32,
+            detail: detail.to_string(),
+        })),
+    }
+}
+
+/// Runs the agent's upstream session until the feed is cancelled or the session fails.
+pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig) {
+    let (tx, mut rx) = mpsc::channel(256);
+    let client = tokio::spawn(bayeux::run(
+        feed.agent.http().clone(),
+        config,
+        tx,
+        feed.cancel.clone(),
+    ));
+    while let Some(event) = rx.recv().await {
+        feed.on_bayeux(event);
+    }
+    if client.await.is_err() {
+        feed.fail(EventsError::Ended(
+            "upstream notification client stopped unexpectedly".into(),
+        ));
+    }
+}

@@ -1,0 +1,310 @@
+//! The per-agent event hub: all `SessionEvents` streams of one agent share one upstream
+//! CometD session ([`feed`]), started by the first subscriber and closed a short linger
+//! after the last one leaves. Each stream starts with SUBSCRIBED once the upstream
+//! subscription is confirmed, can resume from a token ([`replay`]), and is filtered
+//! ([`filter`]). Nothing here knows about tonic: errors are [`EventsError`].
+
+mod feed;
+pub mod filter;
+pub mod replay;
+mod stream;
+
+pub use feed::Upstream;
+pub use filter::Filter;
+pub use replay::Token;
+pub use stream::EventStream;
+
+use crate::bayeux::BayeuxConfig;
+use crate::proto::NoticeKind;
+use crate::upstream::{Agent, AgentKey, UpstreamError};
+use feed::Feed;
+use rand::Rng;
+use replay::{ReplayBuffer, Resume};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why a stream could not start or had to end.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EventsError {
+    #[error("stream consumer too slow; resume from {last_resume_token:?}")]
+    SlowConsumer { last_resume_token: String },
+    #[error("gateway shutting down")]
+    ShuttingDown,
+    #[error("upstream notifications ended: {0}")]
+    Ended(String),
+    #[error("upstream notifications not established within {0:?}")]
+    NotReady(Duration),
+    #[error(transparent)]
+    Upstream(UpstreamError),
+    #[error("too many streams for this agent (at most {0})")]
+    TooManySubscribers(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// The CometD endpoint, e.g. `http://gws:8080/api/v2/notifications`.
+    pub notifications_url: reqwest::Url,
+    /// Channels subscribed upstream.
+    pub channels: Vec<String>,
+    pub replay_max_events: usize,
+    pub replay_max_age: Duration,
+    /// Items queued per stream before it is cut off as too slow.
+    pub stream_buffer: usize,
+    /// How long an agent's upstream session outlives its last stream.
+    pub linger: Duration,
+    /// How long a new stream waits for the upstream subscription.
+    pub subscribe_timeout: Duration,
+    pub max_streams_per_agent: usize,
+}
+
+impl EventsConfig {
+    pub fn new(notifications_url: reqwest::Url, channels: Vec<String>) -> Self {
+        Self {
+            notifications_url,
+            channels,
+            replay_max_events: 1000,
+            replay_max_age: Duration::from_secs(300),
+            stream_buffer: 256,
+            linger: Duration::from_secs(5),
+            subscribe_timeout: Duration::from_secs(15),
+            max_streams_per_agent: 1000,
+        }
+    }
+}
+
+/// The hub. A cloneable handle.
+#[derive(Clone)]
+pub struct EventsHub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: EventsConfig,
+    bayeux: BayeuxConfig,
+    /// Random per process: tokens of another process are recognised as such.
+    epoch: u64,
+    seq: Arc<AtomicU64>,
+    feeds: Mutex<HashMap<AgentKey, Arc<Feed>>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// A subscriber's hold on its feed (waiting or registered). Dropping the last one starts
+/// the linger, after which the feed's upstream session is closed.
+pub(crate) struct Interest {
+    hub: Weak<Inner>,
+    feed: Arc<Feed>,
+}
+
+impl Drop for Interest {
+    fn drop(&mut self) {
+        let idle = {
+            let mut state = self.feed.lock();
+            state.interest -= 1;
+            state.interest == 0
+        };
+        if !idle {
+            return;
+        }
+        let Some(hub) = self.hub.upgrade() else {
+            return;
+        };
+        let feed = self.feed.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let linger = hub.config.linger;
+                rt.spawn(async move {
+                    tokio::time::sleep(linger).await;
+                    hub.remove_if_idle(&feed);
+                });
+            }
+            Err(_) => hub.remove_if_idle(&feed),
+        }
+    }
+}
+
+impl Inner {
+    fn remove_if_idle(&self, feed: &Arc<Feed>) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        let key = feed.agent.key();
+        if feeds.get(&key).is_some_and(|f| Arc::ptr_eq(f, feed)) && feed.lock().interest == 0 {
+            feeds.remove(&key);
+            feed.cancel.cancel();
+            tracing::debug!(agent = ?key, "last stream gone: upstream notification session closed");
+        }
+    }
+
+    fn remove(&self, feed: &Arc<Feed>) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        let key = feed.agent.key();
+        if feeds.get(&key).is_some_and(|f| Arc::ptr_eq(f, feed)) {
+            feeds.remove(&key);
+        }
+    }
+}
+
+impl EventsHub {
+    pub fn new(config: EventsConfig) -> Self {
+        let bayeux = BayeuxConfig::new(config.notifications_url.clone(), config.channels.clone());
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                bayeux,
+                epoch: rand::rng().random(),
+                seq: Arc::new(AtomicU64::new(0)),
+                feeds: Mutex::new(HashMap::new()),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The agent's feed, created (and its upstream session started) on first use, with a
+    /// new interest registered on it.
+    fn interest(&self, agent: &Arc<Agent>) -> Result<Interest, EventsError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(EventsError::ShuttingDown);
+        }
+        let mut feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        let feed = feeds
+            .entry(agent.key())
+            .or_insert_with(|| {
+                let floor = self.inner.seq.load(std::sync::atomic::Ordering::Relaxed);
+                let replay = ReplayBuffer::new(
+                    self.inner.config.replay_max_events,
+                    self.inner.config.replay_max_age,
+                    floor,
+                );
+                let feed = Arc::new(Feed::new(agent.clone(), self.inner.epoch, self.inner.seq.clone(), replay));
+                let hub = Arc::downgrade(&self.inner);
+                let pump_feed = feed.clone();
+                let bayeux = self.inner.bayeux.clone();
+                self.inner.tasks.spawn(async move {
+                    feed::pump(pump_feed.clone(), bayeux).await;
+                    // Whatever ended the session, the next subscriber starts a fresh one.
+                    if let Some(hub) = hub.upgrade() {
+                        hub.remove(&pump_feed);
+                    }
+                });
+                tracing::debug!(agent = ?agent.key(), "first stream: upstream notification session started");
+                feed
+            })
+            .clone();
+        feed.lock().interest += 1;
+        Ok(Interest {
+            hub: Arc::downgrade(&self.inner),
+            feed,
+        })
+    }
+
+    /// Opens a stream of `agent`'s events. Returns once the upstream subscription is
+    /// confirmed; the stream's first item is then the SUBSCRIBED notice.
+    pub async fn subscribe(
+        &self,
+        agent: Arc<Agent>,
+        filter: Filter,
+        resume: Option<Token>,
+    ) -> Result<EventStream, EventsError> {
+        let interest = self.interest(&agent)?;
+        let feed = interest.feed.clone();
+        let wait = self.inner.config.subscribe_timeout;
+        let mut status = feed.status.subscribe();
+        let ready = async {
+            loop {
+                match &*status.borrow_and_update() {
+                    Upstream::Subscribed => return Ok(()),
+                    Upstream::Failed(e) => return Err(e.clone()),
+                    Upstream::Connecting | Upstream::Lost => {}
+                }
+                if status.changed().await.is_err() {
+                    return Err(EventsError::Ended(
+                        "upstream notification session closed".into(),
+                    ));
+                }
+            }
+        };
+        tokio::select! {
+            _ = self.inner.shutdown.cancelled() => return Err(EventsError::ShuttingDown),
+            r = tokio::time::timeout(wait, ready) => r.map_err(|_| EventsError::NotReady(wait))??,
+        }
+
+        let (tx, rx) = mpsc::channel(self.inner.config.stream_buffer.max(1));
+        let end = Arc::new(Mutex::new(None));
+        let mut pre = VecDeque::new();
+        let slot = {
+            let mut state = feed.lock();
+            if state.slots_len() >= self.inner.config.max_streams_per_agent {
+                return Err(EventsError::TooManySubscribers(
+                    self.inner.config.max_streams_per_agent,
+                ));
+            }
+            let now = feed.token(state.replay.last_seq());
+            match resume.map(|t| (t, state.replay.resume(t, feed.epoch))) {
+                None => pre.push_back(feed::notice(
+                    NoticeKind::Subscribed,
+                    "subscribed upstream",
+                    now,
+                )),
+                Some((token, Resume::Replay(events))) => {
+                    // SUBSCRIBED carries the token the stream resumes from, so a client that
+                    // stops right after it loses nothing of the replay.
+                    pre.push_back(feed::notice(
+                        NoticeKind::Subscribed,
+                        "subscribed upstream; replaying what followed resume_token",
+                        token.encode(),
+                    ));
+                    pre.extend(
+                        events
+                            .iter()
+                            .filter(|s| filter.matches(&s.event))
+                            .map(|s| s.response.clone()),
+                    );
+                }
+                Some((_, Resume::Gap(why))) => {
+                    pre.push_back(feed::notice(
+                        NoticeKind::Subscribed,
+                        "subscribed upstream",
+                        now.clone(),
+                    ));
+                    pre.push_back(feed::notice(NoticeKind::Gap, why, now));
+                }
+            }
+            Feed::add_slot(&mut state, tx, filter, end.clone())
+        };
+        Ok(stream::new(
+            pre,
+            rx,
+            end,
+            self.inner.shutdown.clone(),
+            feed,
+            slot,
+            interest,
+        ))
+    }
+
+    /// Streams currently open for `agent`'s credential key, and whether it has a feed.
+    pub fn streams(&self, key: &AgentKey) -> Option<usize> {
+        let feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        feeds.get(key).map(|f| f.subscribers())
+    }
+
+    /// Ends every stream with UNAVAILABLE and closes every upstream session (CometD
+    /// disconnect), waiting at most `grace` for the disconnects.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutdown.cancel();
+        let feeds: Vec<_> = {
+            let mut feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
+            feeds.drain().map(|(_, f)| f).collect()
+        };
+        for feed in feeds {
+            feed.cancel.cancel();
+        }
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(grace, self.inner.tasks.wait()).await;
+    }
+}

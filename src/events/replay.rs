@@ -1,0 +1,220 @@
+//! The per-agent replay buffer and resume tokens.
+//!
+//! Every delivered event gets a sequence number from one process-wide counter, and its
+//! token is `<process epoch>.<seq>`. The buffer keeps an agent's most recent events, bounded
+//! by count and age, and remembers its `floor`: every event of this agent with a sequence
+//! number above the floor is still held. A token is honoured when it is from this process
+//! and not below the floor; then exactly the held events after it are replayed.
+
+use crate::mapping::Notification;
+use crate::proto::SessionEventsResponse;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Longest resume token accepted; anything longer is not one of ours.
+pub const MAX_TOKEN_LEN: usize = 64;
+
+/// One delivered event, shared by the buffer and every subscriber.
+#[derive(Debug)]
+pub struct Stored {
+    pub seq: u64,
+    pub at: Instant,
+    pub event: Notification,
+    pub response: SessionEventsResponse,
+}
+
+/// A parsed resume token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl Token {
+    pub fn encode(self) -> String {
+        format!("{:016x}.{}", self.epoch, self.seq)
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() > MAX_TOKEN_LEN {
+            return None;
+        }
+        let (epoch, seq) = text.split_once('.')?;
+        if epoch.len() != 16 {
+            return None;
+        }
+        Some(Self {
+            epoch: u64::from_str_radix(epoch, 16).ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+/// What a resume token gets a new subscriber.
+#[derive(Debug)]
+pub enum Resume {
+    /// The events after the token (possibly none).
+    Replay(Vec<Arc<Stored>>),
+    /// The token cannot be honoured; why.
+    Gap(&'static str),
+}
+
+#[derive(Debug)]
+pub struct ReplayBuffer {
+    events: VecDeque<Arc<Stored>>,
+    max_events: usize,
+    max_age: Duration,
+    floor: u64,
+}
+
+impl ReplayBuffer {
+    /// `floor` is the sequence number current when the buffer starts: nothing of this agent
+    /// at or below it is held.
+    pub fn new(max_events: usize, max_age: Duration, floor: u64) -> Self {
+        Self {
+            events: VecDeque::new(),
+            max_events,
+            max_age,
+            floor,
+        }
+    }
+
+    pub fn push(&mut self, stored: Arc<Stored>) {
+        self.events.push_back(stored);
+        self.expire(Instant::now());
+    }
+
+    /// The newest sequence number this buffer has seen (its floor when empty).
+    pub fn last_seq(&self) -> u64 {
+        self.events.back().map_or(self.floor, |s| s.seq)
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(front) = self.events.front() {
+            let too_many = self.events.len() > self.max_events;
+            let too_old = now.saturating_duration_since(front.at) > self.max_age;
+            if !(too_many || too_old) {
+                break;
+            }
+            self.floor = front.seq;
+            self.events.pop_front();
+        }
+    }
+
+    pub fn resume(&mut self, token: Token, epoch: u64) -> Resume {
+        self.expire(Instant::now());
+        if token.epoch != epoch {
+            return Resume::Gap(
+                "resume_token is from another gateway process; events in between cannot be replayed",
+            );
+        }
+        if token.seq < self.floor {
+            return Resume::Gap(
+                "resume_token is older than the replay buffer; events in between were dropped",
+            );
+        }
+        Resume::Replay(
+            self.events
+                .iter()
+                .filter(|s| s.seq > token.seq)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto;
+
+    fn stored(seq: u64, at: Instant) -> Arc<Stored> {
+        Arc::new(Stored {
+            seq,
+            at,
+            event: Notification::MessageLog(proto::MessageLogUpdate::default()),
+            response: SessionEventsResponse::default(),
+        })
+    }
+
+    fn seqs(r: Resume) -> Vec<u64> {
+        match r {
+            Resume::Replay(v) => v.iter().map(|s| s.seq).collect(),
+            Resume::Gap(why) => panic!("unexpected gap: {why}"),
+        }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_reject_garbage() {
+        let t = Token {
+            epoch: 0xabc,
+            seq: 42,
+        };
+        assert_eq!(Token::parse(&t.encode()), Some(t));
+        for bad in [
+            "",
+            "x",
+            "abc.1",
+            "0000000000000abc.",
+            "0000000000000abc.-1",
+            &"9".repeat(100),
+        ] {
+            assert_eq!(Token::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replays_after_token_within_bounds() {
+        let now = Instant::now();
+        let mut buf = ReplayBuffer::new(3, Duration::from_secs(60), 10);
+        for seq in [11, 12, 15, 20] {
+            buf.push(stored(seq, now));
+        }
+        // Count bound: 11 was dropped, so the floor is 11.
+        assert_eq!(buf.len(), 3);
+        assert_eq!(
+            seqs(buf.resume(Token { epoch: 1, seq: 12 }, 1)),
+            vec![15, 20]
+        );
+        assert_eq!(
+            seqs(buf.resume(Token { epoch: 1, seq: 11 }, 1)),
+            vec![12, 15, 20]
+        );
+        assert_eq!(
+            seqs(buf.resume(Token { epoch: 1, seq: 20 }, 1)),
+            Vec::<u64>::new()
+        );
+        assert!(matches!(
+            buf.resume(Token { epoch: 1, seq: 10 }, 1),
+            Resume::Gap(_)
+        ));
+        assert!(matches!(
+            buf.resume(Token { epoch: 2, seq: 20 }, 1),
+            Resume::Gap(_)
+        ));
+        assert_eq!(buf.last_seq(), 20);
+    }
+
+    #[test]
+    fn age_bound_moves_the_floor() {
+        let old = Instant::now() - Duration::from_secs(120);
+        let mut buf = ReplayBuffer::new(100, Duration::from_secs(60), 0);
+        buf.push(stored(1, old));
+        buf.push(stored(2, Instant::now()));
+        assert_eq!(buf.len(), 1);
+        assert!(matches!(
+            buf.resume(Token { epoch: 7, seq: 0 }, 7),
+            Resume::Gap(_)
+        ));
+        assert_eq!(seqs(buf.resume(Token { epoch: 7, seq: 1 }, 7)), vec![2]);
+    }
+}

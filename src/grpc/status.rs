@@ -1,0 +1,337 @@
+//! The one place where errors become gRPC statuses (`api.md`, "Errors"). Every row of the
+//! mapping table has a unit test below: a mapping that silently collapses classes (say,
+//! every failure into "timed out") is the kind of bug only such tests catch.
+
+use super::validate::FieldViolation;
+use crate::events::EventsError;
+use crate::upstream::{CredentialError, UpstreamError};
+use std::collections::HashMap;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Everything that can end a call of the gateway's service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request")]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    #[error("{error}")]
+    Upstream {
+        error: UpstreamError,
+        domain: String,
+    },
+    /// A SessionEvents stream could not start or had to end.
+    #[error("{error}")]
+    Events { error: EventsError, domain: String },
+}
+
+impl Error {
+    pub fn upstream(error: UpstreamError, domain: &str) -> Self {
+        Self::Upstream {
+            error,
+            domain: domain.to_string(),
+        }
+    }
+
+    pub fn events(error: EventsError, domain: &str) -> Self {
+        Self::Events {
+            error,
+            domain: domain.to_string(),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        to_status(&err)
+    }
+}
+
+/// The GWS `statusCode` -> gRPC code table; `http_status` decides only where the table says so.
+pub fn gws_code(status_code: i64, http_status: u16) -> Code {
+    match status_code {
+        1 | 10 => Code::InvalidArgument,
+        2 | 11 | 19 => Code::FailedPrecondition,
+        3 | 5 => Code::PermissionDenied,
+        6 => Code::NotFound,
+        // 8 "password change required": the account must be fixed before anything works.
+        8 => Code::FailedPrecondition,
+        18 => Code::AlreadyExists,
+        20 => Code::Unauthenticated,
+        4 | 12..=17 if http_status == 503 => Code::Unavailable,
+        4 | 12..=17 => Code::Internal,
+        9 => Code::Unavailable,
+        // 7 "partial success" and codes GWS may add later: say so rather than guess.
+        _ => Code::Unknown,
+    }
+}
+
+pub fn to_status(err: &Error) -> Status {
+    match err {
+        Error::InvalidArgument(violations) => {
+            let mut details = ErrorDetails::new();
+            for v in violations {
+                details.add_bad_request_violation(v.field.clone(), v.description.clone());
+            }
+            let summary = violations
+                .iter()
+                .map(|v| format!("{}: {}", v.field, v.description))
+                .collect::<Vec<_>>()
+                .join("; ");
+            Status::with_error_details(
+                Code::InvalidArgument,
+                format!("invalid request: {summary}"),
+                details,
+            )
+        }
+        Error::Credential(e) => Status::unauthenticated(e.to_string()),
+        Error::Upstream { error, domain } => upstream_status(error, domain),
+        Error::Events { error, domain } => events_status(error, domain),
+    }
+}
+
+fn events_status(error: &EventsError, domain: &str) -> Status {
+    match error {
+        EventsError::SlowConsumer { last_resume_token } => Status::resource_exhausted(format!(
+            "stream consumer too slow: its buffer filled and the stream was ended; \
+             reconnect with resume_token \"{last_resume_token}\" to resume without loss"
+        )),
+        EventsError::ShuttingDown => {
+            Status::unavailable("gateway is shutting down; reconnect to another instance or retry")
+        }
+        EventsError::Ended(why) => {
+            Status::unavailable(format!("upstream notifications ended: {why}"))
+        }
+        EventsError::NotReady(wait) => Status::unavailable(format!(
+            "upstream notifications could not be established within {} ms",
+            wait.as_millis()
+        )),
+        EventsError::Upstream(e) => upstream_status(e, domain),
+        EventsError::TooManySubscribers(max) => Status::resource_exhausted(format!(
+            "too many SessionEvents streams for this agent (at most {max})"
+        )),
+    }
+}
+
+fn upstream_status(error: &UpstreamError, domain: &str) -> Status {
+    let info = |reason: String, meta: &[(&str, String)]| {
+        let metadata: HashMap<String, String> = meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        ErrorDetails::with_error_info(reason, domain, metadata)
+    };
+    match error {
+        UpstreamError::Gws {
+            status_code,
+            status_message,
+            http_status,
+        } => {
+            let code = gws_code(*status_code, *http_status);
+            let message = if status_message.is_empty() {
+                format!("GWS statusCode {status_code} (HTTP {http_status})")
+            } else {
+                format!("GWS statusCode {status_code}: {status_message} (HTTP {http_status})")
+            };
+            Status::with_error_details(
+                code,
+                message,
+                info(
+                    format!("GWS_STATUS_{status_code}"),
+                    &[
+                        ("status_code", status_code.to_string()),
+                        ("status_message", status_message.clone()),
+                        ("http_status", http_status.to_string()),
+                    ],
+                ),
+            )
+        }
+        UpstreamError::Http {
+            http_status: 401, ..
+        } => Status::with_error_details(
+            Code::Unauthenticated,
+            "GWS refused the credentials (HTTP 401)",
+            info("GWS_HTTP_401".into(), &[("http_status", "401".into())]),
+        ),
+        UpstreamError::Http {
+            http_status,
+            excerpt,
+        }
+        | UpstreamError::BadBody {
+            http_status,
+            excerpt,
+        } => Status::with_error_details(
+            Code::Unavailable,
+            format!("GWS answered HTTP {http_status} without a GWS status body: {excerpt:?}"),
+            info(
+                format!("GWS_HTTP_{http_status}"),
+                &[("http_status", http_status.to_string())],
+            ),
+        ),
+        UpstreamError::Timeout(after) => Status::with_error_details(
+            Code::DeadlineExceeded,
+            format!("GWS did not answer within {} ms", after.as_millis()),
+            info("UPSTREAM_TIMEOUT".into(), &[]),
+        ),
+        UpstreamError::Unreachable(why) => Status::with_error_details(
+            Code::Unavailable,
+            format!("GWS is unreachable: {why}"),
+            info("UPSTREAM_UNREACHABLE".into(), &[]),
+        ),
+        UpstreamError::TooManyAgents => {
+            Status::resource_exhausted("too many agents are active on this gateway; retry later")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn gws(code: i64, http: u16) -> Status {
+        to_status(&Error::upstream(
+            UpstreamError::Gws {
+                status_code: code,
+                status_message: "msg".into(),
+                http_status: http,
+            },
+            "gws:8080",
+        ))
+    }
+
+    #[test]
+    fn every_gws_row_of_the_table() {
+        let rows: &[(i64, u16, Code)] = &[
+            (1, 400, Code::InvalidArgument),
+            (10, 400, Code::InvalidArgument),
+            (2, 400, Code::FailedPrecondition),
+            (11, 400, Code::FailedPrecondition),
+            (19, 400, Code::FailedPrecondition),
+            (3, 403, Code::PermissionDenied),
+            (5, 403, Code::PermissionDenied),
+            (6, 404, Code::NotFound),
+            (18, 400, Code::AlreadyExists),
+            (20, 401, Code::Unauthenticated),
+            (4, 500, Code::Internal),
+            (12, 500, Code::Internal),
+            (13, 500, Code::Internal),
+            (14, 500, Code::Internal),
+            (15, 500, Code::Internal),
+            (16, 500, Code::Internal),
+            (17, 500, Code::Internal),
+            (4, 503, Code::Unavailable),
+            (15, 503, Code::Unavailable),
+            (9, 500, Code::Unavailable),
+            (8, 400, Code::FailedPrecondition),
+            (7, 200, Code::Unknown),
+            (99, 500, Code::Unknown),
+        ];
+        for &(code, http, want) in rows {
+            assert_eq!(
+                gws(code, http).code(),
+                want,
+                "statusCode {code} HTTP {http}"
+            );
+        }
+    }
+
+    #[test]
+    fn gws_errors_carry_error_info() {
+        let status = gws(6, 404);
+        assert!(
+            status.message().contains("statusCode 6: msg"),
+            "{}",
+            status.message()
+        );
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "GWS_STATUS_6");
+        assert_eq!(info.domain, "gws:8080");
+        assert_eq!(info.metadata["status_code"], "6");
+        assert_eq!(info.metadata["status_message"], "msg");
+        assert_eq!(info.metadata["http_status"], "404");
+    }
+
+    #[test]
+    fn http_level_failures() {
+        let up = |e| to_status(&Error::upstream(e, "h"));
+        assert_eq!(
+            up(UpstreamError::Http {
+                http_status: 401,
+                excerpt: String::new()
+            })
+            .code(),
+            Code::Unauthenticated
+        );
+        for http in [502, 503, 504, 500, 404] {
+            let s = up(UpstreamError::Http {
+                http_status: http,
+                excerpt: "<html>".into(),
+            });
+            assert_eq!(s.code(), Code::Unavailable, "HTTP {http}");
+            assert!(s.message().contains(&http.to_string()));
+        }
+        let s = up(UpstreamError::BadBody {
+            http_status: 200,
+            excerpt: "<html>Oops".into(),
+        });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(
+            s.message().contains("HTTP 200") && s.message().contains("<html>Oops"),
+            "{}",
+            s.message()
+        );
+        assert_eq!(
+            up(UpstreamError::Timeout(Duration::from_secs(1))).code(),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(
+            up(UpstreamError::Unreachable("connection failed")).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            up(UpstreamError::TooManyAgents).code(),
+            Code::ResourceExhausted
+        );
+    }
+
+    #[test]
+    fn edge_errors() {
+        let s = to_status(&Error::InvalidArgument(vec![FieldViolation {
+            field: "keys".into(),
+            description: "at least one key is required".into(),
+        }]));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let br = s.get_details_bad_request().expect("BadRequest");
+        assert_eq!(br.field_violations[0].field, "keys");
+        assert_eq!(
+            to_status(&Error::Credential(CredentialError::Missing)).code(),
+            Code::Unauthenticated
+        );
+        let ev = |e| to_status(&Error::events(e, "h"));
+        let s = ev(EventsError::SlowConsumer {
+            last_resume_token: "tok-1".into(),
+        });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("tok-1"));
+        assert_eq!(ev(EventsError::ShuttingDown).code(), Code::Unavailable);
+        assert_eq!(
+            ev(EventsError::Ended("none".into())).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            ev(EventsError::NotReady(Duration::from_secs(1))).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            ev(EventsError::TooManySubscribers(3)).code(),
+            Code::ResourceExhausted
+        );
+        let s = ev(EventsError::Upstream(UpstreamError::Http {
+            http_status: 401,
+            excerpt: String::new(),
+        }));
+        assert_eq!(s.code(), Code::Unauthenticated);
+    }
+}

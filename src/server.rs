@@ -1,0 +1,159 @@
+//! Assembles the gateway: the service, health (`grpc.health.v1`, for `""` and the service
+//! name), reflection (v1 and v1alpha), the embedded simulator when no upstream is configured,
+//! and the shutdown protocol: signal -> health NOT_SERVING -> streams told (UNAVAILABLE) ->
+//! stop accepting, in-flight calls finish -> bounded drain -> upstream sessions disconnected.
+
+use crate::config::ServeConfig;
+use crate::events::{EventsConfig, EventsHub};
+use crate::grpc::SmsSessionApi;
+use crate::proto::sms_session_service_server::SmsSessionServiceServer;
+use crate::simulator::{self, RunningSimulator, SimulatorConfig, seed};
+use crate::upstream::{AgentRegistry, AgentsConfig, GwsClient};
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Largest request message accepted: 1,000 keys of 256 bytes fit with room to spare.
+const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Longest wait for upstream CometD disconnects at shutdown.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not start the embedded simulator: {0}")]
+    Simulator(std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Runs the gateway on `listener` until `shutdown` completes, then drains.
+pub async fn run(
+    config: ServeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let args = &config.args;
+    let (gws_url, embedded) = match &args.gws_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let sim = simulator::start(&SimulatorConfig::default(), args.simulator_listen)
+                .await
+                .map_err(ServerError::Simulator)?;
+            let url = sim.url.parse().expect("simulator URL is valid");
+            (url, Some(sim))
+        }
+    };
+    let agents = AgentRegistry::new(AgentsConfig {
+        max_agents: args.max_agents,
+        idle_ttl: args.agent_idle_ttl,
+        ..AgentsConfig::default()
+    });
+    let gws = GwsClient::new(gws_url.clone(), agents.clone());
+    let mut events_config =
+        EventsConfig::new(config.notifications_url(&gws_url), args.channels.clone());
+    events_config.replay_max_events = args.replay_max_events;
+    events_config.replay_max_age = args.replay_max_age;
+    events_config.stream_buffer = args.stream_buffer;
+    events_config.linger = args.linger;
+    events_config.subscribe_timeout = args.subscribe_timeout;
+    let events = EventsHub::new(events_config);
+    let api = SmsSessionApi::new(
+        gws,
+        events.clone(),
+        config.default_credential.clone(),
+        args.upstream_timeout,
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SmsSessionServiceServer<SmsSessionApi>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let local = listener.local_addr().ok();
+    announce(local, &gws_url, embedded.as_ref());
+
+    let sweeper = tokio::spawn(sweep_agents(agents));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(256)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(SmsSessionServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(serve);
+
+    let result = tokio::select! {
+        r = &mut serve => r.map_err(ServerError::from),
+        () = shutdown => {
+            tracing::info!("shutdown requested: health NOT_SERVING, ending streams, draining calls");
+            health.set_not_serving::<SmsSessionServiceServer<SmsSessionApi>>().await;
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            // Streams end promptly with UNAVAILABLE; unary calls in flight finish.
+            let disconnect = events.shutdown(DISCONNECT_GRACE);
+            let _ = stop_tx.send(());
+            let drain = async {
+                match tokio::time::timeout(args.drain_timeout, &mut serve).await {
+                    Ok(r) => r.map_err(ServerError::from),
+                    Err(_) => {
+                        tracing::warn!(drain_timeout = ?args.drain_timeout, "drain timed out; closing remaining calls");
+                        Ok(())
+                    }
+                }
+            };
+            let (r, ()) = tokio::join!(drain, disconnect);
+            r
+        }
+    };
+    sweeper.abort();
+    if let Some(sim) = embedded {
+        sim.shutdown().await;
+    }
+    tracing::info!("gateway stopped");
+    result
+}
+
+fn announce(
+    local: Option<std::net::SocketAddr>,
+    gws_url: &reqwest::Url,
+    embedded: Option<&RunningSimulator>,
+) {
+    let addr = local.map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(listen = %addr, upstream = %gws_url, "gateway serving gRPC");
+    if embedded.is_some() {
+        let (user, password) = &simulator::default_agents()[0];
+        tracing::info!(
+            simulator = %gws_url,
+            "no --gws-url given: started the embedded GWS simulator (agents agent1/password1, agent2/password2). \
+             Try: gws-sms-gateway client --addr http://{addr} --user {user} --password {password} \
+             delete-user-data --session {} --key UserData1",
+            seed::SEED_SESSION_ID
+        );
+    }
+}
+
+/// Forgets idle agents' upstream state now and then.
+async fn sweep_agents(agents: AgentRegistry) {
+    let period = (agents.idle_ttl() / 2).max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        let forgotten = agents.sweep();
+        if forgotten > 0 {
+            tracing::debug!(forgotten, "idle agents' upstream state forgotten");
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The simulator's GWS REST surface and CometD endpoint over HTTP: Basic authentication,
+//! the `JSESSIONID` cookie, CSRF headers on GET replies and their check on POSTs, injected
+//! faults, then the state's answer in a GWS JSON body.
+
+use super::state::{Authenticated, Reply};
+use super::{NOTIFICATIONS_PATH, SMS_CHANNEL, Simulator};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde_json::Value;
+
+/// Largest request body accepted, as a real server would bound it.
+const MAX_BODY: usize = 1024 * 1024;
+const CSRF_HEADER_NAME: &str = "X-CSRF-TOKEN";
+
+pub fn router(sim: Simulator) -> Router {
+    Router::new()
+        .route("/api/v2/me", get(me))
+        .route("/api/v2/me/smssessions", get(list_sessions))
+        .route("/api/v2/me/smssessions/{id}", post(operation))
+        .route(NOTIFICATIONS_PATH, post(notifications))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(sim)
+}
+
+async fn me(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
+    if let Some(failure) = apply_faults(&sim).await {
+        return failure;
+    }
+    let auth = match authenticate(&sim, &headers) {
+        Ok(auth) => auth,
+        Err(resp) => return resp,
+    };
+    let reply = sim.state().me(&auth.agent);
+    respond(&sim, reply, &auth, true)
+}
+
+async fn list_sessions(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
+    if let Some(failure) = apply_faults(&sim).await {
+        return failure;
+    }
+    let auth = match authenticate(&sim, &headers) {
+        Ok(auth) => auth,
+        Err(resp) => return resp,
+    };
+    let reply = sim.state().list_sessions(&auth.agent);
+    respond(&sim, reply, &auth, true)
+}
+
+async fn operation(
+    State(sim): State<Simulator>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(failure) = apply_faults(&sim).await {
+        return failure;
+    }
+    let auth = match authenticate(&sim, &headers) {
+        Ok(auth) => auth,
+        Err(resp) => return resp,
+    };
+    let token = headers.get(CSRF_HEADER_NAME).and_then(|v| v.to_str().ok());
+    if !sim.state().csrf_ok(&auth, token) {
+        // Spring Security's wording, which GWS clients look for.
+        return respond(
+            &sim,
+            Reply::error(403, 3, "Missing or invalid Csrf token"),
+            &auth,
+            false,
+        );
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return respond(
+            &sim,
+            Reply::error(400, 10, "request body is not JSON"),
+            &auth,
+            false,
+        );
+    };
+    let (reply, publish) = sim.state().operation(&auth.agent, &id, &body);
+    if let Some(p) = publish {
+        let delivered = sim.hub().publish(&p.agent, SMS_CHANNEL, p.data);
+        tracing::debug!(agent = %p.agent, delivered, "simulator published a notification");
+    }
+    respond(&sim, reply, &auth, false)
+}
+
+async fn notifications(State(sim): State<Simulator>, headers: HeaderMap, body: Bytes) -> Response {
+    let auth = match authenticate(&sim, &headers) {
+        Ok(auth) => auth,
+        Err(resp) => return resp,
+    };
+    let messages = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+    let reply = sim.hub().handle(&auth.agent, messages).await;
+    with_cookie((StatusCode::OK, axum::Json(reply)).into_response(), &auth)
+}
+
+/// Delay, then maybe replace the reply with an injected raw failure.
+async fn apply_faults(sim: &Simulator) -> Option<Response> {
+    let delay = sim.state().faults.delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let failure = {
+        let mut state = sim.state();
+        let fail = state.faults.fail.as_mut()?;
+        let failure = fail.clone();
+        fail.times = fail.times.saturating_sub(1);
+        if fail.times == 0 {
+            state.faults.fail = None;
+        }
+        failure
+    };
+    let status =
+        StatusCode::from_u16(failure.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = HeaderValue::from_str(&failure.content_type)
+        .unwrap_or(HeaderValue::from_static("text/plain"));
+    Some((status, [(header::CONTENT_TYPE, content_type)], failure.body).into_response())
+}
+
+fn authenticate(sim: &Simulator, headers: &HeaderMap) -> Result<Authenticated, Response> {
+    let unauthorized = || {
+        let body =
+            axum::Json(serde_json::json!({"statusCode": 20, "statusMessage": "Not authenticated"}));
+        (
+            StatusCode::UNAUTHORIZED,
+            [(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"GWS\""),
+            )],
+            body,
+        )
+            .into_response()
+    };
+    let (user, password) = basic(headers).ok_or_else(unauthorized)?;
+    let cookie = cookie(headers, "JSESSIONID");
+    sim.state()
+        .authenticate(&user, &password, cookie.as_deref())
+        .ok_or_else(unauthorized)
+}
+
+fn basic(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// A GWS reply; GET replies carry the CSRF headers when protection is on.
+fn respond(sim: &Simulator, reply: Reply, auth: &Authenticated, csrf_headers: bool) -> Response {
+    let status =
+        StatusCode::from_u16(reply.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, axum::Json(reply.body)).into_response();
+    if csrf_headers {
+        let state = sim.state();
+        if state.csrf
+            && let Some(token) = state.csrf_token(&auth.session_id)
+            && let Ok(token) = HeaderValue::from_str(token)
+        {
+            resp.headers_mut()
+                .insert("X-CSRF-HEADER", HeaderValue::from_static(CSRF_HEADER_NAME));
+            resp.headers_mut().insert("X-CSRF-TOKEN", token);
+        }
+    }
+    with_cookie(resp, auth)
+}
+
+fn with_cookie(mut resp: Response, auth: &Authenticated) -> Response {
+    if let Some(id) = &auth.new_session_id
+        && let Ok(v) = HeaderValue::from_str(&format!("JSESSIONID={id}; Path=/; HttpOnly"))
+    {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}

@@ -1,0 +1,77 @@
+//! What can go wrong talking to GWS. Variants carry only what a caller may see: no
+//! credentials and no raw library error strings. `grpc::status` turns them into gRPC
+//! statuses, in one place.
+
+/// An upstream failure, classified.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UpstreamError {
+    /// GWS answered with a non-zero `statusCode` in its JSON body.
+    #[error("GWS statusCode {status_code}: {status_message} (HTTP {http_status})")]
+    Gws {
+        status_code: i64,
+        status_message: String,
+        http_status: u16,
+    },
+    /// A non-success HTTP status without a GWS body (HTML error page, empty body, ...).
+    #[error("GWS answered HTTP {http_status} without a GWS status body: {excerpt}")]
+    Http { http_status: u16, excerpt: String },
+    /// A success HTTP status whose body is not the JSON GWS sends.
+    #[error("GWS answered HTTP {http_status} with a body that is not GWS JSON: {excerpt}")]
+    BadBody { http_status: u16, excerpt: String },
+    /// The caller's deadline or the configured upstream timeout passed.
+    #[error("GWS did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// Connection refused, reset, DNS failure, TLS failure: GWS could not be reached.
+    #[error("GWS is unreachable: {0}")]
+    Unreachable(&'static str),
+    /// The gateway holds as many agents' states as it is allowed to, all in use.
+    #[error("too many agents are active on this gateway")]
+    TooManyAgents,
+}
+
+impl UpstreamError {
+    /// Classifies a reqwest error without exposing its text (which can contain URLs).
+    pub fn from_reqwest(err: &reqwest::Error, timeout: std::time::Duration) -> Self {
+        if err.is_timeout() {
+            Self::Timeout(timeout)
+        } else if err.is_connect() {
+            Self::Unreachable("connection failed")
+        } else if err.is_body() || err.is_decode() {
+            Self::Unreachable("connection broke while reading the reply")
+        } else if err.is_request() {
+            Self::Unreachable("request failed")
+        } else {
+            Self::Unreachable("transport error")
+        }
+    }
+}
+
+/// A short, printable excerpt of a body, for error messages: at most `max` characters,
+/// control characters replaced, so HTML pages and binary garbage stay readable and bounded.
+pub fn excerpt(body: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().count() > max {
+        out.push('…');
+    }
+    out.trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpt_is_bounded_and_printable() {
+        let long = "<html>\n<body>".to_string() + &"x".repeat(500);
+        let e = excerpt(long.as_bytes(), 40);
+        assert!(e.chars().count() <= 41);
+        assert!(!e.contains('\n'));
+        assert!(e.ends_with('…'));
+        assert_eq!(excerpt(&[0xff, 0xfe, b'a'], 10), "��a");
+    }
+}

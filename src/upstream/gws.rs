@@ -1,0 +1,319 @@
+//! The GWS REST operations the gateway performs for an agent, with the CSRF dance:
+//! learn the token from `GET /api/v2/me` before the first write, send it on every POST,
+//! and on a 403 "Missing or invalid Csrf token" fetch it again and retry once.
+//!
+//! Every call is bounded by one timeout covering all its round trips, and every reply
+//! body is read up to a size limit.
+
+use super::agents::Csrf;
+use super::error::excerpt;
+use super::{Agent, AgentRegistry, UpstreamError};
+use http::{HeaderName, HeaderValue, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// The largest reply body read from GWS; a larger one is treated as garbage.
+const MAX_BODY: usize = 1024 * 1024;
+/// How much of an unexpected body goes into an error message.
+const EXCERPT_CHARS: usize = 120;
+
+/// GWS accepted an operation (`statusCode` 0). The outcome follows as a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperationAccepted {
+    pub reference_id: Option<i64>,
+}
+
+/// The GWS REST client. A cloneable handle.
+#[derive(Debug, Clone)]
+pub struct GwsClient {
+    base: reqwest::Url,
+    host: String,
+    agents: AgentRegistry,
+}
+
+impl GwsClient {
+    /// `base` is the GWS root, e.g. `http://gws:8080` (a path prefix is kept).
+    pub fn new(base: reqwest::Url, agents: AgentRegistry) -> Self {
+        let host = match (base.host_str(), base.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => String::new(),
+        };
+        Self { base, host, agents }
+    }
+
+    /// The upstream host (with port), used as the `ErrorInfo` domain.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn agents(&self) -> &AgentRegistry {
+        &self.agents
+    }
+
+    /// `base` + the given path segments, each percent-encoded as one segment.
+    pub fn url(&self, segments: &[&str]) -> reqwest::Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// `POST /api/v2/me/smssessions/{id}` `{"operationName":"DeleteUserData","keys":[...]}`.
+    pub async fn delete_user_data(
+        &self,
+        agent: &Agent,
+        session_id: &str,
+        keys: &[String],
+        timeout: Duration,
+    ) -> Result<OperationAccepted, UpstreamError> {
+        let body = json!({ "operationName": "DeleteUserData", "keys": keys });
+        self.session_operation(agent, session_id, &body, timeout)
+            .await
+    }
+
+    /// Any SMS session operation: the whole exchange (CSRF fetch, POST, one retry) is
+    /// bounded by `timeout`.
+    pub async fn session_operation(
+        &self,
+        agent: &Agent,
+        session_id: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<OperationAccepted, UpstreamError> {
+        let url = self.url(&["api", "v2", "me", "smssessions", session_id]);
+        let body = serde_json::to_vec(body).unwrap_or_default();
+        let work = async {
+            let token = self.csrf_token(agent, false, timeout).await?;
+            let (status, reply) = self.post(agent, &url, &body, token, timeout).await?;
+            if is_csrf_rejection(status, &reply) {
+                // The token dies with the HTTP session: learn the new one and retry once.
+                tracing::debug!(agent = ?agent.key(), "CSRF token rejected, fetching it again");
+                let token = self.csrf_token(agent, true, timeout).await?;
+                let (status, reply) = self.post(agent, &url, &body, token, timeout).await?;
+                return interpret(status, &reply);
+            }
+            interpret(status, &reply)
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))?
+    }
+
+    async fn post(
+        &self,
+        agent: &Agent,
+        url: &reqwest::Url,
+        body: &[u8],
+        csrf: Option<(HeaderName, HeaderValue)>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Vec<u8>), UpstreamError> {
+        let mut req = agent
+            .http()
+            .post(url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec());
+        if let Some((name, value)) = csrf {
+            req = req.header(name, value);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| UpstreamError::from_reqwest(&e, timeout))?;
+        read_reply(resp, timeout).await
+    }
+
+    /// The agent's CSRF header to send on writes, if GWS uses CSRF protection.
+    async fn csrf_token(
+        &self,
+        agent: &Agent,
+        refresh: bool,
+        timeout: Duration,
+    ) -> Result<Option<(HeaderName, HeaderValue)>, UpstreamError> {
+        match agent.csrf() {
+            Csrf::Disabled if !refresh => return Ok(None),
+            Csrf::Token { name, value } if !refresh => return Ok(Some((name, value))),
+            _ => {}
+        }
+        let resp = agent
+            .http()
+            .get(self.url(&["api", "v2", "me"]))
+            .send()
+            .await
+            .map_err(|e| UpstreamError::from_reqwest(&e, timeout))?;
+        let found = csrf_from_headers(resp.headers());
+        let (status, reply) = read_reply(resp, timeout).await?;
+        // A failed GET /me (bad credentials, GWS down) fails the operation with its reason.
+        interpret(status, &reply)?;
+        let csrf = match found {
+            Some((name, value)) => Csrf::Token { name, value },
+            None => Csrf::Disabled,
+        };
+        agent.set_csrf(csrf.clone());
+        Ok(match csrf {
+            Csrf::Token { name, value } => Some((name, value)),
+            _ => None,
+        })
+    }
+}
+
+fn csrf_from_headers(headers: &http::HeaderMap) -> Option<(HeaderName, HeaderValue)> {
+    let name = headers.get("x-csrf-header")?.to_str().ok()?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes()).ok()?;
+    let mut value = headers.get("x-csrf-token")?.clone();
+    value.set_sensitive(true);
+    Some((name, value))
+}
+
+fn is_csrf_rejection(status: StatusCode, body: &[u8]) -> bool {
+    status == StatusCode::FORBIDDEN
+        && String::from_utf8_lossy(body)
+            .to_ascii_lowercase()
+            .contains("csrf")
+}
+
+/// Reads a reply body, at most [`MAX_BODY`] bytes.
+async fn read_reply(
+    mut resp: reqwest::Response,
+    timeout: Duration,
+) -> Result<(StatusCode, Vec<u8>), UpstreamError> {
+    let status = resp.status();
+    let too_big = || UpstreamError::BadBody {
+        http_status: status.as_u16(),
+        excerpt: format!("reply body larger than {MAX_BODY} bytes"),
+    };
+    if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| UpstreamError::from_reqwest(&e, timeout))?
+    {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, body))
+}
+
+/// Classifies a GWS reply: the body's `statusCode` decides first, the HTTP status second.
+pub fn interpret(status: StatusCode, body: &[u8]) -> Result<OperationAccepted, UpstreamError> {
+    let http_status = status.as_u16();
+    let parsed: Option<serde_json::Map<String, Value>> = match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Some(map),
+        _ => None,
+    };
+    let status_code = parsed
+        .as_ref()
+        .and_then(|m| m.get("statusCode"))
+        .and_then(Value::as_i64);
+    match (parsed, status_code) {
+        (Some(map), Some(0)) => Ok(OperationAccepted {
+            reference_id: map.get("referenceId").and_then(Value::as_i64),
+        }),
+        (Some(map), Some(code)) => Err(UpstreamError::Gws {
+            status_code: code,
+            status_message: map
+                .get("statusMessage")
+                .and_then(Value::as_str)
+                .map(|m| excerpt(m.as_bytes(), 300))
+                .unwrap_or_default(),
+            http_status,
+        }),
+        _ if status.is_success() => Err(UpstreamError::BadBody {
+            http_status,
+            excerpt: excerpt(body, EXCERPT_CHARS),
+        }),
+        _ => Err(UpstreamError::Http {
+            http_status,
+            excerpt: excerpt(body, EXCERPT_CHARS),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interprets_gws_bodies_first() {
+        let ok = interpret(StatusCode::OK, br#"{"statusCode":0,"referenceId":15}"#).unwrap();
+        assert_eq!(ok.reference_id, Some(15));
+        assert_eq!(
+            interpret(StatusCode::OK, br#"{"statusCode":0}"#)
+                .unwrap()
+                .reference_id,
+            None
+        );
+        let err = interpret(
+            StatusCode::BAD_REQUEST,
+            br#"{"statusCode":6,"statusMessage":"not found"}"#,
+        );
+        assert_eq!(
+            err.unwrap_err(),
+            UpstreamError::Gws {
+                status_code: 6,
+                status_message: "not found".into(),
+                http_status: 400
+            }
+        );
+    }
+
+    #[test]
+    fn garbage_bodies_are_classified_not_trusted() {
+        assert!(matches!(
+            interpret(StatusCode::OK, b"<html>oops</html>"),
+            Err(UpstreamError::BadBody {
+                http_status: 200,
+                ..
+            })
+        ));
+        assert!(matches!(
+            interpret(StatusCode::BAD_GATEWAY, b""),
+            Err(UpstreamError::Http {
+                http_status: 502,
+                ..
+            })
+        ));
+        assert!(matches!(
+            interpret(StatusCode::OK, br#"{"statusCode":"zero"}"#),
+            Err(UpstreamError::BadBody { .. })
+        ));
+        assert!(matches!(
+            interpret(StatusCode::OK, br#"[1,2"#),
+            Err(UpstreamError::BadBody { .. })
+        ));
+    }
+
+    #[test]
+    fn csrf_rejection_is_recognised() {
+        assert!(is_csrf_rejection(
+            StatusCode::FORBIDDEN,
+            b"Missing or invalid Csrf token"
+        ));
+        assert!(!is_csrf_rejection(
+            StatusCode::FORBIDDEN,
+            br#"{"statusCode":3}"#
+        ));
+        assert!(!is_csrf_rejection(StatusCode::OK, b"csrf"));
+    }
+
+    #[test]
+    fn urls_keep_prefix_and_encode_segments() {
+        let client = GwsClient::new(
+            "http://gws:8080/prefix/".parse().unwrap(),
+            AgentRegistry::new(Default::default()),
+        );
+        assert_eq!(
+            client
+                .url(&["api", "v2", "me", "smssessions", "a/b c"])
+                .as_str(),
+            "http://gws:8080/prefix/api/v2/me/smssessions/a%2Fb%20c"
+        );
+        assert_eq!(client.host(), "gws:8080");
+    }
+}

@@ -1,0 +1,13 @@
+//! The GWS REST side: who the agent is ([`credential`]), the per-agent upstream state
+//! ([`agents`]: cookie jar, CSRF token, HTTP client), the REST operations ([`gws`]) and
+//! what can go wrong on the way ([`error`]). Nothing here knows about gRPC.
+
+pub mod agents;
+pub mod credential;
+pub mod error;
+pub mod gws;
+
+pub use agents::{Agent, AgentRegistry, AgentsConfig};
+pub use credential::{AgentKey, Credential, CredentialError};
+pub use error::UpstreamError;
+pub use gws::{GwsClient, OperationAccepted};
