@@ -1,30 +1,117 @@
-//! Stand-in until the real mapper lands (same interface).
+//! GWS notification JSON -> proto: the one place that knows upstream's notification
+//! shapes. It dispatches on `data.messageType` (never on the CometD channel, which GWS
+//! does not document for SMS), keeps every upstream string the proto enums do not know
+//! (`*_name` fields), maps `userData` losslessly, and is total: any JSON value either maps
+//! or yields a [`MappingError`] naming what was wrong and where, never a panic.
+//!
+//! Layout: [`json`] holds the typed field accessors that produce path-carrying errors,
+//! `state_change` / `message_log` map the two notification kinds, `user_data` is the
+//! lossless JSON <-> `UserDataValue` pair and `time` turns upstream timestamps into
+//! `google.protobuf.Timestamp`.
+
+mod json;
+mod message_log;
+mod state_change;
+mod time;
+mod user_data;
+
+#[cfg(test)]
+mod tests;
+
 use crate::proto;
+
+pub use user_data::{MAX_USER_DATA_DEPTH, user_data_to_json, user_data_value};
+
+/// `data.messageType` of a session state notification.
+pub const STATE_CHANGE_MESSAGE_TYPE: &str = "SMSsessionStateChangeMessage";
+/// `data.messageType` of a transcript notification.
+pub const MESSAGE_LOG_MESSAGE_TYPE: &str = "MessageLogUpdated";
+
+/// One mapped GWS notification.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notification {
+    /// `messageType: SMSsessionStateChangeMessage`.
     StateChange(proto::SessionStateChange),
+    /// `messageType: MessageLogUpdated`.
     MessageLog(proto::MessageLogUpdate),
 }
+
 impl Notification {
+    /// The SMS session the notification is about. Empty only for an `Error` notification
+    /// that named no session at all (upstream is not documented to always name one).
     pub fn session_id(&self) -> &str {
         match self {
-            Self::StateChange(s) => s.session.as_ref().map(|s| s.id.as_str()).unwrap_or(""),
-            Self::MessageLog(m) => &m.session_id,
+            Notification::StateChange(sc) => sc.session.as_ref().map_or("", |s| s.id.as_str()),
+            Notification::MessageLog(ml) => &ml.session_id,
         }
     }
+
+    /// For a state change its [`proto::NotificationType`] (`Unspecified` when upstream sent
+    /// a kind this enum does not know; the name is in `notification_type_name`);
+    /// `None` for a transcript update, which has no notification type in the proto.
     pub fn notification_type(&self) -> Option<proto::NotificationType> {
         match self {
-            Self::StateChange(s) => proto::NotificationType::try_from(s.notification_type).ok(),
-            Self::MessageLog(_) => None,
+            Notification::StateChange(sc) => Some(
+                proto::NotificationType::try_from(sc.notification_type)
+                    .unwrap_or(proto::NotificationType::Unspecified),
+            ),
+            Notification::MessageLog(_) => None,
         }
     }
 }
-#[derive(Debug, thiserror::Error)]
-#[error("unmappable")]
-pub struct MappingError;
-pub fn map_notification(_data: &serde_json::Value) -> Result<Notification, MappingError> {
-    Err(MappingError)
+
+/// Why a notification could not be mapped. `path` is a dotted JSON path from the
+/// notification's `data` object, e.g. `smssession.participants[1].type`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MappingError {
+    /// The notification's `data` is not a JSON object.
+    #[error("notification data must be a JSON object, got {found}")]
+    NotAnObject {
+        /// The JSON kind found instead.
+        found: &'static str,
+    },
+    /// A required field is absent (or null).
+    #[error("notification field `{path}` is missing")]
+    Missing {
+        /// Where the field was expected.
+        path: String,
+    },
+    /// A field is present with a JSON type the mapping cannot use.
+    #[error("notification field `{path}` must be {expected}, got {found}")]
+    WrongType {
+        /// The field.
+        path: String,
+        /// What the mapping accepts there.
+        expected: &'static str,
+        /// The JSON kind found.
+        found: &'static str,
+    },
+    /// A field has the right type but an unusable value.
+    #[error("notification field `{path}` is invalid: {reason}")]
+    Invalid {
+        /// The field.
+        path: String,
+        /// What is wrong with the value.
+        reason: String,
+    },
+    /// `messageType` names a notification this gateway does not map.
+    #[error("unsupported notification messageType `{0}`")]
+    UnknownMessageType(String),
 }
-pub fn user_data_to_json(_v: &proto::UserDataValue) -> serde_json::Value {
-    serde_json::Value::Null
+
+/// Maps one CometD message `data` object to a [`Notification`].
+///
+/// # Errors
+/// [`MappingError`] when `data` is not an object, `messageType` is missing or unknown,
+/// a required field is missing, or a field has a type the mapping cannot use.
+pub fn map_notification(data: &serde_json::Value) -> Result<Notification, MappingError> {
+    let obj = data.as_object().ok_or(MappingError::NotAnObject {
+        found: json::kind(data),
+    })?;
+    let message_type = json::req_str(obj, "", "messageType")?;
+    match message_type {
+        STATE_CHANGE_MESSAGE_TYPE => state_change::map(obj).map(Notification::StateChange),
+        MESSAGE_LOG_MESSAGE_TYPE => message_log::map(obj).map(Notification::MessageLog),
+        other => Err(MappingError::UnknownMessageType(json::excerpt(other))),
+    }
 }

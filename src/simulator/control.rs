@@ -7,6 +7,8 @@
 //! - `GET /simulator/agents/{user}/smssessions/{id}`: a session as the simulator holds it.
 //! - `PUT /simulator/faults` `{"delay_ms": n, "fail": {"http_status", "body", "content_type", "times"}}`
 //!   and `DELETE /simulator/faults`: delay or fail REST replies.
+//! - `GET /simulator/stats`: request counters; `POST /simulator/http-sessions/expire`:
+//!   forget every HTTP session (cookies and CSRF tokens), as a GWS restart would.
 //! - `GET /simulator/health`.
 
 use super::state::Faults;
@@ -33,6 +35,11 @@ pub fn router(sim: Simulator) -> Router {
             get(peek_session),
         )
         .route("/simulator/faults", put(set_faults).delete(clear_faults))
+        .route("/simulator/stats", get(stats))
+        .route(
+            "/simulator/http-sessions/expire",
+            post(expire_http_sessions),
+        )
         .with_state(sim)
 }
 
@@ -104,4 +111,12 @@ async fn set_faults(
 async fn clear_faults(State(sim): State<Simulator>) -> Response {
     sim.state().faults = Faults::default();
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn stats(State(sim): State<Simulator>) -> Response {
+    axum::Json(sim.state().stats.clone()).into_response()
+}
+
+async fn expire_http_sessions(State(sim): State<Simulator>) -> Response {
+    axum::Json(json!({ "expired": sim.state().expire_http_sessions() })).into_response()
 }

@@ -65,7 +65,15 @@ async fn operation(
         Err(resp) => return resp,
     };
     let token = headers.get(CSRF_HEADER_NAME).and_then(|v| v.to_str().ok());
-    if !sim.state().csrf_ok(&auth, token) {
+    let csrf_ok = {
+        let mut state = sim.state();
+        let ok = state.csrf_ok(&auth, token);
+        if !ok {
+            state.stats.csrf_rejections += 1;
+        }
+        ok
+    };
+    if !csrf_ok {
         // Spring Security's wording, which GWS clients look for.
         return respond(
             &sim,
@@ -102,6 +110,7 @@ async fn notifications(State(sim): State<Simulator>, headers: HeaderMap, body: B
 
 /// Delay, then maybe replace the reply with an injected raw failure.
 async fn apply_faults(sim: &Simulator) -> Option<Response> {
+    sim.state().stats.rest_requests += 1;
     let delay = sim.state().faults.delay();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

@@ -95,6 +95,18 @@ pub struct State {
     next_reference_id: i64,
     pub csrf: bool,
     pub faults: Faults,
+    pub stats: Stats,
+}
+
+/// Counters the control API exposes, so tests can prove what reached the upstream.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    /// REST requests received (`/api/v2/me*`), whatever their outcome.
+    pub rest_requests: u64,
+    /// POSTs refused for a missing or wrong CSRF token.
+    pub csrf_rejections: u64,
+    /// User-data operations accepted.
+    pub operations_accepted: u64,
 }
 
 /// The outcome of authenticating a request.
@@ -122,6 +134,7 @@ impl State {
             next_reference_id: 15,
             csrf,
             faults: Faults::default(),
+            stats: Stats::default(),
         }
     }
 
@@ -173,6 +186,14 @@ impl State {
             new_session_id: Some(id.clone()),
             session_id: id,
         })
+    }
+
+    /// Forgets every HTTP session, as a GWS restart would: clients' cookies and CSRF tokens
+    /// become invalid.
+    pub fn expire_http_sessions(&mut self) -> usize {
+        let n = self.http_sessions.len();
+        self.http_sessions.clear();
+        n
     }
 
     /// The CSRF token of an HTTP session (to send on GET replies).
@@ -265,6 +286,7 @@ impl State {
         if let Some(user_data) = session["userData"].as_object_mut() {
             change.apply(user_data);
         }
+        self.stats.operations_accepted += 1;
         let reference_id = self.next_reference_id;
         self.next_reference_id += 1;
         let data = json!({

@@ -1,0 +1,185 @@
+//! `SMSsessionStateChangeMessage` -> `SessionStateChange`. Known strings become enum
+//! values; every upstream string is also kept as received (`*_name`), so a GWS release
+//! that adds a state or participant type loses nothing. Enum names are matched
+//! ignoring ASCII case, since upstream's documentation is not consistent about case.
+
+use serde_json::{Map, Value};
+
+use super::MappingError;
+use super::json::{self, first, kind, opt_i64, opt_object, opt_str, path, req_str, string_list};
+use super::message_log;
+use super::user_data::{MAX_USER_DATA_DEPTH, depth_exceeds, user_data_map};
+use crate::proto::{
+    NotificationType, Participant, ParticipantType, SessionState, SessionStateChange, SmsSession,
+};
+
+/// Spellings of the session object: the documentation has both.
+const SESSION_KEYS: &[&str] = &["smssession", "smsession"];
+
+/// Where upstream may put the text of an `Error` notification (undocumented for SMS;
+/// the chat API uses the first two), most specific first.
+const ERROR_TEXT_KEYS: &[&str] = &[
+    "errorMessage",
+    "message",
+    "statusMessage",
+    "errorDescription",
+    "description",
+    "reason",
+    "error",
+];
+
+pub(crate) fn map(obj: &Map<String, Value>) -> Result<SessionStateChange, MappingError> {
+    let type_name = opt_str(obj, "", "notificationType")?;
+    let notification_type = notification_type(&type_name);
+    let is_error = notification_type == NotificationType::Error;
+
+    let session = match first(obj, SESSION_KEYS) {
+        Some((key, Value::Object(s))) => Some(session(s, key)?),
+        Some((key, other)) => {
+            return Err(MappingError::WrongType {
+                path: key.to_owned(),
+                expected: "an object",
+                found: kind(other),
+            });
+        }
+        // An Error notification reports a failed operation and may not carry the whole
+        // session; delivering it without one beats dropping the only sign of the failure.
+        None if is_error => message_log::session_id_from_refs(obj)?.map(|id| SmsSession {
+            id,
+            ..SmsSession::default()
+        }),
+        None => {
+            return Err(MappingError::Missing {
+                path: SESSION_KEYS[0].to_owned(),
+            });
+        }
+    };
+
+    let error_message = if is_error {
+        error_text(obj)
+    } else {
+        String::new()
+    };
+
+    Ok(SessionStateChange {
+        notification_type: notification_type as i32,
+        notification_type_name: type_name,
+        reference_id: opt_i64(obj, "", "referenceId")?,
+        session,
+        error_message,
+    })
+}
+
+fn notification_type(name: &str) -> NotificationType {
+    const KNOWN: &[(&str, NotificationType)] = &[
+        ("StatusChange", NotificationType::StatusChange),
+        ("ParticipantsUpdated", NotificationType::ParticipantsUpdated),
+        ("PropertiesUpdated", NotificationType::PropertiesUpdated),
+        ("Error", NotificationType::Error),
+    ];
+    lookup(KNOWN, name).unwrap_or(NotificationType::Unspecified)
+}
+
+fn session_state(name: &str) -> SessionState {
+    const KNOWN: &[(&str, SessionState)] = &[
+        ("Invited", SessionState::Invited),
+        ("Chatting", SessionState::Chatting),
+        ("LeftChat", SessionState::LeftChat),
+        ("Completed", SessionState::Completed),
+        ("Revoked", SessionState::Revoked),
+    ];
+    lookup(KNOWN, name).unwrap_or(SessionState::Unspecified)
+}
+
+fn participant_type(name: &str) -> ParticipantType {
+    const KNOWN: &[(&str, ParticipantType)] = &[
+        ("Customer", ParticipantType::Customer),
+        ("Agent", ParticipantType::Agent),
+        ("Supervisor", ParticipantType::Supervisor),
+    ];
+    lookup(KNOWN, name).unwrap_or(ParticipantType::Unspecified)
+}
+
+fn lookup<T: Copy>(table: &[(&str, T)], name: &str) -> Option<T> {
+    table
+        .iter()
+        .find(|(known, _)| known.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
+}
+
+fn session(s: &Map<String, Value>, at: &str) -> Result<SmsSession, MappingError> {
+    let id = req_str(s, at, "id")?;
+    if id.is_empty() {
+        return Err(MappingError::Invalid {
+            path: path(at, "id"),
+            reason: "the session id is empty".to_owned(),
+        });
+    }
+    let state_name = opt_str(s, at, "state")?;
+    let user_data = match opt_object(s, at, "userData")? {
+        None => Default::default(),
+        Some(fields) => {
+            if let Some((key, _)) = fields
+                .iter()
+                .find(|(_, v)| depth_exceeds(v, MAX_USER_DATA_DEPTH))
+            {
+                return Err(MappingError::Invalid {
+                    path: format!("{}.{}", path(at, "userData"), json::excerpt(key)),
+                    reason: format!("nested more than {MAX_USER_DATA_DEPTH} levels deep"),
+                });
+            }
+            user_data_map(fields)
+        }
+    };
+    let participants_at = path(at, "participants");
+    let participants = json::opt_array(s, at, "participants")?
+        .iter()
+        .enumerate()
+        .map(|(i, p)| participant(p, &format!("{participants_at}[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SmsSession {
+        id: id.to_owned(),
+        state: session_state(&state_name) as i32,
+        state_name,
+        user_data,
+        capabilities: string_list(s, at, "capabilities")?,
+        uri: opt_str(s, at, "uri")?,
+        participants,
+    })
+}
+
+/// One participant object (`{nickname, type, participantId}`); also used for a transcript
+/// message's `from`.
+pub(crate) fn participant(v: &Value, at: &str) -> Result<Participant, MappingError> {
+    let p = v.as_object().ok_or_else(|| MappingError::WrongType {
+        path: at.to_owned(),
+        expected: "an object",
+        found: kind(v),
+    })?;
+    let type_name = opt_str(p, at, "type")?;
+    Ok(Participant {
+        participant_id: opt_str(p, at, "participantId")?,
+        nickname: opt_str(p, at, "nickname")?,
+        r#type: participant_type(&type_name) as i32,
+        type_name,
+    })
+}
+
+/// The text of an `Error` notification, from whichever field carries it. A nested
+/// `{"error": {"message": ...}}` is looked into; when only a `statusCode` is present it is
+/// reported as such. Non-string values are kept as their JSON text rather than dropped:
+/// what upstream said matters more than its shape.
+fn error_text(obj: &Map<String, Value>) -> String {
+    match first(obj, ERROR_TEXT_KEYS) {
+        Some((_, Value::String(s))) => s.clone(),
+        Some((_, Value::Object(inner))) => match first(inner, ERROR_TEXT_KEYS) {
+            Some((_, Value::String(s))) => s.clone(),
+            _ => Value::Object(inner.clone()).to_string(),
+        },
+        Some((_, other)) => other.to_string(),
+        None => match opt_i64(obj, "", "statusCode") {
+            Ok(Some(code)) => format!("statusCode {code}"),
+            _ => String::new(),
+        },
+    }
+}
