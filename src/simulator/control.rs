@@ -1,6 +1,7 @@
 //! The simulator's control API, for tests and demos (no authentication: loopback tooling):
-//! - `POST /simulator/agents/{user}/notifications[?channel=C]` body = a notification's JSON
-//!   `data`: published to that agent's CometD sessions.
+//! - `POST /simulator/agents/{user}/notifications[?channel=C][&repeat=N]` body = a
+//!   notification's JSON `data`: published (N times, at most 10,000) to that agent's CometD
+//!   sessions.
 //! - `POST /simulator/agents/{user}/cometd/drop`: server-side drop of the agent's CometD
 //!   sessions (their next connect gets 402 + handshake advice).
 //! - `GET /simulator/agents/{user}/cometd`: `{"sessions": n, "handshakes": n}`.
@@ -64,7 +65,14 @@ async fn inject(
         .get("channel")
         .map(String::as_str)
         .unwrap_or(SMS_CHANNEL);
-    let delivered = sim.hub().publish(&user, channel, data);
+    let repeat: usize = query
+        .get("repeat")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+        .clamp(1, 10_000);
+    let delivered: usize = (0..repeat)
+        .map(|_| sim.hub().publish(&user, channel, data.clone()))
+        .sum();
     axum::Json(json!({ "delivered": delivered })).into_response()
 }
 

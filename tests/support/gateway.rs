@@ -34,7 +34,14 @@ pub struct Harness {
 
 /// Builds `serve` settings as the command line would, plus extra flags.
 pub fn serve_config(gws_url: &str, extra: &[&str]) -> ServeConfig {
-    let mut args = vec!["gws-sms-gateway", "serve", "--listen", "127.0.0.1:0", "--gws-url", gws_url];
+    let mut args = vec![
+        "gws-sms-gateway",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--gws-url",
+        gws_url,
+    ];
     args.extend_from_slice(extra);
     let cli = <Cli as clap::Parser>::try_parse_from(args).expect("valid test flags");
     match cli.command {
@@ -87,7 +94,11 @@ impl Harness {
     async fn wait_serving(&self) {
         use tonic_health::pb::health_client::HealthClient;
         use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
-        let channel = Channel::from_shared(self.endpoint()).unwrap().connect().await.expect("gateway accepts");
+        let channel = Channel::from_shared(self.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .expect("gateway accepts");
         let status = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: "gws.sms.v1.SmsSessionService".into(),
@@ -100,7 +111,11 @@ impl Harness {
     }
 
     pub async fn client(&self) -> SmsSessionServiceClient<Channel> {
-        let channel = Channel::from_shared(self.endpoint()).unwrap().connect().await.unwrap();
+        let channel = Channel::from_shared(self.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
         SmsSessionServiceClient::new(channel)
     }
 
@@ -110,7 +125,10 @@ impl Harness {
             let _ = stop.send(());
         }
         match self.task.take() {
-            Some(task) => tokio::time::timeout(STEP, task).await.expect("gateway stops in time").unwrap(),
+            Some(task) => tokio::time::timeout(STEP, task)
+                .await
+                .expect("gateway stops in time")
+                .unwrap(),
             None => Ok(()),
         }
     }
@@ -127,7 +145,9 @@ impl Harness {
     pub async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut req = self.http.request(method, format!("{}{path}", self.sim_url));
         if let Some(body) = body {
-            req = req.header("content-type", "application/json").body(body.to_string());
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
         }
         let resp = req.send().await.expect("control API answers");
         let text = resp.text().await.unwrap();
@@ -135,32 +155,51 @@ impl Harness {
     }
 
     pub async fn stats(&self) -> Value {
-        self.control(reqwest::Method::GET, "/simulator/stats", None).await
+        self.control(reqwest::Method::GET, "/simulator/stats", None)
+            .await
     }
 
     pub async fn faults(&self, faults: Value) {
-        self.control(reqwest::Method::PUT, "/simulator/faults", Some(faults)).await;
+        self.control(reqwest::Method::PUT, "/simulator/faults", Some(faults))
+            .await;
     }
 
     pub async fn sim_session(&self, agent: &str, id: &str) -> Value {
-        self.control(reqwest::Method::GET, &format!("/simulator/agents/{agent}/smssessions/{id}"), None)
-            .await
+        self.control(
+            reqwest::Method::GET,
+            &format!("/simulator/agents/{agent}/smssessions/{id}"),
+            None,
+        )
+        .await
     }
 
     pub async fn inject(&self, agent: &str, data: Value) -> u64 {
         let v = self
-            .control(reqwest::Method::POST, &format!("/simulator/agents/{agent}/notifications"), Some(data))
+            .control(
+                reqwest::Method::POST,
+                &format!("/simulator/agents/{agent}/notifications"),
+                Some(data),
+            )
             .await;
         v["delivered"].as_u64().unwrap_or(0)
     }
 
     pub async fn cometd_stats(&self, agent: &str) -> Value {
-        self.control(reqwest::Method::GET, &format!("/simulator/agents/{agent}/cometd"), None).await
+        self.control(
+            reqwest::Method::GET,
+            &format!("/simulator/agents/{agent}/cometd"),
+            None,
+        )
+        .await
     }
 
     pub async fn drop_cometd(&self, agent: &str) -> u64 {
         let v = self
-            .control(reqwest::Method::POST, &format!("/simulator/agents/{agent}/cometd/drop"), None)
+            .control(
+                reqwest::Method::POST,
+                &format!("/simulator/agents/{agent}/cometd/drop"),
+                None,
+            )
             .await;
         v["dropped"].as_u64().unwrap_or(0)
     }
@@ -178,6 +217,7 @@ impl Drop for Harness {
 pub fn authed<T>(message: T, agent: (&str, &str)) -> Request<T> {
     let mut req = Request::new(message);
     let value = Credential::new(agent.0, agent.1).unwrap().authorization();
-    req.metadata_mut().insert("authorization", value.parse().unwrap());
+    req.metadata_mut()
+        .insert("authorization", value.parse().unwrap());
     req
 }
