@@ -411,3 +411,62 @@ async fn shutdown_lets_in_flight_calls_finish() {
     // The port no longer accepts.
     assert!(tokio::net::TcpStream::connect(h.addr).await.is_err());
 }
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_the_service() {
+    use tokio_stream::StreamExt as _;
+    let h = Harness::with_defaults().await;
+    let channel = tonic::transport::Channel::from_shared(h.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient as V1;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest as V1Req, server_reflection_request::MessageRequest as V1Msg,
+        server_reflection_response::MessageResponse as V1Resp,
+    };
+    let req = V1Req {
+        host: String::new(),
+        message_request: Some(V1Msg::ListServices(String::new())),
+    };
+    let mut resp = V1::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(V1Resp::ListServicesResponse(list)) =
+        resp.next().await.unwrap().unwrap().message_response
+    else {
+        panic!()
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"gws.sms.v1.SmsSessionService") && names.contains(&"grpc.health.v1.Health"),
+        "{names:?}"
+    );
+
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as V1a;
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest as V1aReq, server_reflection_request::MessageRequest as V1aMsg,
+        server_reflection_response::MessageResponse as V1aResp,
+    };
+    let req = V1aReq {
+        host: String::new(),
+        message_request: Some(V1aMsg::FileContainingSymbol(
+            "gws.sms.v1.SmsSessionService".into(),
+        )),
+    };
+    let mut resp = V1a::new(channel)
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(V1aResp::FileDescriptorResponse(files)) =
+        resp.next().await.unwrap().unwrap().message_response
+    else {
+        panic!()
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}

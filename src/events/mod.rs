@@ -244,7 +244,8 @@ impl EventsHub {
                 ));
             }
             let now = feed.token(state.replay.last_seq());
-            match resume.map(|t| (t, state.replay.resume(t, feed.epoch))) {
+            let issued = self.inner.seq.load(std::sync::atomic::Ordering::Relaxed);
+            match resume.map(|t| (t, state.replay.resume(t, feed.epoch, issued))) {
                 None => pre.push_back(feed::notice(
                     NoticeKind::Subscribed,
                     "subscribed upstream",

@@ -110,8 +110,14 @@ impl ReplayBuffer {
         }
     }
 
-    pub fn resume(&mut self, token: Token, epoch: u64) -> Resume {
+    /// `issued` is the highest sequence number this process has handed out (any agent).
+    pub fn resume(&mut self, token: Token, epoch: u64, issued: u64) -> Resume {
         self.expire(Instant::now());
+        if token.epoch == epoch && token.seq > issued {
+            return Resume::Gap(
+                "resume_token was never issued by this gateway; events before now cannot be replayed",
+            );
+        }
         if token.epoch != epoch {
             return Resume::Gap(
                 "resume_token is from another gateway process; events in between cannot be replayed",
@@ -182,26 +188,40 @@ mod tests {
         // Count bound: 11 was dropped, so the floor is 11.
         assert_eq!(buf.len(), 3);
         assert_eq!(
-            seqs(buf.resume(Token { epoch: 1, seq: 12 }, 1)),
+            seqs(buf.resume(Token { epoch: 1, seq: 12 }, 1, 20)),
             vec![15, 20]
         );
         assert_eq!(
-            seqs(buf.resume(Token { epoch: 1, seq: 11 }, 1)),
+            seqs(buf.resume(Token { epoch: 1, seq: 11 }, 1, 20)),
             vec![12, 15, 20]
         );
         assert_eq!(
-            seqs(buf.resume(Token { epoch: 1, seq: 20 }, 1)),
+            seqs(buf.resume(Token { epoch: 1, seq: 20 }, 1, 20)),
             Vec::<u64>::new()
         );
         assert!(matches!(
-            buf.resume(Token { epoch: 1, seq: 10 }, 1),
+            buf.resume(Token { epoch: 1, seq: 10 }, 1, 20),
             Resume::Gap(_)
         ));
         assert!(matches!(
-            buf.resume(Token { epoch: 2, seq: 20 }, 1),
+            buf.resume(Token { epoch: 2, seq: 20 }, 1, 20),
             Resume::Gap(_)
         ));
         assert_eq!(buf.last_seq(), 20);
+    }
+
+    #[test]
+    fn a_token_never_issued_is_a_gap() {
+        let mut buf = ReplayBuffer::new(10, Duration::from_secs(60), 0);
+        buf.push(stored(1, Instant::now()));
+        assert!(matches!(
+            buf.resume(Token { epoch: 1, seq: 99 }, 1, 1),
+            Resume::Gap(_)
+        ));
+        assert!(matches!(
+            buf.resume(Token { epoch: 1, seq: 1 }, 1, 1),
+            Resume::Replay(_)
+        ));
     }
 
     #[test]
@@ -212,9 +232,9 @@ mod tests {
         buf.push(stored(2, Instant::now()));
         assert_eq!(buf.len(), 1);
         assert!(matches!(
-            buf.resume(Token { epoch: 7, seq: 0 }, 7),
+            buf.resume(Token { epoch: 7, seq: 0 }, 7, 20),
             Resume::Gap(_)
         ));
-        assert_eq!(seqs(buf.resume(Token { epoch: 7, seq: 1 }, 7)), vec![2]);
+        assert_eq!(seqs(buf.resume(Token { epoch: 7, seq: 1 }, 7, 20)), vec![2]);
     }
 }

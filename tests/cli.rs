@@ -1,0 +1,170 @@
+//! The binary as a newcomer runs it: `serve` with the embedded simulator, `client events` and
+//! `client delete-user-data` as separate processes, SIGTERM; and bad configuration -> exit 64.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gws-sms-gateway");
+const STEP: Duration = Duration::from_secs(30);
+
+/// A child process that is killed if the test fails before it exits.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns the binary; its stdout and stderr lines arrive on the returned channel.
+fn spawn(args: &[&str]) -> (Proc, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("GWS_URL")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let (tx, rx) = mpsc::channel();
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    (Proc(child), rx)
+}
+
+/// The first line containing `needle`.
+fn wait_for(rx: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no line with {needle:?} within {STEP:?}"),
+        }
+    }
+}
+
+fn wait_exit(proc: &mut Proc) -> std::process::ExitStatus {
+    let child = &mut proc.0;
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process did not exit in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_exit_64() {
+    for args in [
+        &["serve", "--listen", "not-an-address"][..],
+        &["serve", "--gws-url", "ftp://x"],
+        &["serve", "--upstream-timeout", "soon"],
+        &["serve", "--default-user", "only-user"],
+        &["serve", "--no-such-flag"],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("GWS_URL")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn newcomer_flow_serve_events_delete_then_sigterm() {
+    let (mut server, server_out) = spawn(&["serve", "--listen", "127.0.0.1:0"]);
+    let line = wait_for(&server_out, "gateway serving gRPC");
+    let listen = line
+        .split("listen=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the log names the listen address")
+        .to_string();
+    wait_for(&server_out, "embedded GWS simulator");
+    let addr = format!("http://{listen}");
+    let auth = [
+        "client",
+        "--addr",
+        &addr,
+        "--user",
+        "agent1",
+        "--password",
+        "password1",
+    ];
+
+    let mut events_args = auth.to_vec();
+    events_args.push("events");
+    let (mut events, events_out) = spawn(&events_args);
+    wait_for(&events_out, "NOTICE_KIND_SUBSCRIBED");
+
+    let mut delete_args = auth.to_vec();
+    delete_args.extend([
+        "delete-user-data",
+        "--session",
+        "0071023821aec011",
+        "--key",
+        "UserData1",
+    ]);
+    let out = Command::new(BIN).args(&delete_args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("DeleteUserData accepted") && stdout.contains("referenceId"),
+        "{stdout}"
+    );
+
+    let event: serde_json::Value =
+        serde_json::from_str(&wait_for(&events_out, "PropertiesUpdated")).unwrap();
+    let user_data = &event["event"]["userData"];
+    assert!(user_data.get("UserData1").is_none(), "{event}");
+    assert_eq!(user_data["UserData2"], 123456789);
+    assert_eq!(user_data["IdentifyCreateContact"], "3");
+
+    // An error prints its code and details, exit 1.
+    let mut bad = auth.to_vec();
+    bad.extend(["delete-user-data", "--session", "nope", "--key", "k"]);
+    let out = Command::new(BIN).args(&bad).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("NotFound") && stderr.contains("GWS_STATUS_6"),
+        "{stderr}"
+    );
+
+    // SIGTERM: the events stream ends with UNAVAILABLE, the server exits 0.
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    wait_for(&events_out, "Unavailable");
+    assert_eq!(wait_exit(&mut events).code(), Some(1));
+    assert!(wait_exit(&mut server).success());
+    wait_for(&server_out, "gateway stopped");
+}
