@@ -2,7 +2,7 @@
 //! the `JSESSIONID` cookie, CSRF headers on GET replies and their check on POSTs, injected
 //! faults, then the state's answer in a GWS JSON body.
 
-use super::state::{Authenticated, Reply};
+use super::state::{Authenticated, Reply, State as SimState};
 use super::{NOTIFICATIONS_PATH, SMS_CHANNEL, Simulator};
 use axum::Router;
 use axum::body::Bytes;
@@ -28,27 +28,28 @@ pub fn router(sim: Simulator) -> Router {
 }
 
 async fn me(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
-    if let Some(failure) = apply_faults(&sim).await {
-        return failure;
-    }
-    let auth = match authenticate(&sim, &headers) {
-        Ok(auth) => auth,
-        Err(resp) => return resp,
-    };
-    let reply = sim.state().me(&auth.agent);
-    respond(&sim, reply, &auth, true)
+    read(&sim, &headers, |state, agent| state.me(agent)).await
 }
 
 async fn list_sessions(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
-    if let Some(failure) = apply_faults(&sim).await {
+    read(&sim, &headers, |state, agent| state.list_sessions(agent)).await
+}
+
+/// A GET: faults, authentication, the state's answer, and the CSRF headers.
+async fn read(
+    sim: &Simulator,
+    headers: &HeaderMap,
+    answer: impl FnOnce(&SimState, &str) -> Reply,
+) -> Response {
+    if let Some(failure) = apply_faults(sim).await {
         return failure;
     }
-    let auth = match authenticate(&sim, &headers) {
+    let auth = match authenticate(sim, headers) {
         Ok(auth) => auth,
         Err(resp) => return resp,
     };
-    let reply = sim.state().list_sessions(&auth.agent);
-    respond(&sim, reply, &auth, true)
+    let reply = answer(&sim.state(), &auth.agent);
+    respond(sim, reply, &auth, true)
 }
 
 async fn operation(
