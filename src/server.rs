@@ -5,7 +5,7 @@
 
 use crate::config::ServeConfig;
 use crate::events::{EventsConfig, EventsHub};
-use crate::grpc::SmsSessionApi;
+use crate::grpc::{SmsSessionApi, deadline};
 use crate::proto::sms_session_service_server::SmsSessionServiceServer;
 use crate::simulator::{self, RunningSimulator, SimulatorConfig, seed};
 use crate::upstream::{AgentRegistry, AgentsConfig, GwsClient};
@@ -13,6 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 /// Largest request message accepted: 1,000 keys of 256 bytes fit with room to spare.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -90,7 +91,10 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(SmsSessionServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(InterceptedService::new(
+            SmsSessionServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),
+            deadline::stamp,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             let _ = stop_rx.await;
         });

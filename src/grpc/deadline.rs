@@ -1,26 +1,47 @@
-//! How long an upstream call may take: the caller's `grpc-timeout` when it sent one,
-//! otherwise the configured upstream timeout.
+//! How long an upstream call may take: what is left of the caller's `grpc-timeout` when it
+//! sent one, otherwise the configured upstream timeout.
 //!
-//! tonic's server enforces `grpc-timeout` itself but answers `CANCELLED` when it fires.
-//! The gateway ends the upstream call a little earlier, so the caller gets the precise
-//! `DEADLINE_EXCEEDED` from us instead.
+//! tonic's server enforces `grpc-timeout` itself, from the moment the request arrives, but
+//! answers `CANCELLED` when it fires. The gateway stamps the arrival ([`stamp`], an
+//! interceptor that runs as the request enters the service) and ends the upstream call a
+//! little before that same deadline. tonic polls the service before its own timer, so even
+//! when both timers are due in the same wake-up the caller gets our precise
+//! `DEADLINE_EXCEEDED`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::metadata::MetadataMap;
+use tonic::{Extensions, Request, Status};
+
+/// When the request entered the service.
+#[derive(Debug, Clone, Copy)]
+pub struct Received(pub Instant);
+
+/// Interceptor: records when the request arrived.
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+pub fn stamp(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request.extensions_mut().insert(Received(Instant::now()));
+    Ok(request)
+}
 
 /// The upstream budget for this call.
-pub fn budget(metadata: &MetadataMap, configured: Duration) -> Duration {
-    match metadata
+pub fn budget(metadata: &MetadataMap, extensions: &Extensions, configured: Duration) -> Duration {
+    let Some(caller) = metadata
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
         .and_then(parse)
-    {
-        Some(caller) => caller.saturating_sub(margin(caller)),
-        None => configured,
-    }
+    else {
+        return configured;
+    };
+    let elapsed = extensions
+        .get::<Received>()
+        .map(|r| r.0.elapsed())
+        .unwrap_or_default();
+    caller
+        .saturating_sub(elapsed)
+        .saturating_sub(margin(caller))
 }
 
-/// A tenth of the deadline, between 2 ms and 100 ms: enough to answer before tonic's own
+/// A tenth of the deadline, between 2 ms and 100 ms: room to answer before tonic's own
 /// timer, small enough not to waste the caller's budget.
 fn margin(deadline: Duration) -> Duration {
     (deadline / 10).clamp(Duration::from_millis(2), Duration::from_millis(100))
@@ -51,14 +72,29 @@ mod tests {
     #[test]
     fn caller_deadline_bounds_the_budget() {
         let mut md = MetadataMap::new();
+        let none = Extensions::new();
         let configured = Duration::from_secs(10);
-        assert_eq!(budget(&md, configured), configured);
+        assert_eq!(budget(&md, &none, configured), configured);
         md.insert("grpc-timeout", "200m".parse().unwrap());
-        assert_eq!(budget(&md, configured), Duration::from_millis(180));
+        assert_eq!(budget(&md, &none, configured), Duration::from_millis(180));
         md.insert("grpc-timeout", "30S".parse().unwrap());
-        assert_eq!(budget(&md, configured), Duration::from_millis(29_900));
+        assert_eq!(
+            budget(&md, &none, configured),
+            Duration::from_millis(29_900)
+        );
         md.insert("grpc-timeout", "garbage".parse().unwrap());
-        assert_eq!(budget(&md, configured), configured);
+        assert_eq!(budget(&md, &none, configured), configured);
+    }
+
+    #[test]
+    fn time_already_spent_is_deducted() {
+        let mut md = MetadataMap::new();
+        md.insert("grpc-timeout", "200m".parse().unwrap());
+        let mut ext = Extensions::new();
+        ext.insert(Received(Instant::now() - Duration::from_millis(150)));
+        assert!(budget(&md, &ext, Duration::from_secs(10)) <= Duration::from_millis(30));
+        ext.insert(Received(Instant::now() - Duration::from_secs(1)));
+        assert_eq!(budget(&md, &ext, Duration::from_secs(10)), Duration::ZERO);
     }
 
     #[test]

@@ -54,7 +54,11 @@ impl SmsSessionService for SmsSessionApi {
         request: Request<DeleteUserDataRequest>,
     ) -> Result<Response<DeleteUserDataResponse>, Status> {
         let credential = self.credential(&request)?;
-        let timeout = deadline::budget(request.metadata(), self.upstream_timeout);
+        let timeout = deadline::budget(
+            request.metadata(),
+            request.extensions(),
+            self.upstream_timeout,
+        );
         let op =
             validate::delete_user_data(request.into_inner()).map_err(Error::InvalidArgument)?;
         let host = self.gws.host();
