@@ -34,6 +34,9 @@ pub struct BayeuxConfig {
     pub max_backoff: Duration,
     /// Ask for the acknowledgement extension (default true).
     pub use_ack: bool,
+    /// Sent on every request besides the HTTP client's own defaults, e.g. GWS's CSRF header
+    /// (GWS wants it on every POST, and long-polling is POST).
+    pub headers: http::HeaderMap,
 }
 
 impl BayeuxConfig {
@@ -46,6 +49,7 @@ impl BayeuxConfig {
             request_timeout: Duration::from_secs(10),
             max_backoff: Duration::from_secs(60),
             use_ack: true,
+            headers: http::HeaderMap::new(),
         }
     }
 }

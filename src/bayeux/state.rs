@@ -263,8 +263,13 @@ impl State {
     ) -> Vec<Action> {
         let msgs = match result {
             Ok(msgs) => msgs,
-            Err(RequestError::Http(status @ (401 | 403))) if kind == Kind::Handshake => {
-                return self.terminate(format!("handshake refused: HTTP {status}"), Some(status));
+            // Refused credentials or CSRF token: retrying the same request cannot fix it,
+            // so stop and let the owner decide (it refreshes the CSRF token once).
+            Err(RequestError::Http(status @ (401 | 403))) => {
+                return self.terminate(
+                    format!("{} refused: HTTP {status}", kind.name()),
+                    Some(status),
+                );
             }
             Err(e) => {
                 return self.fail(

@@ -311,6 +311,27 @@ fn failing_longer_than_the_session_expiry_switches_to_handshake() {
 }
 
 #[test]
+fn connect_http_401_or_403_is_terminal_too() {
+    for status in [401, 403] {
+        let (mut s, _) = connected(&["/a"], Instant::now());
+        let a = s.handle(
+            err(Kind::Connect, RequestError::Http(status)),
+            Instant::now(),
+        );
+        assert_eq!(
+            a,
+            vec![
+                Action::Emit(BayeuxEvent::Failed {
+                    reason: format!("connect refused: HTTP {status}"),
+                    http_status: Some(status),
+                }),
+                Action::Stop,
+            ]
+        );
+    }
+}
+
+#[test]
 fn handshake_http_401_or_403_is_terminal() {
     for status in [401, 403] {
         let mut s = State::new(&config(&["/a"]));

@@ -60,7 +60,7 @@ pub async fn run(
                     biased;
                     () = cancel.cancelled() => break,
                     () = events.closed() => break,
-                    result = execute(&http, &config.url, &request) => Input::Reply {
+                    result = execute(&http, &config, &request) => Input::Reply {
                         kind: request.kind,
                         result,
                     },
@@ -72,7 +72,7 @@ pub async fn run(
     // Cancelled or nobody listening: release the server session (and its parked
     // connect, which the select above has already dropped) if there is one.
     if let Some(request) = state.disconnect_request() {
-        let outcome = execute(&http, &config.url, &request).await;
+        let outcome = execute(&http, &config, &request).await;
         tracing::debug!(ok = outcome.is_ok(), "bayeux: disconnect sent");
     }
 }
@@ -80,13 +80,14 @@ pub async fn run(
 /// POSTs the request's messages as a JSON array and parses the reply.
 async fn execute(
     http: &reqwest::Client,
-    url: &reqwest::Url,
+    config: &BayeuxConfig,
     request: &Request,
 ) -> Result<Vec<Message>, RequestError> {
     let body = serde_json::to_vec(&request.messages)
         .map_err(|_| RequestError::Malformed("request not serializable".into()))?;
     let mut response = http
-        .post(url.clone())
+        .post(config.url.clone())
+        .headers(config.headers.clone())
         .header(
             reqwest::header::CONTENT_TYPE,
             "application/json;charset=UTF-8",
