@@ -4,16 +4,18 @@
 //! Fan-out policy: each subscriber has a bounded queue; delivery never waits. A subscriber
 //! whose queue is full is cut off alone (its stream ends with RESOURCE_EXHAUSTED carrying its
 //! last delivered token, so it can resume from the replay buffer); the others are not delayed.
+//! Items are shared (`Arc`) by the replay buffer and every queue, never copied per subscriber.
 
 use super::EventsError;
 use super::filter::Filter;
 use super::replay::{ReplayBuffer, Stored, Token};
 use crate::bayeux::{self, BayeuxConfig, BayeuxEvent};
-use crate::mapping;
+use crate::mapping::{self, Notification};
 use crate::proto::{
     NoticeKind, SessionEventsResponse, StreamNotice, session_events_response::Event,
 };
-use crate::upstream::{Agent, UpstreamError};
+use crate::upstream::{Agent, GwsClient, UpstreamError};
+use prost::Message as _;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,15 +29,19 @@ pub enum Upstream {
     Connecting,
     Subscribed,
     Lost,
-    /// Ended for good; the feed is being removed.
+    /// Ended for good; the feed is being removed. Set before the subscribers are ended, so a
+    /// subscriber that checks it under the feed lock never joins a dead feed.
     Failed(EventsError),
 }
 
 /// Why a subscriber's queue was closed by the feed (read by its stream once drained).
 pub type EndReason = Arc<Mutex<Option<EventsError>>>;
 
+/// One stream item, shared by the replay buffer and every subscriber's queue.
+pub type Item = Arc<SessionEventsResponse>;
+
 struct Slot {
-    tx: mpsc::Sender<SessionEventsResponse>,
+    tx: mpsc::Sender<Item>,
     filter: Filter,
     end: EndReason,
 }
@@ -96,10 +102,11 @@ impl Feed {
         .encode()
     }
 
-    /// Registers a subscriber's queue; returns its slot id.
+    /// Registers a subscriber's queue; returns its slot id. Call with the lock held, after
+    /// checking the feed has not failed.
     pub fn add_slot(
         state: &mut FeedState,
-        tx: mpsc::Sender<SessionEventsResponse>,
+        tx: mpsc::Sender<Item>,
         filter: Filter,
         end: EndReason,
     ) -> u64 {
@@ -117,13 +124,22 @@ impl Feed {
         self.lock().slots.len()
     }
 
+    /// The error that ended this feed, if it has ended.
+    pub fn failure(&self) -> Option<EventsError> {
+        match &*self.status.borrow() {
+            Upstream::Failed(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
     /// Applies one event of the Bayeux client.
     pub fn on_bayeux(&self, event: BayeuxEvent) {
         match event {
             BayeuxEvent::Message { channel, data } => self.on_message(&channel, &data),
             BayeuxEvent::Subscribed { restored } => {
-                self.status.send_replace(Upstream::Subscribed);
-                if restored {
+                let was = self.status.send_replace(Upstream::Subscribed);
+                // A fresh session after a restart (new CSRF token) counts as restored too.
+                if restored || was == Upstream::Lost {
                     tracing::info!(agent = ?self.agent.key(), "upstream notifications restored");
                     self.notify(
                         NoticeKind::UpstreamRestored,
@@ -158,10 +174,14 @@ impl Feed {
         }
     }
 
-    /// Ends every subscriber with `error` (after what they already have queued).
+    /// Ends every subscriber with `error` (after what they already have queued), unless the
+    /// feed already failed.
     pub fn fail(&self, error: EventsError) {
-        self.status.send_replace(Upstream::Failed(error.clone()));
         let mut state = self.lock();
+        if self.failure().is_some() {
+            return;
+        }
+        self.status.send_replace(Upstream::Failed(error.clone()));
         for (_, slot) in state.slots.drain() {
             *slot.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
         }
@@ -180,27 +200,35 @@ impl Feed {
                 return;
             }
         };
-        let proto_event = match &event {
-            mapping::Notification::StateChange(change) => Event::StateChange(change.clone()),
-            mapping::Notification::MessageLog(log) => Event::MessageLog(log.clone()),
+        let session_id = event.session_id().to_string();
+        let notification_type = event.notification_type();
+        let proto_event = match event {
+            Notification::StateChange(change) => Event::StateChange(change),
+            Notification::MessageLog(log) => Event::MessageLog(log),
         };
         let mut state = self.lock();
         // Allocated under the lock so this agent's buffer stays in sequence order.
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let response = Arc::new(SessionEventsResponse {
+            resume_token: self.token(seq),
+            receive_time: Some(SystemTime::now().into()),
+            event: Some(proto_event),
+        });
         let stored = Arc::new(Stored {
             seq,
             at: Instant::now(),
-            response: SessionEventsResponse {
-                resume_token: self.token(seq),
-                receive_time: Some(SystemTime::now().into()),
-                event: Some(proto_event),
-            },
-            event,
+            bytes: response.encoded_len(),
+            session_id,
+            notification_type,
+            response,
         });
         state.replay.push(stored.clone());
-        state
-            .slots
-            .retain(|_, slot| !slot.filter.matches(&stored.event) || offer(slot, &stored.response));
+        state.slots.retain(|_, slot| {
+            !slot
+                .filter
+                .matches(&stored.session_id, stored.notification_type)
+                || offer(slot, &stored.response)
+        });
     }
 
     /// Sends a notice to every subscriber.
@@ -211,9 +239,9 @@ impl Feed {
     }
 }
 
-/// Queues `response` for one subscriber without waiting; false drops the slot.
-fn offer(slot: &Slot, response: &SessionEventsResponse) -> bool {
-    match slot.tx.try_send(response.clone()) {
+/// Queues `item` for one subscriber without waiting; false drops the slot.
+fn offer(slot: &Slot, item: &Item) -> bool {
+    match slot.tx.try_send(item.clone()) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
             // The stream fills in its own last delivered token when it reports this.
@@ -226,32 +254,78 @@ fn offer(slot: &Slot, response: &SessionEventsResponse) -> bool {
     }
 }
 
-pub fn notice(kind: NoticeKind, detail: &str, resume_token: String) -> SessionEventsResponse {
-    SessionEventsResponse {
+pub fn notice(kind: NoticeKind, detail: &str, resume_token: String) -> Item {
+    Arc::new(SessionEventsResponse {
         resume_token,
         receive_time: Some(SystemTime::now().into()),
         event: Some(Event::Notice(StreamNotice {
             kind: kind as i32,
             detail: detail.to_string(),
         })),
-    }
+    })
 }
 
-/// Runs the agent's upstream session until the feed is cancelled or the session fails.
-pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig) {
-    let (tx, mut rx) = mpsc::channel(256);
-    let client = tokio::spawn(bayeux::run(
-        feed.agent.http().clone(),
-        config,
-        tx,
-        feed.cancel.clone(),
-    ));
-    while let Some(event) = rx.recv().await {
-        feed.on_bayeux(event);
-    }
-    if client.await.is_err() {
-        feed.fail(EventsError::Ended(
-            "upstream notification client stopped unexpectedly".into(),
+/// Runs the agent's upstream session until the feed is cancelled or the session fails, then
+/// closes the feed so no subscriber can wait on it any more.
+///
+/// Every CometD request carries the agent's CSRF header (learnt with `GET /api/v2/me` when
+/// not known). When GWS refuses a request with 401/403, the token is fetched again and the
+/// session started afresh, once; a second refusal in a row ends the feed.
+pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig, gws: GwsClient) {
+    let mut refreshed = false;
+    loop {
+        let mut session = config.clone();
+        match gws
+            .csrf_header(&feed.agent, refreshed, config.request_timeout)
+            .await
+        {
+            Ok(Some((name, value))) => {
+                session.headers.insert(name, value);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                feed.fail(EventsError::Upstream(error));
+                return;
+            }
+        }
+        let (tx, mut rx) = mpsc::channel(256);
+        let client = tokio::spawn(bayeux::run(
+            feed.agent.http().clone(),
+            session,
+            tx,
+            feed.cancel.clone(),
         ));
+        let mut refused = false;
+        while let Some(event) = rx.recv().await {
+            match event {
+                BayeuxEvent::Failed {
+                    http_status: Some(401 | 403),
+                    ..
+                } if !refreshed => refused = true,
+                BayeuxEvent::Subscribed { .. } => {
+                    refreshed = false;
+                    feed.on_bayeux(event);
+                }
+                other => feed.on_bayeux(other),
+            }
+        }
+        if client.await.is_err() {
+            feed.fail(EventsError::Ended(
+                "upstream notification client stopped unexpectedly".into(),
+            ));
+            return;
+        }
+        if !refused || feed.cancel.is_cancelled() {
+            break;
+        }
+        refreshed = true;
+        if *feed.status.borrow() == Upstream::Subscribed {
+            feed.on_bayeux(BayeuxEvent::Lost {
+                reason: "GWS refused the session; fetching a new CSRF token".into(),
+            });
+        }
     }
+    feed.fail(EventsError::Ended(
+        "upstream notification session closed".into(),
+    ));
 }

@@ -1,6 +1,5 @@
 //! Which events a subscriber wants: session ids and notification types (empty = all).
 
-use crate::mapping::Notification;
 use crate::proto::NotificationType;
 use std::collections::HashSet;
 
@@ -11,16 +10,14 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Notices are about the stream and always pass; events pass when both sets allow them.
-    /// A `MessageLogUpdate` has no `NotificationType`, so a non-empty type filter excludes it:
-    /// asking for, say, PROPERTIES_UPDATED only means no transcript traffic.
-    pub fn matches(&self, event: &Notification) -> bool {
-        let session_ok =
-            self.session_ids.is_empty() || self.session_ids.contains(event.session_id());
+    /// Whether an event of `session_id` with `notification_type` passes (notices are about
+    /// the stream and bypass filters). A `MessageLogUpdate` has no `NotificationType`, so a
+    /// non-empty type filter excludes it: asking for, say, PROPERTIES_UPDATED only means no
+    /// transcript traffic.
+    pub fn matches(&self, session_id: &str, notification_type: Option<NotificationType>) -> bool {
+        let session_ok = self.session_ids.is_empty() || self.session_ids.contains(session_id);
         let type_ok = self.notification_types.is_empty()
-            || event
-                .notification_type()
-                .is_some_and(|t| self.notification_types.contains(&t));
+            || notification_type.is_some_and(|t| self.notification_types.contains(&t));
         session_ok && type_ok
     }
 }
@@ -28,41 +25,26 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto;
-
-    fn change(id: &str, t: NotificationType) -> Notification {
-        Notification::StateChange(proto::SessionStateChange {
-            notification_type: t as i32,
-            session: Some(proto::SmsSession {
-                id: id.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-    }
 
     #[test]
     fn filters_by_session_and_type() {
+        let props = Some(NotificationType::PropertiesUpdated);
         let all = Filter::default();
-        let e = change("s1", NotificationType::PropertiesUpdated);
-        assert!(all.matches(&e));
+        assert!(all.matches("s1", props));
         let by_session = Filter {
             session_ids: ["s2".to_string()].into(),
             ..Default::default()
         };
-        assert!(!by_session.matches(&e));
-        assert!(by_session.matches(&change("s2", NotificationType::Error)));
+        assert!(!by_session.matches("s1", props));
+        assert!(by_session.matches("s2", Some(NotificationType::Error)));
         let by_type = Filter {
             notification_types: [NotificationType::StatusChange].into(),
             ..Default::default()
         };
-        assert!(!by_type.matches(&e));
-        assert!(by_type.matches(&change("s1", NotificationType::StatusChange)));
-        let log = Notification::MessageLog(proto::MessageLogUpdate {
-            session_id: "s1".into(),
-            messages: vec![],
-        });
-        assert!(all.matches(&log));
-        assert!(!by_type.matches(&log));
+        assert!(!by_type.matches("s1", props));
+        assert!(by_type.matches("s1", Some(NotificationType::StatusChange)));
+        // A message log update (no notification type).
+        assert!(all.matches("s1", None));
+        assert!(!by_type.matches("s1", None));
     }
 }

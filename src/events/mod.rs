@@ -16,7 +16,7 @@ pub use stream::EventStream;
 
 use crate::bayeux::BayeuxConfig;
 use crate::proto::NoticeKind;
-use crate::upstream::{Agent, AgentKey, UpstreamError};
+use crate::upstream::{Agent, AgentKey, GwsClient, UpstreamError};
 use feed::Feed;
 use rand::Rng;
 use replay::{ReplayBuffer, Resume};
@@ -52,6 +52,8 @@ pub struct EventsConfig {
     /// Channels subscribed upstream.
     pub channels: Vec<String>,
     pub replay_max_events: usize,
+    /// Encoded bytes of events kept per agent for resume.
+    pub replay_max_bytes: usize,
     pub replay_max_age: Duration,
     /// Items queued per stream before it is cut off as too slow.
     pub stream_buffer: usize,
@@ -68,6 +70,7 @@ impl EventsConfig {
             notifications_url,
             channels,
             replay_max_events: 1000,
+            replay_max_bytes: 16 * 1024 * 1024,
             replay_max_age: Duration::from_secs(300),
             stream_buffer: 256,
             linger: Duration::from_secs(5),
@@ -86,6 +89,8 @@ pub struct EventsHub {
 struct Inner {
     config: EventsConfig,
     bayeux: BayeuxConfig,
+    /// For the agents' CSRF tokens, which the CometD requests carry too.
+    gws: GwsClient,
     /// Random per process: tokens of another process are recognised as such.
     epoch: u64,
     seq: Arc<AtomicU64>,
@@ -149,12 +154,13 @@ impl Inner {
 }
 
 impl EventsHub {
-    pub fn new(config: EventsConfig) -> Self {
+    pub fn new(config: EventsConfig, gws: GwsClient) -> Self {
         let bayeux = BayeuxConfig::new(config.notifications_url.clone(), config.channels.clone());
         Self {
             inner: Arc::new(Inner {
                 config,
                 bayeux,
+                gws,
                 epoch: rand::rng().random(),
                 seq: Arc::new(AtomicU64::new(0)),
                 feeds: Mutex::new(HashMap::new()),
@@ -177,6 +183,7 @@ impl EventsHub {
                 let floor = self.inner.seq.load(std::sync::atomic::Ordering::Relaxed);
                 let replay = ReplayBuffer::new(
                     self.inner.config.replay_max_events,
+                    self.inner.config.replay_max_bytes,
                     self.inner.config.replay_max_age,
                     floor,
                 );
@@ -184,8 +191,9 @@ impl EventsHub {
                 let hub = Arc::downgrade(&self.inner);
                 let pump_feed = feed.clone();
                 let bayeux = self.inner.bayeux.clone();
+                let gws = self.inner.gws.clone();
                 self.inner.tasks.spawn(async move {
-                    feed::pump(pump_feed.clone(), bayeux).await;
+                    feed::pump(pump_feed.clone(), bayeux, gws).await;
                     // Whatever ended the session, the next subscriber starts a fresh one.
                     if let Some(hub) = hub.upgrade() {
                         hub.remove(&pump_feed);
@@ -238,6 +246,10 @@ impl EventsHub {
         let mut pre = VecDeque::new();
         let slot = {
             let mut state = feed.lock();
+            // Checked under the lock `Feed::fail` drains under: a stream never joins a dead feed.
+            if let Some(error) = feed.failure() {
+                return Err(error);
+            }
             if state.slots_len() >= self.inner.config.max_streams_per_agent {
                 return Err(EventsError::TooManySubscribers(
                     self.inner.config.max_streams_per_agent,
@@ -262,7 +274,7 @@ impl EventsHub {
                     pre.extend(
                         events
                             .iter()
-                            .filter(|s| filter.matches(&s.event))
+                            .filter(|s| filter.matches(&s.session_id, s.notification_type))
                             .map(|s| s.response.clone()),
                     );
                 }

@@ -2,12 +2,12 @@
 //!
 //! Every delivered event gets a sequence number from one process-wide counter, and its
 //! token is `<process epoch>.<seq>`. The buffer keeps an agent's most recent events, bounded
-//! by count and age, and remembers its `floor`: every event of this agent with a sequence
+//! by count, encoded bytes and age, and remembers its `floor`: every event of this agent with a sequence
 //! number above the floor is still held. A token is honoured when it is from this process
 //! and not below the floor; then exactly the held events after it are replayed.
 
-use crate::mapping::Notification;
-use crate::proto::SessionEventsResponse;
+use super::feed::Item;
+use crate::proto::NotificationType;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,13 +15,16 @@ use std::time::{Duration, Instant};
 /// Longest resume token accepted; anything longer is not one of ours.
 pub const MAX_TOKEN_LEN: usize = 64;
 
-/// One delivered event, shared by the buffer and every subscriber.
+/// One delivered event as the buffer keeps it: the shared item and what filters need.
 #[derive(Debug)]
 pub struct Stored {
     pub seq: u64,
     pub at: Instant,
-    pub event: Notification,
-    pub response: SessionEventsResponse,
+    /// Encoded size of `response`, for the byte budget.
+    pub bytes: usize,
+    pub session_id: String,
+    pub notification_type: Option<NotificationType>,
+    pub response: Item,
 }
 
 /// A parsed resume token.
@@ -64,23 +67,28 @@ pub enum Resume {
 pub struct ReplayBuffer {
     events: VecDeque<Arc<Stored>>,
     max_events: usize,
+    max_bytes: usize,
     max_age: Duration,
+    bytes: usize,
     floor: u64,
 }
 
 impl ReplayBuffer {
     /// `floor` is the sequence number current when the buffer starts: nothing of this agent
     /// at or below it is held.
-    pub fn new(max_events: usize, max_age: Duration, floor: u64) -> Self {
+    pub fn new(max_events: usize, max_bytes: usize, max_age: Duration, floor: u64) -> Self {
         Self {
             events: VecDeque::new(),
             max_events,
+            max_bytes,
             max_age,
+            bytes: 0,
             floor,
         }
     }
 
     pub fn push(&mut self, stored: Arc<Stored>) {
+        self.bytes += stored.bytes;
         self.events.push_back(stored);
         self.expire(Instant::now());
     }
@@ -100,12 +108,13 @@ impl ReplayBuffer {
 
     fn expire(&mut self, now: Instant) {
         while let Some(front) = self.events.front() {
-            let too_many = self.events.len() > self.max_events;
+            let too_many = self.events.len() > self.max_events || self.bytes > self.max_bytes;
             let too_old = now.saturating_duration_since(front.at) > self.max_age;
             if !(too_many || too_old) {
                 break;
             }
             self.floor = front.seq;
+            self.bytes -= front.bytes;
             self.events.pop_front();
         }
     }
@@ -141,14 +150,20 @@ impl ReplayBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto;
+    use crate::proto::SessionEventsResponse;
 
     fn stored(seq: u64, at: Instant) -> Arc<Stored> {
+        sized(seq, at, 100)
+    }
+
+    fn sized(seq: u64, at: Instant, bytes: usize) -> Arc<Stored> {
         Arc::new(Stored {
             seq,
             at,
-            event: Notification::MessageLog(proto::MessageLogUpdate::default()),
-            response: SessionEventsResponse::default(),
+            bytes,
+            session_id: String::new(),
+            notification_type: None,
+            response: Arc::new(SessionEventsResponse::default()),
         })
     }
 
@@ -181,7 +196,7 @@ mod tests {
     #[test]
     fn replays_after_token_within_bounds() {
         let now = Instant::now();
-        let mut buf = ReplayBuffer::new(3, Duration::from_secs(60), 10);
+        let mut buf = ReplayBuffer::new(3, usize::MAX, Duration::from_secs(60), 10);
         for seq in [11, 12, 15, 20] {
             buf.push(stored(seq, now));
         }
@@ -212,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_token_never_issued_is_a_gap() {
-        let mut buf = ReplayBuffer::new(10, Duration::from_secs(60), 0);
+        let mut buf = ReplayBuffer::new(10, usize::MAX, Duration::from_secs(60), 0);
         buf.push(stored(1, Instant::now()));
         assert!(matches!(
             buf.resume(Token { epoch: 1, seq: 99 }, 1, 1),
@@ -225,9 +240,31 @@ mod tests {
     }
 
     #[test]
+    fn byte_budget_moves_the_floor() {
+        let now = Instant::now();
+        let mut buf = ReplayBuffer::new(100, 250, Duration::from_secs(60), 0);
+        for seq in 1..=3 {
+            buf.push(sized(seq, now, 100));
+        }
+        assert_eq!(
+            buf.len(),
+            2,
+            "300 bytes over a 250-byte budget: the oldest goes"
+        );
+        assert!(matches!(
+            buf.resume(Token { epoch: 1, seq: 0 }, 1, 3),
+            Resume::Gap(_)
+        ));
+        assert_eq!(
+            seqs(buf.resume(Token { epoch: 1, seq: 1 }, 1, 3)),
+            vec![2, 3]
+        );
+    }
+
+    #[test]
     fn age_bound_moves_the_floor() {
         let old = Instant::now() - Duration::from_secs(120);
-        let mut buf = ReplayBuffer::new(100, Duration::from_secs(60), 0);
+        let mut buf = ReplayBuffer::new(100, usize::MAX, Duration::from_secs(60), 0);
         buf.push(stored(1, old));
         buf.push(stored(2, Instant::now()));
         assert_eq!(buf.len(), 1);

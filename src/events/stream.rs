@@ -2,7 +2,7 @@
 //! replay), then its live queue. It remembers the last token it yielded, so a cut-off
 //! consumer learns where to resume. Dropping it (the client went away) unregisters it at once.
 
-use super::feed::{EndReason, Feed};
+use super::feed::{EndReason, Feed, Item};
 use super::{EventsError, Interest};
 use crate::proto::SessionEventsResponse;
 use futures::Stream;
@@ -29,8 +29,8 @@ impl Drop for SlotGuard {
 }
 
 struct StreamState {
-    pre: VecDeque<SessionEventsResponse>,
-    rx: mpsc::Receiver<SessionEventsResponse>,
+    pre: VecDeque<Item>,
+    rx: mpsc::Receiver<Item>,
     end: EndReason,
     shutdown: CancellationToken,
     last_token: String,
@@ -39,8 +39,8 @@ struct StreamState {
 }
 
 pub(super) fn new(
-    pre: VecDeque<SessionEventsResponse>,
-    rx: mpsc::Receiver<SessionEventsResponse>,
+    pre: VecDeque<Item>,
+    rx: mpsc::Receiver<Item>,
     end: EndReason,
     shutdown: CancellationToken,
     feed: Arc<Feed>,
@@ -66,7 +66,7 @@ pub(super) fn new(
         }
         if let Some(item) = st.pre.pop_front() {
             st.last_token.clone_from(&item.resume_token);
-            return Some((Ok(item), st));
+            return Some((Ok(Arc::unwrap_or_clone(item)), st));
         }
         let next = tokio::select! {
             biased;
@@ -81,7 +81,7 @@ pub(super) fn new(
             }
             Some(Some(item)) => {
                 st.last_token.clone_from(&item.resume_token);
-                Some((Ok(item), st))
+                Some((Ok(Arc::unwrap_or_clone(item)), st))
             }
             // The feed closed the queue: everything queued was delivered; now say why.
             Some(None) => {

@@ -101,6 +101,20 @@ impl GwsClient {
             .map_err(|_| UpstreamError::Timeout(timeout))?
     }
 
+    /// The agent's CSRF header for writes (`None` when GWS does not use CSRF protection),
+    /// read with `GET /api/v2/me` when not known yet or when `refresh` is set. The CometD
+    /// requests carry it too: GWS wants it on every POST.
+    pub async fn csrf_header(
+        &self,
+        agent: &Agent,
+        refresh: bool,
+        timeout: Duration,
+    ) -> Result<Option<(HeaderName, HeaderValue)>, UpstreamError> {
+        tokio::time::timeout(timeout, self.csrf_token(agent, refresh, timeout))
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))?
+    }
+
     async fn post(
         &self,
         agent: &Agent,
