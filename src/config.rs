@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// Events kept per agent for resume.
     #[arg(long, env = "GATEWAY_REPLAY_MAX_EVENTS", default_value_t = 1000)]
     pub replay_max_events: usize,
+    /// Encoded size of the events kept per agent for resume, in MiB.
+    #[arg(long, env = "GATEWAY_REPLAY_MAX_MIB", default_value_t = 16)]
+    pub replay_max_mib: usize,
     /// Age after which events leave the replay buffer.
     #[arg(long, env = "GATEWAY_REPLAY_MAX_AGE", default_value = "5m", value_parser = parse_duration)]
     pub replay_max_age: Duration,
@@ -238,6 +241,10 @@ fn parse_url(text: &str) -> Result<reqwest::Url, String> {
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err("must be an http:// or https:// URL with a host".into());
     }
+    // Credentials in the URL would be sent instead of each caller's own (and be logged).
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain user:password@; callers send their own credentials".into());
+    }
     Ok(url)
 }
 
@@ -296,6 +303,7 @@ mod tests {
             "http://gws:8080/base/api/v2/notifications"
         );
         assert!(serve(&["--gws-url", "ftp://x"]).is_err());
+        assert!(serve(&["--gws-url", "http://svc:secret@gws:8080"]).is_err());
         assert!(serve(&["--listen", "nowhere"]).is_err());
         assert!(serve(&["--notifications-path", "x"]).is_err());
         assert!(serve(&["--channel", "/meta/connect"]).is_err());

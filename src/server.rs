@@ -57,10 +57,11 @@ pub async fn run(
         EventsConfig::new(config.notifications_url(&gws_url), args.channels.clone());
     events_config.replay_max_events = args.replay_max_events;
     events_config.replay_max_age = args.replay_max_age;
+    events_config.replay_max_bytes = args.replay_max_mib.saturating_mul(1024 * 1024);
     events_config.stream_buffer = args.stream_buffer;
     events_config.linger = args.linger;
     events_config.subscribe_timeout = args.subscribe_timeout;
-    let events = EventsHub::new(events_config);
+    let events = EventsHub::new(events_config, gws.clone());
     let api = SmsSessionApi::new(
         gws,
         events.clone(),

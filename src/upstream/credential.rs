@@ -1,8 +1,9 @@
 //! An agent's GWS credential (HTTP Basic) and the key its upstream state is stored under.
 //!
-//! The key is a SHA-256 of the whole credential, so two callers share upstream state only
-//! when they present the same user *and* password, and the password never sits in a map key.
-//! `Debug` never prints the password.
+//! The key is a SHA-256 of the whole credential, salted with a secret drawn at process start,
+//! so two callers share upstream state only when they present the same user *and* password,
+//! the password never sits in a map key, and the key prefix that logs show cannot be used to
+//! test password guesses offline. `Debug` never prints the password.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -111,7 +112,10 @@ impl Credential {
     }
 
     pub fn key(&self) -> AgentKey {
+        static SALT: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let salt = SALT.get_or_init(rand::random);
         let mut hasher = Sha256::new();
+        hasher.update(salt);
         // Length-prefix the user so ("a:b", "c") and ("a", "b:c") can never collide.
         hasher.update((self.user.len() as u64).to_be_bytes());
         hasher.update(self.user.as_bytes());

@@ -32,10 +32,11 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Classifies a reqwest error without exposing its text (which can contain URLs).
     pub fn from_reqwest(err: &reqwest::Error, timeout: std::time::Duration) -> Self {
-        if err.is_timeout() {
-            Self::Timeout(timeout)
-        } else if err.is_connect() {
+        // A connect timeout is both: GWS is unreachable, which is not the caller's deadline.
+        if err.is_connect() {
             Self::Unreachable("connection failed")
+        } else if err.is_timeout() {
+            Self::Timeout(timeout)
         } else if err.is_body() || err.is_decode() {
             Self::Unreachable("connection broke while reading the reply")
         } else if err.is_request() {
