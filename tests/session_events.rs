@@ -14,6 +14,7 @@ use gws_sms_gateway::proto::{
 };
 use serde_json::{Value, json};
 use tonic::{Code, Status, Streaming};
+use tonic_types::StatusExt;
 
 type Stream = Streaming<SessionEventsResponse>;
 
@@ -191,6 +192,15 @@ async fn invalid_requests_and_credentials_are_refused() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        !status.message().contains("wrong"),
+        "the password never appears"
+    );
+    // With CSRF on, the gateway first reads GET /api/v2/me, whose GWS body says why.
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "GWS_STATUS_20"
+    );
     let mut client = h.client().await;
     let status = client
         .session_events(tonic::Request::new(SessionEventsRequest::default()))
@@ -384,4 +394,49 @@ async fn shutdown_ends_streams_with_unavailable_and_disconnects_upstream() {
         0,
         "CometD disconnect was sent"
     );
+}
+
+#[tokio::test]
+async fn stream_survives_gws_forgetting_the_http_session() {
+    let h = Harness::with_defaults().await;
+    let mut stream = subscribed(&h, AGENT1, SessionEventsRequest::default()).await;
+    // GWS forgets the HTTP session (cookie and CSRF token) and the CometD session: the
+    // re-handshake is refused with 403, the gateway fetches a new token and starts afresh.
+    h.control(
+        reqwest::Method::POST,
+        "/simulator/http-sessions/expire",
+        None,
+    )
+    .await;
+    h.drop_cometd("agent1").await;
+    let lost = next(&mut stream).await.unwrap();
+    assert_eq!(
+        notice_kind(&lost),
+        Some(NoticeKind::UpstreamLost),
+        "{lost:?}"
+    );
+    let restored = next(&mut stream).await.unwrap();
+    assert_eq!(
+        notice_kind(&restored),
+        Some(NoticeKind::UpstreamRestored),
+        "{restored:?}"
+    );
+    assert!(
+        h.stats().await["csrf_rejections"].as_u64().unwrap() >= 1,
+        "the stale token was refused"
+    );
+    let reference = delete(&h, AGENT1, &["UserData1"]).await;
+    assert_eq!(change(&next(&mut stream).await.unwrap()).0, reference);
+}
+
+#[tokio::test]
+async fn works_with_csrf_off() {
+    let sim = gws_sms_gateway::simulator::SimulatorConfig {
+        csrf: false,
+        ..Default::default()
+    };
+    let h = Harness::start(sim, &[]).await;
+    let mut stream = subscribed(&h, AGENT1, SessionEventsRequest::default()).await;
+    let reference = delete(&h, AGENT1, &["UserData1"]).await;
+    assert_eq!(change(&next(&mut stream).await.unwrap()).0, reference);
 }

@@ -65,23 +65,8 @@ async fn operation(
         Ok(auth) => auth,
         Err(resp) => return resp,
     };
-    let token = headers.get(CSRF_HEADER_NAME).and_then(|v| v.to_str().ok());
-    let csrf_ok = {
-        let mut state = sim.state();
-        let ok = state.csrf_ok(&auth, token);
-        if !ok {
-            state.stats.csrf_rejections += 1;
-        }
-        ok
-    };
-    if !csrf_ok {
-        // Spring Security's wording, which GWS clients look for.
-        return respond(
-            &sim,
-            Reply::error(403, 3, "Missing or invalid Csrf token"),
-            &auth,
-            false,
-        );
+    if let Some(refused) = check_csrf(&sim, &headers, &auth) {
+        return refused;
     }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return respond(
@@ -104,9 +89,32 @@ async fn notifications(State(sim): State<Simulator>, headers: HeaderMap, body: B
         Ok(auth) => auth,
         Err(resp) => return resp,
     };
+    // Long-polling is POST, and GWS wants the CSRF token on every POST.
+    if let Some(refused) = check_csrf(&sim, &headers, &auth) {
+        return refused;
+    }
     let messages = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
     let reply = sim.hub().handle(&auth.agent, messages).await;
     with_cookie((StatusCode::OK, axum::Json(reply)).into_response(), &auth)
+}
+
+/// The 403 GWS answers a POST without the HTTP session's CSRF token, if it must.
+fn check_csrf(sim: &Simulator, headers: &HeaderMap, auth: &Authenticated) -> Option<Response> {
+    let token = headers.get(CSRF_HEADER_NAME).and_then(|v| v.to_str().ok());
+    {
+        let mut state = sim.state();
+        if state.csrf_ok(auth, token) {
+            return None;
+        }
+        state.stats.csrf_rejections += 1;
+    }
+    // Spring Security's wording, which GWS clients look for.
+    Some(respond(
+        sim,
+        Reply::error(403, 3, "Missing or invalid Csrf token"),
+        auth,
+        false,
+    ))
 }
 
 /// Delay, then maybe replace the reply with an injected raw failure.
