@@ -6,7 +6,7 @@
 mod gateway;
 
 use gateway::{AGENT1, AGENT2, Harness, SEED_SESSION, STEP, authed};
-use gws_sms_gateway::mapping::user_data_to_json;
+use gws_sms_gateway::mapping::user_data_map_to_json;
 use gws_sms_gateway::proto::session_events_response::Event;
 use gws_sms_gateway::proto::{
     DeleteUserDataRequest, NoticeKind, NotificationType, SessionEventsRequest,
@@ -88,12 +88,11 @@ fn change(item: &SessionEventsResponse) -> (Option<i64>, String, Value) {
     match &item.event {
         Some(Event::StateChange(c)) => {
             let s = c.session.clone().unwrap_or_default();
-            let ud: serde_json::Map<String, Value> = s
-                .user_data
-                .iter()
-                .map(|(k, v)| (k.clone(), user_data_to_json(v)))
-                .collect();
-            (c.reference_id, s.id, Value::Object(ud))
+            (
+                c.reference_id,
+                s.id.clone(),
+                Value::Object(user_data_map_to_json(&s.user_data)),
+            )
         }
         other => panic!("expected a state change, got {other:?}"),
     }

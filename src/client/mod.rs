@@ -3,7 +3,7 @@
 //! `client events` prints the stream as it arrives, one line per item.
 
 use crate::config::{ClientArgs, ClientCall};
-use crate::mapping::user_data_to_json;
+use crate::mapping::user_data_map_to_json;
 use crate::proto::session_events_response::Event;
 use crate::proto::sms_session_service_client::SmsSessionServiceClient;
 use crate::proto::{
@@ -142,11 +142,7 @@ pub fn render(item: &SessionEventsResponse) -> String {
         }),
         Some(Event::StateChange(c)) => {
             let session = c.session.clone().unwrap_or_default();
-            let user_data: serde_json::Map<String, Value> = session
-                .user_data
-                .iter()
-                .map(|(k, v)| (k.clone(), user_data_to_json(v)))
-                .collect();
+            let user_data = user_data_map_to_json(&session.user_data);
             json!({
                 "notificationType": c.notification_type_name,
                 "referenceId": c.reference_id,

@@ -20,7 +20,9 @@ mod tests;
 
 use crate::proto;
 
-pub use user_data::{MAX_USER_DATA_DEPTH, user_data_to_json, user_data_value};
+pub use user_data::{
+    MAX_USER_DATA_DEPTH, user_data_map_to_json, user_data_to_json, user_data_value,
+};
 
 /// `data.messageType` of a session state notification.
 pub const STATE_CHANGE_MESSAGE_TYPE: &str = "SMSsessionStateChangeMessage";

@@ -81,8 +81,8 @@ pub fn user_data_to_json(v: &UserDataValue) -> Value {
     }
 }
 
-/// The inverse of [`user_data_map`].
-pub(crate) fn user_data_map_to_json(fields: &HashMap<String, UserDataValue>) -> Map<String, Value> {
+/// The inverse of [`user_data_map`]: a session's whole `user_data` as one JSON object.
+pub fn user_data_map_to_json(fields: &HashMap<String, UserDataValue>) -> Map<String, Value> {
     fields
         .iter()
         .map(|(k, v)| (k.clone(), user_data_to_json(v)))
