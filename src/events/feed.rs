@@ -120,10 +120,6 @@ impl Feed {
         self.lock().slots.remove(&id);
     }
 
-    pub fn subscribers(&self) -> usize {
-        self.lock().slots.len()
-    }
-
     /// The error that ended this feed, if it has ended.
     pub fn failure(&self) -> Option<EventsError> {
         match &*self.status.borrow() {

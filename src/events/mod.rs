@@ -125,30 +125,26 @@ impl Drop for Interest {
                 let linger = hub.config.linger;
                 rt.spawn(async move {
                     tokio::time::sleep(linger).await;
-                    hub.remove_if_idle(&feed);
+                    hub.remove(&feed, true);
                 });
             }
-            Err(_) => hub.remove_if_idle(&feed),
+            Err(_) => hub.remove(&feed, true),
         }
     }
 }
 
 impl Inner {
-    fn remove_if_idle(&self, feed: &Arc<Feed>) {
+    /// Forgets `feed` (if it is still the agent's current one) and ends its upstream
+    /// session. With `only_if_idle`, only when no stream holds or awaits it: the interest
+    /// count changes under the same map lock, so a new subscriber cannot slip in between.
+    fn remove(&self, feed: &Arc<Feed>, only_if_idle: bool) {
         let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
         let key = feed.agent.key();
-        if feeds.get(&key).is_some_and(|f| Arc::ptr_eq(f, feed)) && feed.lock().interest == 0 {
+        let current = feeds.get(&key).is_some_and(|f| Arc::ptr_eq(f, feed));
+        if current && (!only_if_idle || feed.lock().interest == 0) {
             feeds.remove(&key);
             feed.cancel.cancel();
-            tracing::debug!(agent = ?key, "last stream gone: upstream notification session closed");
-        }
-    }
-
-    fn remove(&self, feed: &Arc<Feed>) {
-        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
-        let key = feed.agent.key();
-        if feeds.get(&key).is_some_and(|f| Arc::ptr_eq(f, feed)) {
-            feeds.remove(&key);
+            tracing::debug!(agent = ?key, "upstream notification session closed");
         }
     }
 }
@@ -196,7 +192,7 @@ impl EventsHub {
                     feed::pump(pump_feed.clone(), bayeux, gws).await;
                     // Whatever ended the session, the next subscriber starts a fresh one.
                     if let Some(hub) = hub.upgrade() {
-                        hub.remove(&pump_feed);
+                        hub.remove(&pump_feed, false);
                     }
                 });
                 tracing::debug!(agent = ?agent.key(), "first stream: upstream notification session started");
@@ -298,12 +294,6 @@ impl EventsHub {
             slot,
             interest,
         ))
-    }
-
-    /// Streams currently open for `agent`'s credential key, and whether it has a feed.
-    pub fn streams(&self, key: &AgentKey) -> Option<usize> {
-        let feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
-        feeds.get(key).map(|f| f.subscribers())
     }
 
     /// Ends every stream with UNAVAILABLE and closes every upstream session (CometD
