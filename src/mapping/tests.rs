@@ -519,29 +519,26 @@ fn mapped_notification_survives_protobuf_encoding() {
 
 /// Arbitrary JSON, of bounded size. Numbers cover i64, u64 beyond i64 and finite doubles.
 fn arb_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_map(Value::from),
-        ".{0,8}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::btree_map(".{0,6}", inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    arb_json_numbers(true)
 }
 
 /// JSON that user data round-trips exactly: everything but u64 beyond i64::MAX.
 fn arb_user_data() -> impl Strategy<Value = Value> {
+    arb_json_numbers(false)
+}
+
+/// Bounded arbitrary JSON; `big_unsigned` adds u64 values, which may exceed i64::MAX.
+fn arb_json_numbers(big_unsigned: bool) -> impl Strategy<Value = Value> {
+    let unsigned = if big_unsigned {
+        any::<u64>().boxed()
+    } else {
+        (0..=i64::MAX as u64).boxed()
+    };
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
+        unsigned.prop_map(Value::from),
         any::<f64>().prop_map(Value::from),
         ".{0,8}".prop_map(Value::String),
     ];
