@@ -41,11 +41,15 @@ async fn next(stream: &mut Stream) -> Result<SessionEventsResponse, Status> {
     }
 }
 
-fn notice_kind(item: &SessionEventsResponse) -> Option<NoticeKind> {
-    match &item.event {
+/// The stream's next item, which must be a notice of `kind`.
+async fn expect_notice(stream: &mut Stream, kind: NoticeKind) -> SessionEventsResponse {
+    let item = next(stream).await.unwrap();
+    let got = match &item.event {
         Some(Event::Notice(n)) => NoticeKind::try_from(n.kind).ok(),
         _ => None,
-    }
+    };
+    assert_eq!(got, Some(kind), "{item:?}");
+    item
 }
 
 /// Opens a stream and checks that its first item is SUBSCRIBED.
@@ -60,12 +64,7 @@ async fn subscribed_at(
     req: SessionEventsRequest,
 ) -> (Stream, String) {
     let mut stream = open(h, agent, req).await.expect("stream opens");
-    let first = next(&mut stream).await.unwrap();
-    assert_eq!(
-        notice_kind(&first),
-        Some(NoticeKind::Subscribed),
-        "{first:?}"
-    );
+    let first = expect_notice(&mut stream, NoticeKind::Subscribed).await;
     (stream, first.resume_token)
 }
 
@@ -229,18 +228,8 @@ async fn upstream_session_dropped_then_restored() {
     let h = Harness::with_defaults().await;
     let mut stream = subscribed(&h, AGENT1, SessionEventsRequest::default()).await;
     assert_eq!(h.drop_cometd("agent1").await, 1);
-    let lost = next(&mut stream).await.unwrap();
-    assert_eq!(
-        notice_kind(&lost),
-        Some(NoticeKind::UpstreamLost),
-        "{lost:?}"
-    );
-    let restored = next(&mut stream).await.unwrap();
-    assert_eq!(
-        notice_kind(&restored),
-        Some(NoticeKind::UpstreamRestored),
-        "{restored:?}"
-    );
+    expect_notice(&mut stream, NoticeKind::UpstreamLost).await;
+    expect_notice(&mut stream, NoticeKind::UpstreamRestored).await;
     assert_eq!(h.cometd_stats("agent1").await["handshakes"], 2);
     let reference = delete(&h, AGENT1, &["UserData1"]).await;
     assert_eq!(
@@ -264,13 +253,8 @@ async fn resume_after_reconnect_replays_what_was_missed() {
         resume_token: token.clone(),
         ..Default::default()
     };
-    let mut stream = open(&h, AGENT1, resume).await.unwrap();
-    let first = next(&mut stream).await.unwrap();
-    assert_eq!(notice_kind(&first), Some(NoticeKind::Subscribed));
-    assert_eq!(
-        first.resume_token, token,
-        "SUBSCRIBED marks where the replay starts"
-    );
+    let (mut stream, start) = subscribed_at(&h, AGENT1, resume).await;
+    assert_eq!(start, token, "SUBSCRIBED marks where the replay starts");
     assert_eq!(change(&next(&mut stream).await.unwrap()).0, r2);
     assert_eq!(change(&next(&mut stream).await.unwrap()).0, r3);
     let r4 = delete(&h, AGENT1, &["DISP_KEY"]).await;
@@ -285,8 +269,7 @@ async fn a_token_it_cannot_honour_yields_gap() {
         ..Default::default()
     };
     let mut stream = subscribed(&h, AGENT1, foreign).await;
-    let gap = next(&mut stream).await.unwrap();
-    assert_eq!(notice_kind(&gap), Some(NoticeKind::Gap), "{gap:?}");
+    expect_notice(&mut stream, NoticeKind::Gap).await;
     let reference = delete(&h, AGENT1, &["UserData1"]).await;
     assert_eq!(change(&next(&mut stream).await.unwrap()).0, reference);
 }
@@ -408,18 +391,8 @@ async fn stream_survives_gws_forgetting_the_http_session() {
     )
     .await;
     h.drop_cometd("agent1").await;
-    let lost = next(&mut stream).await.unwrap();
-    assert_eq!(
-        notice_kind(&lost),
-        Some(NoticeKind::UpstreamLost),
-        "{lost:?}"
-    );
-    let restored = next(&mut stream).await.unwrap();
-    assert_eq!(
-        notice_kind(&restored),
-        Some(NoticeKind::UpstreamRestored),
-        "{restored:?}"
-    );
+    expect_notice(&mut stream, NoticeKind::UpstreamLost).await;
+    expect_notice(&mut stream, NoticeKind::UpstreamRestored).await;
     assert!(
         h.stats().await["csrf_rejections"].as_u64().unwrap() >= 1,
         "the stale token was refused"
