@@ -57,6 +57,16 @@ impl Client {
         }
     }
 
+    /// Starts a client and waits for its first event, which must be the initial Subscribed.
+    async fn subscribed(url: reqwest::Url, channels: &[&str]) -> Self {
+        let mut client = Self::start(url, channels);
+        assert_eq!(
+            client.next().await,
+            BayeuxEvent::Subscribed { restored: false }
+        );
+        client
+    }
+
     async fn next(&mut self) -> BayeuxEvent {
         tokio::time::timeout(EVENT_TIMEOUT, self.events.recv())
             .await
@@ -86,11 +96,7 @@ impl Client {
 async fn handshake_subscribe_deliver_in_order_and_disconnect() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut node = CometdNode::start(SERVER_TIMEOUT_MS, SERVER_MAX_INTERVAL_MS).await;
-        let mut client = Client::start(node.url(), &["/test/a", "/test/b"]);
-        assert_eq!(
-            client.next().await,
-            BayeuxEvent::Subscribed { restored: false }
-        );
+        let mut client = Client::subscribed(node.url(), &["/test/a", "/test/b"]).await;
         assert_eq!(node.command("subscribers /test/a").await["count"], 1);
         assert_eq!(node.command("subscribers /test/b").await["count"], 1);
 
@@ -121,11 +127,7 @@ async fn handshake_subscribe_deliver_in_order_and_disconnect() {
 async fn server_side_disconnect_is_lost_then_restored_and_delivery_continues() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut node = CometdNode::start(SERVER_TIMEOUT_MS, SERVER_MAX_INTERVAL_MS).await;
-        let mut client = Client::start(node.url(), &["/test/a"]);
-        assert_eq!(
-            client.next().await,
-            BayeuxEvent::Subscribed { restored: false }
-        );
+        let mut client = Client::subscribed(node.url(), &["/test/a"]).await;
         node.publish("/test/a", &json!(1)).await;
         assert_eq!(client.next_message("/test/a").await, json!(1));
 
@@ -155,11 +157,7 @@ async fn ack_extension_redelivers_a_lost_connect_response_exactly_once() {
         let mut node = CometdNode::start(SERVER_TIMEOUT_MS, SERVER_MAX_INTERVAL_MS).await;
         let proxy = CutProxy::start(node.port, b"cut-me");
         let url = reqwest::Url::parse(&format!("http://127.0.0.1:{}/cometd", proxy.port)).unwrap();
-        let mut client = Client::start(url, &["/test/a"]);
-        assert_eq!(
-            client.next().await,
-            BayeuxEvent::Subscribed { restored: false }
-        );
+        let mut client = Client::subscribed(url, &["/test/a"]).await;
 
         node.publish("/test/a", &json!({ "marker": "cut-me" }))
             .await;
@@ -194,11 +192,7 @@ async fn ack_extension_redelivers_a_lost_connect_response_exactly_once() {
 async fn stops_quietly_and_disconnects_when_nobody_listens() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut node = CometdNode::start(SERVER_TIMEOUT_MS, SERVER_MAX_INTERVAL_MS).await;
-        let mut client = Client::start(node.url(), &["/test/a"]);
-        assert_eq!(
-            client.next().await,
-            BayeuxEvent::Subscribed { restored: false }
-        );
+        let client = Client::subscribed(node.url(), &["/test/a"]).await;
         let Client { events, task, .. } = client;
         drop(events);
         tokio::time::timeout(EVENT_TIMEOUT, task)
