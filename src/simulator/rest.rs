@@ -41,7 +41,7 @@ async fn read(
     headers: &HeaderMap,
     answer: impl FnOnce(&SimState, &str) -> Reply,
 ) -> Response {
-    if let Some(failure) = apply_faults(sim).await {
+    if let Some(failure) = begin_rest_request(sim).await {
         return failure;
     }
     let auth = match authenticate(sim, headers) {
@@ -58,7 +58,7 @@ async fn operation(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(failure) = apply_faults(&sim).await {
+    if let Some(failure) = begin_rest_request(&sim).await {
         return failure;
     }
     let auth = match authenticate(&sim, &headers) {
@@ -117,8 +117,9 @@ fn check_csrf(sim: &Simulator, headers: &HeaderMap, auth: &Authenticated) -> Opt
     ))
 }
 
-/// Delay, then maybe replace the reply with an injected raw failure.
-async fn apply_faults(sim: &Simulator) -> Option<Response> {
+/// Every REST request starts here: it is counted (tests prove what reached "GWS"), then
+/// delayed and maybe answered with an injected raw failure instead.
+async fn begin_rest_request(sim: &Simulator) -> Option<Response> {
     sim.state().stats.rest_requests += 1;
     let delay = sim.state().faults.delay();
     if !delay.is_zero() {
