@@ -4,13 +4,13 @@
 
 use super::state::{Authenticated, Reply, State as SimState};
 use super::{NOTIFICATIONS_PATH, SMS_CHANNEL, Simulator};
+use crate::upstream::Credential;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine as _;
 use serde_json::Value;
 
 /// Largest request body accepted, as a real server would bound it.
@@ -158,25 +158,17 @@ fn authenticate(sim: &Simulator, headers: &HeaderMap) -> Result<Authenticated, R
         )
             .into_response()
     };
-    let (user, password) = basic(headers).ok_or_else(unauthorized)?;
+    let credential = basic(headers).ok_or_else(unauthorized)?;
     let cookie = cookie(headers, "JSESSIONID");
     sim.state()
-        .authenticate(&user, &password, cookie.as_deref())
+        .authenticate(credential.user(), credential.password(), cookie.as_deref())
         .ok_or_else(unauthorized)
 }
 
-fn basic(headers: &HeaderMap) -> Option<(String, String)> {
+/// The request's Basic credentials, parsed as the gateway parses its callers' ones.
+fn basic(headers: &HeaderMap) -> Option<Credential> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some((user.to_string(), password.to_string()))
+    Credential::from_authorization(value).ok()
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
