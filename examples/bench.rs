@@ -85,6 +85,7 @@ async fn main() {
     let req = || DeleteUserDataRequest {
         session_id: SESSION.into(),
         keys: vec!["NoSuchKey".into()],
+        ..Default::default()
     };
 
     // Warm up the agent's state (cookie, CSRF token, connections).

@@ -134,28 +134,228 @@ pub struct ClientArgs {
     pub call: ClientCall,
 }
 
+/// What every operation command takes: the session, a deadline, and whether to wait.
+#[derive(Debug, Clone, Args)]
+pub struct OnSession {
+    /// The SMS session id, e.g. 0071023821aec011.
+    #[arg(long)]
+    pub session: String,
+    /// gRPC deadline for the call (e.g. 2s, 500ms).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+/// The read commands' options.
+#[derive(Debug, Clone, Args)]
+pub struct ReadOpts {
+    /// gRPC deadline for the call (e.g. 2s, 500ms).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
 #[derive(Debug, Clone, Subcommand)]
 pub enum ClientCall {
-    /// Delete user-data keys from an SMS session.
+    /// Add user data to a session (AttachUserData).
+    AttachUserData {
+        #[command(flatten)]
+        on: OnSession,
+        /// The user data as a JSON object, e.g. '{"Score": 3, "Code": "3"}' (types are kept).
+        #[arg(long, value_parser = parse_json_object)]
+        data: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Overwrite user-data keys of a session (UpdateUserData).
+    UpdateUserData {
+        #[command(flatten)]
+        on: OnSession,
+        /// The user data as a JSON object, e.g. '{"Score": 4}' (types are kept).
+        #[arg(long, value_parser = parse_json_object)]
+        data: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Delete user-data keys from a session (DeleteUserData).
     DeleteUserData {
-        #[arg(long)]
-        session: String,
+        #[command(flatten)]
+        on: OnSession,
         /// A key to delete (repeat for several).
         #[arg(long = "key", required = true)]
         keys: Vec<String>,
-        /// gRPC deadline for the call.
-        #[arg(long, value_parser = parse_duration)]
-        timeout: Option<Duration>,
     },
-    /// Print the agent's SMS session events as they arrive.
+    /// Set a session's disposition (SetDisposition).
+    SetDisposition {
+        #[command(flatten)]
+        on: OnSession,
+        /// The disposition, e.g. "Resolved".
+        #[arg(long)]
+        disposition: String,
+        /// The user-data key the disposition is stored under (optional).
+        #[arg(long = "disposition-key")]
+        disposition_key: Option<String>,
+    },
+    /// Add a comment to a session (AddComment).
+    AddComment {
+        #[command(flatten)]
+        on: OnSession,
+        /// The comment text.
+        #[arg(long)]
+        comment: String,
+    },
+    /// Accept an invited session (Accept).
+    Accept {
+        #[command(flatten)]
+        on: OnSession,
+        /// The nickname the customer sees (optional).
+        #[arg(long)]
+        nickname: Option<String>,
+    },
+    /// Reject an invited session (Reject).
+    Reject {
+        #[command(flatten)]
+        on: OnSession,
+    },
+    /// Complete a session (Complete).
+    Complete {
+        #[command(flatten)]
+        on: OnSession,
+        /// The queue to place the interaction in (optional).
+        #[arg(long = "queue")]
+        queue_name: Option<String>,
+    },
+    /// Leave a session (Leave).
+    Leave {
+        #[command(flatten)]
+        on: OnSession,
+    },
+    /// Send a message to the customer (SendMessage).
+    SendMessage {
+        #[command(flatten)]
+        on: OnSession,
+        /// The message text (1-4,096 characters).
+        #[arg(long)]
+        text: String,
+    },
+    /// Send a message only agents see (SendToAgents).
+    SendToAgents {
+        #[command(flatten)]
+        on: OnSession,
+        /// The message text (1-4,096 characters).
+        #[arg(long)]
+        text: String,
+    },
+    /// Push a URL to the customer (SendUrl).
+    SendUrl {
+        #[command(flatten)]
+        on: OnSession,
+        /// An absolute http:// or https:// URL.
+        #[arg(long)]
+        url: String,
+    },
+    /// Tell the customer the agent started typing (SendStartTypingNotification).
+    StartTyping {
+        #[command(flatten)]
+        on: OnSession,
+    },
+    /// Tell the customer the agent stopped typing (SendStopTypingNotification).
+    StopTyping {
+        #[command(flatten)]
+        on: OnSession,
+    },
+    /// Transfer a session to an agent or a queue (Transfer).
+    Transfer {
+        #[command(flatten)]
+        on: OnSession,
+        /// The target's URI.
+        #[arg(
+            long = "target-uri",
+            conflicts_with = "queue_name",
+            required_unless_present = "queue_name"
+        )]
+        target_uri: Option<String>,
+        /// The target queue.
+        #[arg(long = "queue")]
+        queue_name: Option<String>,
+        /// A note for the receiving party (optional).
+        #[arg(long)]
+        text: Option<String>,
+    },
+    /// Consult another party (Consult).
+    Consult {
+        #[command(flatten)]
+        on: OnSession,
+        #[command(flatten)]
+        target: PartyArgs,
+    },
+    /// Invite another party into the session (Invite).
+    Invite {
+        #[command(flatten)]
+        on: OnSession,
+        #[command(flatten)]
+        target: PartyArgs,
+    },
+    /// List the agent's SMS sessions, one JSON line each (ListSessions).
+    Sessions {
+        #[command(flatten)]
+        opts: ReadOpts,
+    },
+    /// Print one SMS session as JSON (GetSession).
+    Session {
+        /// The SMS session id.
+        #[arg(long)]
+        session: String,
+        #[command(flatten)]
+        opts: ReadOpts,
+    },
+    /// Print a session's transcript, one JSON line per message (GetTranscript).
+    Transcript {
+        /// The SMS session id.
+        #[arg(long)]
+        session: String,
+        #[command(flatten)]
+        opts: ReadOpts,
+    },
+    /// Print the agent's SMS session events as they arrive (SessionEvents).
     Events {
         /// Only this session (repeat for several).
         #[arg(long = "session")]
         sessions: Vec<String>,
-        /// Resume after this token.
+        /// Only this notification type: status-change, participants-updated,
+        /// properties-updated or error (repeat for several). Transcript updates have no type,
+        /// so any --type leaves them out.
+        #[arg(long = "type", value_parser = parse_notification_type)]
+        types: Vec<crate::proto::NotificationType>,
+        /// Resume after this token (the resumeToken of the last item processed).
         #[arg(long)]
         resume: Option<String>,
     },
+}
+
+/// Whom a Consult or Invite reaches: exactly one of the two.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct PartyArgs {
+    /// The target's URI.
+    #[arg(long = "target-uri")]
+    pub target_uri: Option<String>,
+    /// The target's path.
+    #[arg(long = "target-path")]
+    pub target_path: Option<String>,
+}
+
+fn parse_json_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err("must be a JSON object, e.g. '{\"key\": \"value\"}'".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
+}
+
+fn parse_notification_type(text: &str) -> Result<crate::proto::NotificationType, String> {
+    use crate::proto::NotificationType as T;
+    match text.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+        "statuschange" => Ok(T::StatusChange),
+        "participantsupdated" => Ok(T::ParticipantsUpdated),
+        "propertiesupdated" => Ok(T::PropertiesUpdated),
+        "error" => Ok(T::Error),
+        _ => Err("one of status-change, participants-updated, properties-updated, error".into()),
+    }
 }
 
 /// Validated `serve` settings.

@@ -17,6 +17,7 @@ fn req(session: &str, keys: &[&str]) -> DeleteUserDataRequest {
     DeleteUserDataRequest {
         session_id: session.into(),
         keys: keys.iter().map(|k| k.to_string()).collect(),
+        ..Default::default()
     }
 }
 

@@ -73,6 +73,7 @@ async fn delete(h: &Harness, agent: (&str, &str), keys: &[&str]) -> Option<i64> 
     let req = DeleteUserDataRequest {
         session_id: SEED_SESSION.into(),
         keys: keys.iter().map(|k| k.to_string()).collect(),
+        ..Default::default()
     };
     client
         .delete_user_data(authed(req, agent))
@@ -183,6 +184,7 @@ async fn invalid_requests_and_credentials_are_refused() {
         session_ids: vec!["a/b".into()],
         notification_types: vec![42],
         resume_token: "garbage".into(),
+        ..Default::default()
     };
     let status = open(&h, AGENT1, bad).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

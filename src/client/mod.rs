@@ -1,17 +1,19 @@
-//! The built-in command-line client: try the gateway without installing grpcurl.
-//! `client delete-user-data` prints the result or the gRPC error (with its details);
-//! `client events` prints the stream as it arrives, one line per item.
+//! The built-in command-line client: try the gateway without installing grpcurl. Every RPC
+//! has a command (`client accept --session S`, `client send-message --session S --text T`,
+//! `client sessions`, `client transcript --session S`, `client events`, ...). Operations
+//! print what GWS answered, reads print JSON, `events` prints the stream as it arrives,
+//! one JSON line per item; errors print the gRPC code and details.
 
-use crate::config::{ClientArgs, ClientCall};
-use crate::mapping::user_data_map_to_json;
+use crate::config::{ClientArgs, ClientCall, OnSession};
+use crate::mapping::{user_data_map_to_json, user_data_value};
 use crate::proto::session_events_response::Event;
 use crate::proto::sms_session_service_client::SmsSessionServiceClient;
-use crate::proto::{
-    DeleteUserDataRequest, NoticeKind, SessionEventsRequest, SessionEventsResponse,
-};
+use crate::proto::*;
 use crate::upstream::Credential;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 use std::process::ExitCode;
+use std::time::Duration;
 use tonic::Request;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -44,63 +46,353 @@ async fn call(args: ClientArgs) -> Result<(), String> {
         .connect()
         .await
         .map_err(|e| format!("error: cannot connect to {}: {e}", args.addr))?;
-    let mut client = SmsSessionServiceClient::new(channel);
-    let authorize = |req: &mut tonic::metadata::MetadataMap| {
-        if let Some(c) = &credential
+    let mut call = Caller {
+        client: SmsSessionServiceClient::new(channel),
+        credential,
+    };
+    call.run(args.call).await
+}
+
+/// One connected client and the caller's credentials.
+struct Caller {
+    client: SmsSessionServiceClient<Channel>,
+    credential: Option<Credential>,
+}
+
+/// Sends one operation RPC and prints what GWS said: `$method` is the client method,
+/// `$on` the [`OnSession`], `$message` the request message.
+macro_rules! operation {
+    ($self:ident, $method:ident, $on:expr, $message:expr) => {{
+        let on: OnSession = $on;
+        let request = $self.request($message, on.timeout);
+        let response = $self
+            .client
+            .$method(request)
+            .await
+            .map_err(describe)?
+            .into_inner();
+        print_accepted(
+            &$self.label(stringify!($method)),
+            &on.session,
+            response.reference_id,
+        );
+        Ok(())
+    }};
+}
+
+impl Caller {
+    fn request<T>(&self, message: T, timeout: Option<Duration>) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(c) = &self.credential
             && let Ok(v) = c.authorization().parse()
         {
-            req.insert("authorization", v);
+            request.metadata_mut().insert("authorization", v);
         }
-    };
-    match args.call {
-        ClientCall::DeleteUserData {
-            session,
-            keys,
-            timeout,
-        } => {
-            let mut req = Request::new(DeleteUserDataRequest {
-                session_id: session.clone(),
-                keys: keys.clone(),
-            });
-            authorize(req.metadata_mut());
-            if let Some(t) = timeout {
-                req.set_timeout(t);
+        if let Some(t) = timeout {
+            request.set_timeout(t);
+        }
+        request
+    }
+
+    /// `send_message` -> `SendMessage`.
+    fn label(&self, method: &str) -> String {
+        method
+            .split('_')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    async fn run(&mut self, call: ClientCall) -> Result<(), String> {
+        use ClientCall as C;
+        let session_id = |on: &OnSession| on.session.clone();
+        match call {
+            C::AttachUserData { on, data } => operation!(
+                self,
+                attach_user_data,
+                on.clone(),
+                AttachUserDataRequest {
+                    session_id: session_id(&on),
+                    user_data: user_data(&data),
+                    wait_for_outcome: false
+                }
+            ),
+            C::UpdateUserData { on, data } => operation!(
+                self,
+                update_user_data,
+                on.clone(),
+                UpdateUserDataRequest {
+                    session_id: session_id(&on),
+                    user_data: user_data(&data),
+                    wait_for_outcome: false
+                }
+            ),
+            C::DeleteUserData { on, keys } => operation!(
+                self,
+                delete_user_data,
+                on.clone(),
+                DeleteUserDataRequest {
+                    session_id: session_id(&on),
+                    keys,
+                    wait_for_outcome: false
+                }
+            ),
+            C::SetDisposition {
+                on,
+                disposition,
+                disposition_key,
+            } => operation!(
+                self,
+                set_disposition,
+                on.clone(),
+                SetDispositionRequest {
+                    session_id: session_id(&on),
+                    disposition,
+                    disposition_key: disposition_key.unwrap_or_default(),
+                    wait_for_outcome: false
+                }
+            ),
+            C::AddComment { on, comment } => operation!(
+                self,
+                add_comment,
+                on.clone(),
+                AddCommentRequest {
+                    session_id: session_id(&on),
+                    comment,
+                    wait_for_outcome: false
+                }
+            ),
+            C::Accept { on, nickname } => operation!(
+                self,
+                accept,
+                on.clone(),
+                AcceptRequest {
+                    session_id: session_id(&on),
+                    nickname: nickname.unwrap_or_default(),
+                    wait_for_outcome: false
+                }
+            ),
+            C::Reject { on } => operation!(
+                self,
+                reject,
+                on.clone(),
+                RejectRequest {
+                    session_id: session_id(&on),
+                    wait_for_outcome: false
+                }
+            ),
+            C::Complete { on, queue_name } => operation!(
+                self,
+                complete,
+                on.clone(),
+                CompleteRequest {
+                    session_id: session_id(&on),
+                    queue_name: queue_name.unwrap_or_default(),
+                    wait_for_outcome: false
+                }
+            ),
+            C::Leave { on } => operation!(
+                self,
+                leave,
+                on.clone(),
+                LeaveRequest {
+                    session_id: session_id(&on),
+                    wait_for_outcome: false
+                }
+            ),
+            C::SendMessage { on, text } => operation!(
+                self,
+                send_message,
+                on.clone(),
+                SendMessageRequest {
+                    session_id: session_id(&on),
+                    text,
+                    wait_for_outcome: false
+                }
+            ),
+            C::SendToAgents { on, text } => operation!(
+                self,
+                send_to_agents,
+                on.clone(),
+                SendToAgentsRequest {
+                    session_id: session_id(&on),
+                    text,
+                    wait_for_outcome: false
+                }
+            ),
+            C::SendUrl { on, url } => operation!(
+                self,
+                send_url,
+                on.clone(),
+                SendUrlRequest {
+                    session_id: session_id(&on),
+                    url,
+                    wait_for_outcome: false
+                }
+            ),
+            C::StartTyping { on } => operation!(
+                self,
+                send_start_typing_notification,
+                on.clone(),
+                SendStartTypingNotificationRequest {
+                    session_id: session_id(&on),
+                    wait_for_outcome: false
+                }
+            ),
+            C::StopTyping { on } => operation!(
+                self,
+                send_stop_typing_notification,
+                on.clone(),
+                SendStopTypingNotificationRequest {
+                    session_id: session_id(&on),
+                    wait_for_outcome: false
+                }
+            ),
+            C::Transfer {
+                on,
+                target_uri,
+                queue_name,
+                text,
+            } => {
+                let target = match (target_uri, queue_name) {
+                    (Some(uri), _) => transfer_request::Target::TargetUri(uri),
+                    (None, queue) => transfer_request::Target::QueueName(queue.unwrap_or_default()),
+                };
+                operation!(
+                    self,
+                    transfer,
+                    on.clone(),
+                    TransferRequest {
+                        session_id: session_id(&on),
+                        target: Some(target),
+                        text: text.unwrap_or_default(),
+                        wait_for_outcome: false
+                    }
+                )
             }
-            let resp = client
-                .delete_user_data(req)
-                .await
-                .map_err(describe)?
-                .into_inner();
-            let reference = resp
-                .reference_id
-                .map(|r| format!(" (referenceId {r})"))
-                .unwrap_or_default();
-            println!("DeleteUserData accepted: keys {keys:?} of session {session}{reference}");
-            Ok(())
-        }
-        ClientCall::Events { sessions, resume } => {
-            let mut req = Request::new(SessionEventsRequest {
-                session_ids: sessions,
-                notification_types: vec![],
-                resume_token: resume.unwrap_or_default(),
-            });
-            authorize(req.metadata_mut());
-            let mut stream = client
-                .session_events(req)
-                .await
-                .map_err(describe)?
-                .into_inner();
-            loop {
-                tokio::select! {
-                    item = stream.message() => match item.map_err(describe)? {
-                        Some(item) => println!("{}", render(&item)),
-                        None => return Ok(()),
+            C::Consult { on, target } => {
+                let target = match target.target_uri {
+                    Some(uri) => consult_request::Target::TargetUri(uri),
+                    None => {
+                        consult_request::Target::TargetPath(target.target_path.unwrap_or_default())
+                    }
+                };
+                operation!(
+                    self,
+                    consult,
+                    on.clone(),
+                    ConsultRequest {
+                        session_id: session_id(&on),
+                        target: Some(target),
+                        wait_for_outcome: false
+                    }
+                )
+            }
+            C::Invite { on, target } => {
+                let target = match target.target_uri {
+                    Some(uri) => invite_request::Target::TargetUri(uri),
+                    None => {
+                        invite_request::Target::TargetPath(target.target_path.unwrap_or_default())
+                    }
+                };
+                operation!(
+                    self,
+                    invite,
+                    on.clone(),
+                    InviteRequest {
+                        session_id: session_id(&on),
+                        target: Some(target),
+                        wait_for_outcome: false
+                    }
+                )
+            }
+            C::Sessions { opts } => {
+                let request = self.request(ListSessionsRequest {}, opts.timeout);
+                let response = self.client.list_sessions(request).await.map_err(describe)?;
+                for session in &response.get_ref().sessions {
+                    println!("{}", session_json(session));
+                }
+                Ok(())
+            }
+            C::Session { session, opts } => {
+                let request = self.request(
+                    GetSessionRequest {
+                        session_id: session,
                     },
-                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                    opts.timeout,
+                );
+                let response = self.client.get_session(request).await.map_err(describe)?;
+                let session = response.into_inner().session.unwrap_or_default();
+                println!("{}", session_json(&session));
+                Ok(())
+            }
+            C::Transcript { session, opts } => {
+                let request = self.request(
+                    GetTranscriptRequest {
+                        session_id: session,
+                    },
+                    opts.timeout,
+                );
+                let response = self
+                    .client
+                    .get_transcript(request)
+                    .await
+                    .map_err(describe)?;
+                for message in &response.get_ref().messages {
+                    println!("{}", message_json(message));
+                }
+                Ok(())
+            }
+            C::Events {
+                sessions,
+                types,
+                resume,
+            } => {
+                let request = self.request(
+                    SessionEventsRequest {
+                        session_ids: sessions,
+                        notification_types: types.into_iter().map(|t| t as i32).collect(),
+                        resume_token: resume.unwrap_or_default(),
+                        include_snapshot: false,
+                    },
+                    None,
+                );
+                let mut stream = self
+                    .client
+                    .session_events(request)
+                    .await
+                    .map_err(describe)?
+                    .into_inner();
+                loop {
+                    tokio::select! {
+                        item = stream.message() => match item.map_err(describe)? {
+                            Some(item) => println!("{}", render(&item)),
+                            None => return Ok(()),
+                        },
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                    }
                 }
             }
         }
     }
+}
+
+/// JSON user data as the proto's lossless map.
+fn user_data(data: &Map<String, Value>) -> HashMap<String, UserDataValue> {
+    data.iter()
+        .map(|(k, v)| (k.clone(), user_data_value(v)))
+        .collect()
+}
+
+fn print_accepted(operation: &str, session: &str, reference_id: Option<i64>) {
+    let reference = reference_id
+        .map(|r| format!(" (referenceId {r})"))
+        .unwrap_or_default();
+    println!("{operation} accepted by GWS: session {session}{reference}");
 }
 
 /// A gRPC error, with its ErrorInfo and BadRequest details.
@@ -142,24 +434,50 @@ pub fn render(item: &SessionEventsResponse) -> String {
         }),
         Some(Event::StateChange(c)) => {
             let session = c.session.clone().unwrap_or_default();
-            let user_data = user_data_map_to_json(&session.user_data);
             json!({
                 "notificationType": c.notification_type_name,
                 "referenceId": c.reference_id,
                 "session": session.id,
                 "state": session.state_name,
-                "userData": user_data,
+                "userData": user_data_map_to_json(&session.user_data),
+                "participants": session.participants.iter().map(participant_json).collect::<Vec<_>>(),
                 "error": if c.error_message.is_empty() { Value::Null } else { json!(c.error_message) },
             })
         }
         Some(Event::MessageLog(m)) => json!({
             "messageLog": m.session_id,
-            "messages": m.messages.iter().map(|t| json!({
-                "index": t.index, "type": t.r#type, "text": t.text, "visibility": t.visibility,
-                "from": t.sender.as_ref().map(|s| s.nickname.clone()),
-            })).collect::<Vec<_>>(),
+            "messages": m.messages.iter().map(message_json).collect::<Vec<_>>(),
+        }),
+        Some(Event::Snapshot(s)) => json!({
+            "snapshot": s.sessions.iter().map(session_json).collect::<Vec<_>>(),
         }),
         None => json!({}),
     };
     json!({ "time": time, "resumeToken": item.resume_token, "event": body }).to_string()
+}
+
+fn participant_json(p: &Participant) -> Value {
+    json!({ "nickname": p.nickname, "type": p.type_name, "participantId": p.participant_id })
+}
+
+/// A session as GWS-like JSON (user data with its types kept).
+pub fn session_json(s: &SmsSession) -> Value {
+    json!({
+        "id": s.id,
+        "state": s.state_name,
+        "capabilities": s.capabilities,
+        "participants": s.participants.iter().map(participant_json).collect::<Vec<_>>(),
+        "userData": user_data_map_to_json(&s.user_data),
+    })
+}
+
+fn message_json(t: &TranscriptMessage) -> Value {
+    let mut m = json!({
+        "index": t.index, "type": t.r#type, "text": t.text, "visibility": t.visibility,
+        "from": t.sender.as_ref().map(|s| s.nickname.clone()),
+    });
+    if !t.url.is_empty() {
+        m["url"] = json!(t.url);
+    }
+    m
 }

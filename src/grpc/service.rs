@@ -1,24 +1,64 @@
-//! The `SmsSessionService` implementation. Handlers stay short: credentials, validation,
-//! the upstream call, and errors mapped once by `status.rs`.
+//! The `SmsSessionService` implementation. Every operation RPC takes the one path in
+//! [`SmsSessionApi::operate`] (credentials, deadline budget, validation into a typed
+//! [`Operation`](crate::upstream::Operation), the agent, the span and outcome log line, the
+//! upstream call, errors mapped once by `status.rs`); every read takes
+//! [`SmsSessionApi::read`]. Handlers are one line each.
 
 use super::status::Error;
+use super::validate::{OperationRequest, ReadRequest};
 use super::{auth, deadline, validate};
 use crate::events::{EventStream, EventsHub};
+use crate::mapping::{self, MappingError};
 use crate::proto::sms_session_service_server::SmsSessionService;
-use crate::proto::{
-    DeleteUserDataRequest, DeleteUserDataResponse, SessionEventsRequest, SessionEventsResponse,
-};
-use crate::upstream::{Credential, GwsClient};
+use crate::proto::*;
+use crate::upstream::{Agent, Credential, GwsClient, UpstreamError};
 use futures::{Stream, StreamExt};
+use serde_json::{Map, Value};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 pub struct SmsSessionApi {
     gws: GwsClient,
     events: EventsHub,
     default_credential: Option<Credential>,
     upstream_timeout: Duration,
+}
+
+/// The response of every operation RPC: `{ reference_id, outcome }`.
+pub trait OperationResponse {
+    fn new(reference_id: Option<i64>, outcome: Option<OperationOutcome>) -> Self;
+}
+
+/// The response of a read, built from the GWS reply by the one mapper the events use too.
+pub trait ReadResponse: Sized {
+    fn from_reply(reply: &Map<String, Value>) -> Result<Self, MappingError>;
+}
+
+impl ReadResponse for ListSessionsResponse {
+    fn from_reply(reply: &Map<String, Value>) -> Result<Self, MappingError> {
+        Ok(Self {
+            sessions: mapping::map_sessions(reply)?,
+        })
+    }
+}
+
+impl ReadResponse for GetSessionResponse {
+    fn from_reply(reply: &Map<String, Value>) -> Result<Self, MappingError> {
+        Ok(Self {
+            session: Some(mapping::map_session(reply)?),
+        })
+    }
+}
+
+impl ReadResponse for GetTranscriptResponse {
+    fn from_reply(reply: &Map<String, Value>) -> Result<Self, MappingError> {
+        Ok(Self {
+            messages: mapping::map_transcript(reply)?,
+        })
+    }
 }
 
 impl SmsSessionApi {
@@ -36,63 +76,99 @@ impl SmsSessionApi {
         }
     }
 
-    fn credential<T>(&self, request: &Request<T>) -> Result<Credential, Error> {
-        Ok(auth::credential(
-            request.metadata(),
-            self.default_credential.as_ref(),
-        )?)
-    }
-}
-
-type SessionEventsStream =
-    Pin<Box<dyn Stream<Item = Result<SessionEventsResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl SmsSessionService for SmsSessionApi {
-    async fn delete_user_data(
-        &self,
-        request: Request<DeleteUserDataRequest>,
-    ) -> Result<Response<DeleteUserDataResponse>, Status> {
-        let credential = self.credential(&request)?;
-        let timeout = deadline::budget(
+    /// Who the caller is and how long the upstream exchange may take; then the message.
+    fn begin<T>(&self, request: Request<T>) -> Result<(Credential, Duration, T), Error> {
+        let credential = auth::credential(request.metadata(), self.default_credential.as_ref())?;
+        let budget = deadline::budget(
             request.metadata(),
             request.extensions(),
             self.upstream_timeout,
         );
-        let op =
-            validate::delete_user_data(request.into_inner()).map_err(Error::InvalidArgument)?;
-        let host = self.gws.host();
-        let agent = self
-            .gws
-            .agents()
-            .agent(&credential)
-            .map_err(|e| Error::upstream(e, host))?;
-        let accepted = self
-            .gws
-            .delete_user_data(&agent, &op.session_id, &op.keys, timeout)
-            .await
-            .map_err(|e| Error::upstream(e, host))?;
-        tracing::info!(agent = ?agent.key(), session_id = %op.session_id, keys = op.keys.len(),
-            reference_id = ?accepted.reference_id, "DeleteUserData accepted");
-        Ok(Response::new(DeleteUserDataResponse {
-            reference_id: accepted.reference_id,
-        }))
+        Ok((credential, budget, request.into_inner()))
     }
 
-    type SessionEventsStream = SessionEventsStream;
+    fn agent(&self, credential: &Credential) -> Result<Arc<Agent>, Error> {
+        self.gws
+            .agents()
+            .agent(credential)
+            .map_err(|e| Error::upstream(e, self.gws.host()))
+    }
 
-    async fn session_events(
+    /// The one path of every operation RPC.
+    async fn operate<R, S>(&self, request: Request<R>) -> Result<Response<S>, Status>
+    where
+        R: OperationRequest,
+        S: OperationResponse,
+    {
+        let (credential, budget, message) = self.begin(request)?;
+        let op = message.validate().map_err(Error::InvalidArgument)?;
+        if op.wait_for_outcome {
+            return Err(Error::NotSupported("wait_for_outcome").into());
+        }
+        let agent = self.agent(&credential)?;
+        let span = tracing::info_span!("operation", operation = op.operation.name(),
+            agent = ?agent.key(), session_id = %op.session_id);
+        let result = self
+            .gws
+            .operation(&agent, &op.session_id, &op.operation, budget)
+            .instrument(span.clone())
+            .await;
+        let _span = span.enter();
+        match result {
+            Ok(accepted) => {
+                tracing::info!(reference_id = ?accepted.reference_id, "operation accepted");
+                Ok(Response::new(S::new(accepted.reference_id, None)))
+            }
+            Err(error) => {
+                tracing::info!(%error, "operation failed");
+                Err(Error::upstream(error, self.gws.host()).into())
+            }
+        }
+    }
+
+    /// The one path of every read RPC.
+    async fn read<R, S>(&self, request: Request<R>) -> Result<Response<S>, Status>
+    where
+        R: ReadRequest,
+        S: ReadResponse,
+    {
+        let (credential, budget, message) = self.begin(request)?;
+        let read = message.validate().map_err(Error::InvalidArgument)?;
+        let agent = self.agent(&credential)?;
+        let span = tracing::info_span!("read", read = read.name(), agent = ?agent.key(),
+            session_id = %read.session_id());
+        let result = self
+            .gws
+            .read(&agent, &read, budget)
+            .instrument(span.clone())
+            .await
+            .and_then(|reply| {
+                S::from_reply(&reply).map_err(|e| UpstreamError::Unmappable(e.to_string()))
+            });
+        let _span = span.enter();
+        match result {
+            Ok(response) => {
+                tracing::debug!("read answered");
+                Ok(Response::new(response))
+            }
+            Err(error) => {
+                tracing::info!(%error, "read failed");
+                Err(Error::upstream(error, self.gws.host()).into())
+            }
+        }
+    }
+    /// SessionEvents: the agent's shared feed, filtered, from the resume point.
+    async fn subscribe(
         &self,
         request: Request<SessionEventsRequest>,
-    ) -> Result<Response<Self::SessionEventsStream>, Status> {
-        let credential = self.credential(&request)?;
-        let req = validate::session_events(request.into_inner()).map_err(Error::InvalidArgument)?;
+    ) -> Result<Response<SessionEventsStream>, Status> {
+        let (credential, _, message) = self.begin(request)?;
+        let req = validate::session_events(message).map_err(Error::InvalidArgument)?;
+        if req.include_snapshot {
+            return Err(Error::NotSupported("include_snapshot").into());
+        }
         let host = self.gws.host().to_string();
-        let agent = self
-            .gws
-            .agents()
-            .agent(&credential)
-            .map_err(|e| Error::upstream(e, &host))?;
+        let agent = self.agent(&credential)?;
         let stream: EventStream = self
             .events
             .subscribe(agent, req.filter, req.resume)
@@ -100,5 +176,76 @@ impl SmsSessionService for SmsSessionApi {
             .map_err(|e| Error::events(e, &host))?;
         let stream = stream.map(move |item| item.map_err(|e| Error::events(e, &host).into()));
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+type SessionEventsStream =
+    Pin<Box<dyn Stream<Item = Result<SessionEventsResponse, Status>> + Send>>;
+
+/// The whole service from one list: each operation RPC delegates to
+/// [`SmsSessionApi::operate`], each read to [`SmsSessionApi::read`]. (A macro builds the whole
+/// `impl`, attribute included, because `async_trait` does not see into macros inside it.)
+macro_rules! service {
+    (
+        operations { $($op:ident($op_req:ident) -> $op_resp:ident;)* }
+        reads { $($read:ident($read_req:ident) -> $read_resp:ident;)* }
+    ) => {
+        $(
+            impl OperationResponse for $op_resp {
+                fn new(reference_id: Option<i64>, outcome: Option<OperationOutcome>) -> Self {
+                    Self { reference_id, outcome }
+                }
+            }
+        )*
+
+        #[tonic::async_trait]
+        impl SmsSessionService for SmsSessionApi {
+            $(
+                async fn $op(&self, request: Request<$op_req>) -> Result<Response<$op_resp>, Status> {
+                    self.operate(request).await
+                }
+            )*
+            $(
+                async fn $read(&self, request: Request<$read_req>) -> Result<Response<$read_resp>, Status> {
+                    self.read(request).await
+                }
+            )*
+
+            type SessionEventsStream = SessionEventsStream;
+
+            async fn session_events(
+                &self,
+                request: Request<SessionEventsRequest>,
+            ) -> Result<Response<Self::SessionEventsStream>, Status> {
+                self.subscribe(request).await
+            }
+        }
+    };
+}
+
+service! {
+    operations {
+        attach_user_data(AttachUserDataRequest) -> AttachUserDataResponse;
+        update_user_data(UpdateUserDataRequest) -> UpdateUserDataResponse;
+        delete_user_data(DeleteUserDataRequest) -> DeleteUserDataResponse;
+        set_disposition(SetDispositionRequest) -> SetDispositionResponse;
+        add_comment(AddCommentRequest) -> AddCommentResponse;
+        accept(AcceptRequest) -> AcceptResponse;
+        reject(RejectRequest) -> RejectResponse;
+        complete(CompleteRequest) -> CompleteResponse;
+        leave(LeaveRequest) -> LeaveResponse;
+        send_message(SendMessageRequest) -> SendMessageResponse;
+        send_to_agents(SendToAgentsRequest) -> SendToAgentsResponse;
+        send_url(SendUrlRequest) -> SendUrlResponse;
+        send_start_typing_notification(SendStartTypingNotificationRequest) -> SendStartTypingNotificationResponse;
+        send_stop_typing_notification(SendStopTypingNotificationRequest) -> SendStopTypingNotificationResponse;
+        transfer(TransferRequest) -> TransferResponse;
+        consult(ConsultRequest) -> ConsultResponse;
+        invite(InviteRequest) -> InviteResponse;
+    }
+    reads {
+        list_sessions(ListSessionsRequest) -> ListSessionsResponse;
+        get_session(GetSessionRequest) -> GetSessionResponse;
+        get_transcript(GetTranscriptRequest) -> GetTranscriptResponse;
     }
 }

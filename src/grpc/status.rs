@@ -21,6 +21,10 @@ pub enum Error {
         error: UpstreamError,
         domain: String,
     },
+    /// A request field this gateway version does not implement yet (the contract has it so
+    /// clients are generated once).
+    #[error("{0} is not implemented by this gateway version")]
+    NotSupported(&'static str),
     /// A SessionEvents stream could not start or had to end.
     #[error("{error}")]
     Events { error: EventsError, domain: String },
@@ -86,6 +90,10 @@ pub fn to_status(err: &Error) -> Status {
             )
         }
         Error::Credential(e) => Status::unauthenticated(e.to_string()),
+        Error::NotSupported(field) => Status::new(
+            Code::Unimplemented,
+            format!("{field}=true is not implemented by this gateway version yet"),
+        ),
         Error::Upstream { error, domain } => upstream_status(error, domain),
         Error::Events { error, domain } => events_status(error, domain),
     }
@@ -168,6 +176,11 @@ fn upstream_status(error: &UpstreamError, domain: &str) -> Status {
                 format!("GWS_HTTP_{http_status}"),
                 &[("http_status", http_status.to_string())],
             ),
+        ),
+        UpstreamError::Unmappable(why) => Status::with_error_details(
+            Code::Unavailable,
+            format!("GWS answered with data the gateway cannot map: {why}"),
+            info("GWS_BAD_REPLY".into(), &[]),
         ),
         UpstreamError::Timeout(after) => Status::with_error_details(
             Code::DeadlineExceeded,
@@ -294,6 +307,9 @@ mod tests {
             up(UpstreamError::TooManyAgents).code(),
             Code::ResourceExhausted
         );
+        let s = up(UpstreamError::Unmappable("field `x` is missing".into()));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.get_details_error_info().unwrap().reason, "GWS_BAD_REPLY");
     }
 
     #[test]
@@ -308,6 +324,10 @@ mod tests {
         assert_eq!(
             to_status(&Error::Credential(CredentialError::Missing)).code(),
             Code::Unauthenticated
+        );
+        assert_eq!(
+            to_status(&Error::NotSupported("wait_for_outcome")).code(),
+            Code::Unimplemented
         );
         let ev = |e| to_status(&Error::events(e, "h"));
         let s = ev(EventsError::SlowConsumer {

@@ -86,7 +86,7 @@ fn last_segment(reference: &str) -> Option<&str> {
     (!id.is_empty() && !path.ends_with(':') && !id.contains(':')).then_some(id)
 }
 
-fn message(v: &Value, at: &str) -> Result<TranscriptMessage, MappingError> {
+pub(crate) fn message(v: &Value, at: &str) -> Result<TranscriptMessage, MappingError> {
     let m = v.as_object().ok_or_else(|| MappingError::WrongType {
         path: at.to_owned(),
         expected: "an object",
@@ -108,5 +108,6 @@ fn message(v: &Value, at: &str) -> Result<TranscriptMessage, MappingError> {
         visibility: opt_str(m, at, "visibility")?,
         sender,
         time,
+        url: opt_str(m, at, "url")?,
     })
 }

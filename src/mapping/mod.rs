@@ -1,6 +1,7 @@
-//! GWS notification JSON -> proto: the one place that knows upstream's notification
-//! shapes. It dispatches on `data.messageType` (never on the CometD channel, which GWS
-//! does not document for SMS), keeps every upstream string the proto enums do not know
+//! GWS notification JSON -> proto: the one place that knows upstream's session and
+//! transcript shapes, for notifications and for the reads alike. It dispatches on
+//! `data.messageType` (never on the CometD channel, which GWS does not document for SMS),
+//! keeps every upstream string the proto enums do not know
 //! (`*_name` fields), maps `userData` losslessly, and is total: any JSON value either maps
 //! or yields a [`MappingError`] naming what was wrong and where, never a panic.
 //!
@@ -99,6 +100,74 @@ pub enum MappingError {
     /// `messageType` names a notification this gateway does not map.
     #[error("unsupported notification messageType `{0}`")]
     UnknownMessageType(String),
+}
+
+/// The sessions of a `GET /api/v2/me/smssessions` reply (`smssessions`, or the
+/// documentation's `smsessions` spelling), mapped as notifications map them.
+///
+/// # Errors
+/// [`MappingError`] when the list is missing or one session cannot be mapped.
+pub fn map_sessions(
+    reply: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<proto::SmsSession>, MappingError> {
+    let (key, list) =
+        json::first(reply, &["smssessions", "smsessions"]).ok_or(MappingError::Missing {
+            path: "smssessions".to_owned(),
+        })?;
+    let list = list.as_array().ok_or_else(|| MappingError::WrongType {
+        path: key.to_owned(),
+        expected: "an array",
+        found: json::kind(list),
+    })?;
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let at = format!("{key}[{i}]");
+            match s.as_object() {
+                Some(obj) => state_change::session(obj, &at),
+                None => Err(MappingError::WrongType {
+                    path: at,
+                    expected: "an object",
+                    found: json::kind(s),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The session of a `GET /api/v2/me/smssessions/{id}` reply.
+///
+/// # Errors
+/// [`MappingError`] when the session is missing or cannot be mapped.
+pub fn map_session(
+    reply: &serde_json::Map<String, serde_json::Value>,
+) -> Result<proto::SmsSession, MappingError> {
+    match json::first(reply, state_change::SESSION_KEYS) {
+        Some((key, serde_json::Value::Object(s))) => state_change::session(s, key),
+        Some((key, other)) => Err(MappingError::WrongType {
+            path: key.to_owned(),
+            expected: "an object",
+            found: json::kind(other),
+        }),
+        None => Err(MappingError::Missing {
+            path: state_change::SESSION_KEYS[0].to_owned(),
+        }),
+    }
+}
+
+/// The transcript of a `GET /api/v2/me/smssessions/{id}/messages` reply, mapped as
+/// `MessageLogUpdated` notifications map their messages.
+///
+/// # Errors
+/// [`MappingError`] when a message cannot be mapped.
+pub fn map_transcript(
+    reply: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<proto::TranscriptMessage>, MappingError> {
+    json::opt_array(reply, "", "messages")?
+        .iter()
+        .enumerate()
+        .map(|(i, m)| message_log::message(m, &format!("messages[{i}]")))
+        .collect()
 }
 
 /// Maps one CometD message `data` object to a [`Notification`].

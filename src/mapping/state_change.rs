@@ -14,7 +14,7 @@ use crate::proto::{
 };
 
 /// Spellings of the session object: the documentation has both.
-const SESSION_KEYS: &[&str] = &["smssession", "smsession"];
+pub(crate) const SESSION_KEYS: &[&str] = &["smssession", "smsession"];
 
 /// Where upstream may put the text of an `Error` notification (undocumented for SMS;
 /// the chat API uses the first two), most specific first.
@@ -107,7 +107,7 @@ fn lookup<T: Copy>(table: &[(&str, T)], name: &str) -> Option<T> {
         .map(|(_, v)| *v)
 }
 
-fn session(s: &Map<String, Value>, at: &str) -> Result<SmsSession, MappingError> {
+pub(crate) fn session(s: &Map<String, Value>, at: &str) -> Result<SmsSession, MappingError> {
     let id = req_str(s, at, "id")?;
     if id.is_empty() {
         return Err(MappingError::Invalid {

@@ -18,6 +18,9 @@ pub enum UpstreamError {
     /// A success HTTP status whose body is not the JSON GWS sends.
     #[error("GWS answered HTTP {http_status} with a body that is not GWS JSON: {excerpt}")]
     BadBody { http_status: u16, excerpt: String },
+    /// A GWS reply with `statusCode` 0 whose data cannot be mapped to the proto.
+    #[error("GWS answered with data the gateway cannot map: {0}")]
+    Unmappable(String),
     /// The caller's deadline or the configured upstream timeout passed.
     #[error("GWS did not answer within {0:?}")]
     Timeout(std::time::Duration),

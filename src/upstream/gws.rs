@@ -7,13 +7,15 @@
 
 use super::agents::Csrf;
 use super::error::excerpt;
+use super::operation::Operation;
 use super::{Agent, AgentRegistry, UpstreamError};
 use http::{HeaderName, HeaderValue, StatusCode};
-use serde_json::{Value, json};
+use serde_json::{Map, Value};
 use std::time::Duration;
 
-/// The largest reply body read from GWS; a larger one is treated as garbage.
-const MAX_BODY: usize = 1024 * 1024;
+/// The largest reply body read from GWS; a larger one is treated as garbage. Reads (a
+/// long transcript, many sessions) are the large ones.
+const MAX_BODY: usize = 8 * 1024 * 1024;
 /// How much of an unexpected body goes into an error message.
 const EXCERPT_CHARS: usize = 120;
 
@@ -21,6 +23,44 @@ const EXCERPT_CHARS: usize = 120;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OperationAccepted {
     pub reference_id: Option<i64>,
+}
+
+impl OperationAccepted {
+    fn from_reply(reply: &Map<String, Value>) -> Self {
+        Self {
+            reference_id: reply.get("referenceId").and_then(Value::as_i64),
+        }
+    }
+}
+
+/// The reads GWS offers on SMS sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// `GET /api/v2/me/smssessions?fields=*` -> `{"smssessions": [...]}`.
+    Sessions,
+    /// `GET /api/v2/me/smssessions/{id}` -> `{"smssession": {...}}`.
+    Session(String),
+    /// `GET /api/v2/me/smssessions/{id}/messages` -> `{"messages": [...]}`.
+    Transcript(String),
+}
+
+impl Read {
+    /// The name logs and errors use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Read::Sessions => "ListSessions",
+            Read::Session(_) => "GetSession",
+            Read::Transcript(_) => "GetTranscript",
+        }
+    }
+
+    /// The session read, if the read is about one.
+    pub fn session_id(&self) -> &str {
+        match self {
+            Read::Sessions => "",
+            Read::Session(id) | Read::Transcript(id) => id,
+        }
+    }
 }
 
 /// The GWS REST client. A cloneable handle.
@@ -60,40 +100,65 @@ impl GwsClient {
         url
     }
 
-    /// `POST /api/v2/me/smssessions/{id}` `{"operationName":"DeleteUserData","keys":[...]}`.
-    pub async fn delete_user_data(
+    /// `POST /api/v2/me/smssessions/{id}` with the operation's body. The whole exchange
+    /// (CSRF fetch, POST, one retry) is bounded by `timeout`.
+    pub async fn operation(
         &self,
         agent: &Agent,
         session_id: &str,
-        keys: &[String],
-        timeout: Duration,
-    ) -> Result<OperationAccepted, UpstreamError> {
-        let body = json!({ "operationName": "DeleteUserData", "keys": keys });
-        self.session_operation(agent, session_id, &body, timeout)
-            .await
-    }
-
-    /// Any SMS session operation: the whole exchange (CSRF fetch, POST, one retry) is
-    /// bounded by `timeout`.
-    pub async fn session_operation(
-        &self,
-        agent: &Agent,
-        session_id: &str,
-        body: &Value,
+        operation: &Operation,
         timeout: Duration,
     ) -> Result<OperationAccepted, UpstreamError> {
         let url = self.url(&["api", "v2", "me", "smssessions", session_id]);
-        let body = serde_json::to_vec(body).unwrap_or_default();
+        let body = operation.to_body();
         let work = async {
             let token = self.csrf_token(agent, false, timeout).await?;
             let (status, reply) = self.post(agent, &url, &body, token, timeout).await?;
-            if is_csrf_rejection(status, &reply) {
+            let (status, reply) = if is_csrf_rejection(status, &reply) {
                 // The token dies with the HTTP session: learn the new one and retry once.
                 tracing::debug!(agent = ?agent.key(), "CSRF token rejected, fetching it again");
                 let token = self.csrf_token(agent, true, timeout).await?;
-                let (status, reply) = self.post(agent, &url, &body, token, timeout).await?;
-                return interpret(status, &reply);
+                self.post(agent, &url, &body, token, timeout).await?
+            } else {
+                (status, reply)
+            };
+            interpret(status, &reply).map(|map| OperationAccepted::from_reply(&map))
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))?
+    }
+
+    /// A read, bounded by `timeout`. Returns the reply's JSON object once its `statusCode`
+    /// is 0.
+    pub async fn read(
+        &self,
+        agent: &Agent,
+        read: &Read,
+        timeout: Duration,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        let url = match read {
+            Read::Sessions => {
+                let mut url = self.url(&["api", "v2", "me", "smssessions"]);
+                url.set_query(Some("fields=*"));
+                url
             }
+            Read::Session(id) => self.url(&["api", "v2", "me", "smssessions", id]),
+            Read::Transcript(id) => self.url(&["api", "v2", "me", "smssessions", id, "messages"]),
+        };
+        let work = async {
+            let resp = agent
+                .http()
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| UpstreamError::from_reqwest(&e, timeout))?;
+            // Every GET reply carries the CSRF headers when protection is on: keep them, so
+            // a first write after a read needs no extra round trip.
+            if let Some((name, value)) = csrf_from_headers(resp.headers()) {
+                agent.set_csrf(Csrf::Token { name, value });
+            }
+            let (status, reply) = read_reply(resp, timeout).await?;
             interpret(status, &reply)
         };
         tokio::time::timeout(timeout, work)
@@ -215,9 +280,10 @@ async fn read_reply(
 }
 
 /// Classifies a GWS reply: the body's `statusCode` decides first, the HTTP status second.
-pub fn interpret(status: StatusCode, body: &[u8]) -> Result<OperationAccepted, UpstreamError> {
+/// `statusCode` 0 gives the reply's JSON object.
+pub fn interpret(status: StatusCode, body: &[u8]) -> Result<Map<String, Value>, UpstreamError> {
     let http_status = status.as_u16();
-    let parsed: Option<serde_json::Map<String, Value>> = match serde_json::from_slice(body) {
+    let parsed: Option<Map<String, Value>> = match serde_json::from_slice(body) {
         Ok(Value::Object(map)) => Some(map),
         _ => None,
     };
@@ -226,9 +292,7 @@ pub fn interpret(status: StatusCode, body: &[u8]) -> Result<OperationAccepted, U
         .and_then(|m| m.get("statusCode"))
         .and_then(Value::as_i64);
     match (parsed, status_code) {
-        (Some(map), Some(0)) => Ok(OperationAccepted {
-            reference_id: map.get("referenceId").and_then(Value::as_i64),
-        }),
+        (Some(map), Some(0)) => Ok(map),
         (Some(map), Some(code)) => Err(UpstreamError::Gws {
             status_code: code,
             status_message: map
@@ -256,13 +320,9 @@ mod tests {
     #[test]
     fn interprets_gws_bodies_first() {
         let ok = interpret(StatusCode::OK, br#"{"statusCode":0,"referenceId":15}"#).unwrap();
-        assert_eq!(ok.reference_id, Some(15));
-        assert_eq!(
-            interpret(StatusCode::OK, br#"{"statusCode":0}"#)
-                .unwrap()
-                .reference_id,
-            None
-        );
+        assert_eq!(OperationAccepted::from_reply(&ok).reference_id, Some(15));
+        let ok = interpret(StatusCode::OK, br#"{"statusCode":0}"#).unwrap();
+        assert_eq!(OperationAccepted::from_reply(&ok).reference_id, None);
         let err = interpret(
             StatusCode::BAD_REQUEST,
             br#"{"statusCode":6,"statusMessage":"not found"}"#,

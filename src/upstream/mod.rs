@@ -1,13 +1,15 @@
 //! The GWS REST side: who the agent is ([`credential`]), the per-agent upstream state
-//! ([`agents`]: cookie jar, CSRF token, HTTP client), the REST operations ([`gws`]) and
+//! ([`agents`]: cookie jar, CSRF token, HTTP client), the REST operations ([`gws`], typed by [`operation`]) and
 //! what can go wrong on the way ([`error`]). Nothing here knows about gRPC.
 
 pub mod agents;
 pub mod credential;
 pub mod error;
 pub mod gws;
+pub mod operation;
 
 pub use agents::{Agent, AgentRegistry, AgentsConfig};
 pub use credential::{AgentKey, Credential, CredentialError};
 pub use error::UpstreamError;
-pub use gws::{GwsClient, OperationAccepted};
+pub use gws::{GwsClient, OperationAccepted, Read};
+pub use operation::{Confirmation, Operation, PartyTarget, TransferTarget};
