@@ -84,6 +84,12 @@ pub struct ServeArgs {
     /// How long an agent's CometD session outlives its last stream.
     #[arg(long, env = "GATEWAY_LINGER", default_value = "5s", value_parser = parse_duration)]
     pub linger: Duration,
+    /// Longest wait for an operation's confirming notification (wait_for_outcome).
+    #[arg(long, env = "GATEWAY_OUTCOME_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub outcome_timeout: Duration,
+    /// Calls of one agent waiting for their outcome at once; beyond, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GATEWAY_MAX_OUTCOME_WAITS", default_value_t = 1000)]
+    pub max_outcome_waits: usize,
     /// How long a new stream waits for the upstream subscription.
     #[arg(long, env = "GATEWAY_SUBSCRIBE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub subscribe_timeout: Duration,
@@ -143,6 +149,10 @@ pub struct OnSession {
     /// gRPC deadline for the call (e.g. 2s, 500ms).
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// Return only once the confirming notification arrived, and print it
+    /// (wait_for_outcome).
+    #[arg(long)]
+    pub wait: bool,
 }
 
 /// The read commands' options.
@@ -324,6 +334,10 @@ pub enum ClientCall {
         /// Resume after this token (the resumeToken of the last item processed).
         #[arg(long)]
         resume: Option<String>,
+        /// Start with a snapshot of the agent's sessions, and get a fresh one after every
+        /// upstream restore (include_snapshot).
+        #[arg(long)]
+        snapshot: bool,
     },
 }
 
@@ -387,6 +401,7 @@ impl ServeConfig {
             ("--max-agents", args.max_agents),
             ("--replay-max-events", args.replay_max_events),
             ("--stream-buffer", args.stream_buffer),
+            ("--max-outcome-waits", args.max_outcome_waits),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
@@ -394,6 +409,9 @@ impl ServeConfig {
         }
         if args.upstream_timeout.is_zero() {
             return Err("--upstream-timeout must be more than 0".into());
+        }
+        if args.outcome_timeout.is_zero() {
+            return Err("--outcome-timeout must be more than 0".into());
         }
         let default_credential = match (&args.default_user, &args.default_password) {
             (None, None) => None,

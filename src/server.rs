@@ -61,12 +61,15 @@ pub async fn run(
     events_config.stream_buffer = args.stream_buffer;
     events_config.linger = args.linger;
     events_config.subscribe_timeout = args.subscribe_timeout;
+    events_config.max_outcome_waits = args.max_outcome_waits;
+    events_config.read_timeout = args.upstream_timeout;
     let events = EventsHub::new(events_config, gws.clone());
     let api = SmsSessionApi::new(
         gws,
         events.clone(),
         config.default_credential.clone(),
         args.upstream_timeout,
+        args.outcome_timeout,
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();

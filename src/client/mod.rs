@@ -72,9 +72,10 @@ macro_rules! operation {
             .map_err(describe)?
             .into_inner();
         print_accepted(
-            &$self.label(stringify!($method)),
+            &label(stringify!($method)),
             &on.session,
             response.reference_id,
+            response.outcome.as_ref(),
         );
         Ok(())
     }};
@@ -94,19 +95,6 @@ impl Caller {
         request
     }
 
-    /// `send_message` -> `SendMessage`.
-    fn label(&self, method: &str) -> String {
-        method
-            .split('_')
-            .map(|w| {
-                let mut c = w.chars();
-                c.next()
-                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                    .unwrap_or_default()
-            })
-            .collect()
-    }
-
     async fn run(&mut self, call: ClientCall) -> Result<(), String> {
         use ClientCall as C;
         let session_id = |on: &OnSession| on.session.clone();
@@ -118,7 +106,7 @@ impl Caller {
                 AttachUserDataRequest {
                     session_id: session_id(&on),
                     user_data: user_data(&data),
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::UpdateUserData { on, data } => operation!(
@@ -128,7 +116,7 @@ impl Caller {
                 UpdateUserDataRequest {
                     session_id: session_id(&on),
                     user_data: user_data(&data),
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::DeleteUserData { on, keys } => operation!(
@@ -138,7 +126,7 @@ impl Caller {
                 DeleteUserDataRequest {
                     session_id: session_id(&on),
                     keys,
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::SetDisposition {
@@ -153,7 +141,7 @@ impl Caller {
                     session_id: session_id(&on),
                     disposition,
                     disposition_key: disposition_key.unwrap_or_default(),
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::AddComment { on, comment } => operation!(
@@ -163,7 +151,7 @@ impl Caller {
                 AddCommentRequest {
                     session_id: session_id(&on),
                     comment,
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::Accept { on, nickname } => operation!(
@@ -173,7 +161,7 @@ impl Caller {
                 AcceptRequest {
                     session_id: session_id(&on),
                     nickname: nickname.unwrap_or_default(),
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::Reject { on } => operation!(
@@ -182,7 +170,7 @@ impl Caller {
                 on.clone(),
                 RejectRequest {
                     session_id: session_id(&on),
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::Complete { on, queue_name } => operation!(
@@ -192,7 +180,7 @@ impl Caller {
                 CompleteRequest {
                     session_id: session_id(&on),
                     queue_name: queue_name.unwrap_or_default(),
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::Leave { on } => operation!(
@@ -201,7 +189,7 @@ impl Caller {
                 on.clone(),
                 LeaveRequest {
                     session_id: session_id(&on),
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::SendMessage { on, text } => operation!(
@@ -211,7 +199,7 @@ impl Caller {
                 SendMessageRequest {
                     session_id: session_id(&on),
                     text,
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::SendToAgents { on, text } => operation!(
@@ -221,7 +209,7 @@ impl Caller {
                 SendToAgentsRequest {
                     session_id: session_id(&on),
                     text,
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::SendUrl { on, url } => operation!(
@@ -231,7 +219,7 @@ impl Caller {
                 SendUrlRequest {
                     session_id: session_id(&on),
                     url,
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::StartTyping { on } => operation!(
@@ -240,7 +228,7 @@ impl Caller {
                 on.clone(),
                 SendStartTypingNotificationRequest {
                     session_id: session_id(&on),
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::StopTyping { on } => operation!(
@@ -249,7 +237,7 @@ impl Caller {
                 on.clone(),
                 SendStopTypingNotificationRequest {
                     session_id: session_id(&on),
-                    wait_for_outcome: false
+                    wait_for_outcome: on.wait
                 }
             ),
             C::Transfer {
@@ -270,7 +258,7 @@ impl Caller {
                         session_id: session_id(&on),
                         target: Some(target),
                         text: text.unwrap_or_default(),
-                        wait_for_outcome: false
+                        wait_for_outcome: on.wait
                     }
                 )
             }
@@ -288,7 +276,7 @@ impl Caller {
                     ConsultRequest {
                         session_id: session_id(&on),
                         target: Some(target),
-                        wait_for_outcome: false
+                        wait_for_outcome: on.wait
                     }
                 )
             }
@@ -306,7 +294,7 @@ impl Caller {
                     InviteRequest {
                         session_id: session_id(&on),
                         target: Some(target),
-                        wait_for_outcome: false
+                        wait_for_outcome: on.wait
                     }
                 )
             }
@@ -351,13 +339,14 @@ impl Caller {
                 sessions,
                 types,
                 resume,
+                snapshot,
             } => {
                 let request = self.request(
                     SessionEventsRequest {
                         session_ids: sessions,
                         notification_types: types.into_iter().map(|t| t as i32).collect(),
                         resume_token: resume.unwrap_or_default(),
-                        include_snapshot: false,
+                        include_snapshot: snapshot,
                     },
                     None,
                 );
@@ -388,11 +377,41 @@ fn user_data(data: &Map<String, Value>) -> HashMap<String, UserDataValue> {
         .collect()
 }
 
-fn print_accepted(operation: &str, session: &str, reference_id: Option<i64>) {
+/// `send_message` -> `SendMessage`.
+fn label(method: &str) -> String {
+    method
+        .split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// What GWS said of an operation, and with `--wait` what became of it: the confirming
+/// notification as one JSON line.
+fn print_accepted(
+    operation: &str,
+    session: &str,
+    reference_id: Option<i64>,
+    outcome: Option<&OperationOutcome>,
+) {
     let reference = reference_id
         .map(|r| format!(" (referenceId {r})"))
         .unwrap_or_default();
     println!("{operation} accepted by GWS: session {session}{reference}");
+    match outcome.map(|o| (o.status(), o.event.as_ref())) {
+        None => {}
+        Some((OutcomeStatus::Confirmed, Some(event))) => {
+            println!("confirmed: {}", render(event));
+        }
+        Some(_) => println!(
+            "unconfirmed: no confirming notification arrived in time; the operation was \
+             accepted, so check the session (client session --session {session}) before retrying"
+        ),
+    }
 }
 
 /// A gRPC error, with its ErrorInfo and BadRequest details.

@@ -8,18 +8,20 @@
 
 use super::EventsError;
 use super::filter::Filter;
+use super::outcome::Waiters;
 use super::replay::{ReplayBuffer, Stored, Token};
 use crate::bayeux::{self, BayeuxConfig, BayeuxEvent};
 use crate::mapping::{self, Notification};
 use crate::proto::{
-    NoticeKind, SessionEventsResponse, StreamNotice, session_events_response::Event,
+    NoticeKind, NotificationType, SessionEventsResponse, SessionSnapshot, SmsSession, StreamNotice,
+    session_events_response::Event,
 };
-use crate::upstream::{Agent, GwsClient, UpstreamError};
+use crate::upstream::{Agent, GwsClient, Read, UpstreamError};
 use prost::Message as _;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +50,8 @@ struct Slot {
 
 pub struct FeedState {
     slots: HashMap<u64, Slot>,
+    /// Calls waiting for their operation's notification (`wait_for_outcome`).
+    pub waiters: Waiters,
     next_slot: u64,
     /// Subscribers registered or still waiting for the upstream subscription.
     pub interest: usize,
@@ -70,6 +74,8 @@ pub struct Feed {
     pub status: watch::Sender<Upstream>,
     /// Ends the upstream session (the Bayeux client disconnects).
     pub cancel: CancellationToken,
+    /// Counts snapshot reads after restores, so only the newest one is delivered.
+    snapshot_generation: AtomicU64,
 }
 
 impl Feed {
@@ -80,6 +86,7 @@ impl Feed {
             seq,
             state: Mutex::new(FeedState {
                 slots: HashMap::new(),
+                waiters: Waiters::default(),
                 next_slot: 0,
                 interest: 0,
                 replay,
@@ -87,6 +94,7 @@ impl Feed {
             }),
             status: watch::Sender::new(Upstream::Connecting),
             cancel: CancellationToken::new(),
+            snapshot_generation: AtomicU64::new(0),
         }
     }
 
@@ -128,8 +136,9 @@ impl Feed {
         }
     }
 
-    /// Applies one event of the Bayeux client.
-    pub fn on_bayeux(&self, event: BayeuxEvent) {
+    /// Applies one event of the Bayeux client. True when it restored a lost upstream (the
+    /// moment snapshot takers need a fresh snapshot).
+    pub fn on_bayeux(&self, event: BayeuxEvent) -> bool {
         match event {
             BayeuxEvent::Message { channel, data } => self.on_message(&channel, &data),
             BayeuxEvent::Subscribed { restored } => {
@@ -141,9 +150,9 @@ impl Feed {
                         NoticeKind::UpstreamRestored,
                         "re-handshaked and re-subscribed upstream; events may have been missed while it was lost",
                     );
-                } else {
-                    tracing::info!(agent = ?self.agent.key(), "upstream notifications subscribed");
+                    return true;
                 }
+                tracing::info!(agent = ?self.agent.key(), "upstream notifications subscribed");
             }
             BayeuxEvent::Lost { reason } => {
                 tracing::warn!(agent = ?self.agent.key(), %reason, "upstream notifications lost");
@@ -168,6 +177,7 @@ impl Feed {
                 self.fail(error);
             }
         }
+        false
     }
 
     /// Ends every subscriber with `error` (after what they already have queued), unless the
@@ -178,6 +188,8 @@ impl Feed {
             return;
         }
         self.status.send_replace(Upstream::Failed(error.clone()));
+        // Waiting calls see their confirmation channel closed: UNCONFIRMED, never a guess.
+        state.waiters.clear();
         for (_, slot) in state.slots.drain() {
             *slot.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.clone());
         }
@@ -203,12 +215,26 @@ impl Feed {
             Notification::MessageLog(log) => Event::MessageLog(log),
         };
         let mut state = self.lock();
-        // Allocated under the lock so this agent's buffer stays in sequence order.
+        let stored = self.store(&mut state, proto_event, session_id, notification_type);
+        state.waiters.offer(&stored.response);
+        Self::fan_out(&mut state, &stored);
+    }
+
+    /// Gives `event` the next sequence number and keeps it in the replay buffer. Call with
+    /// the lock held: the sequence number is allocated under it, so this agent's buffer
+    /// stays in order.
+    fn store(
+        &self,
+        state: &mut FeedState,
+        event: Event,
+        session_id: String,
+        notification_type: Option<NotificationType>,
+    ) -> Arc<Stored> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let response = Arc::new(SessionEventsResponse {
             resume_token: self.token(seq),
             receive_time: Some(SystemTime::now().into()),
-            event: Some(proto_event),
+            event: Some(event),
         });
         let stored = Arc::new(Stored {
             seq,
@@ -219,12 +245,47 @@ impl Feed {
             response,
         });
         state.replay.push(stored.clone());
-        state.slots.retain(|_, slot| {
-            !slot
-                .filter
-                .matches(&stored.session_id, stored.notification_type)
-                || offer(slot, &stored.response)
-        });
+        stored
+    }
+
+    /// Queues a stored item for every subscriber that wants it; full queues are cut off.
+    fn fan_out(state: &mut FeedState, stored: &Stored) {
+        state
+            .slots
+            .retain(|_, slot| match slot.filter.select(stored) {
+                Some(item) => offer(slot, &item),
+                None => true,
+            });
+    }
+
+    /// Keeps a snapshot of the agent's sessions in the replay buffer and returns it. With
+    /// `fan_out`, every subscriber that asked for snapshots gets it too (after a restore);
+    /// without, only the caller delivers it (a new stream's first snapshot).
+    pub fn snapshot(&self, sessions: Vec<SmsSession>, fan_out: bool) -> Arc<Stored> {
+        let mut state = self.lock();
+        let event = Event::Snapshot(SessionSnapshot { sessions });
+        let stored = self.store(&mut state, event, String::new(), None);
+        if fan_out {
+            Self::fan_out(&mut state, &stored);
+        }
+        stored
+    }
+
+    /// Whether any subscriber asked for snapshots.
+    pub fn wants_snapshots(&self) -> bool {
+        self.lock()
+            .slots
+            .values()
+            .any(|s| s.filter.include_snapshot)
+    }
+
+    /// Sends a notice to the subscribers that asked for snapshots (a failed snapshot read).
+    pub fn notify_snapshot_takers(&self, kind: NoticeKind, detail: &str) {
+        let mut state = self.lock();
+        let response = notice(kind, detail, self.token(state.replay.last_seq()));
+        state
+            .slots
+            .retain(|_, slot| !slot.filter.include_snapshot || offer(slot, &response));
     }
 
     /// Sends a notice to every subscriber.
@@ -261,13 +322,54 @@ pub fn notice(kind: NoticeKind, detail: &str, resume_token: String) -> Item {
     })
 }
 
+/// The agent's sessions, read with `GET /api/v2/me/smssessions` and mapped as
+/// notifications are; the error as a caller may see it.
+pub async fn read_snapshot(
+    gws: &GwsClient,
+    agent: &Agent,
+    timeout: Duration,
+) -> Result<Vec<SmsSession>, String> {
+    let reply = gws
+        .read(agent, &Read::Sessions, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    mapping::map_sessions(&reply).map_err(|e| e.to_string())
+}
+
+/// After a restore: one snapshot read for the whole feed, delivered to every stream that
+/// asked for snapshots. A newer restore supersedes an older read still under way.
+async fn resync(feed: Arc<Feed>, gws: GwsClient, timeout: Duration) {
+    let generation = feed.snapshot_generation.fetch_add(1, Ordering::SeqCst) + 1;
+    let read = tokio::select! {
+        _ = feed.cancel.cancelled() => return,
+        r = read_snapshot(&gws, &feed.agent, timeout) => r,
+    };
+    if feed.snapshot_generation.load(Ordering::SeqCst) != generation {
+        return;
+    }
+    match read {
+        Ok(sessions) => {
+            feed.snapshot(sessions, true);
+        }
+        Err(why) => {
+            tracing::warn!(agent = ?feed.agent.key(), %why, "snapshot read after restore failed");
+            feed.notify_snapshot_takers(
+                NoticeKind::Gap,
+                &format!(
+                    "snapshot read after restore failed: {why}; the sessions' state is unknown"
+                ),
+            );
+        }
+    }
+}
+
 /// Runs the agent's upstream session until the feed is cancelled or the session fails, then
 /// closes the feed so no subscriber can wait on it any more.
 ///
 /// Every CometD request carries the agent's CSRF header (learnt with `GET /api/v2/me` when
 /// not known). When GWS refuses a request with 401/403, the token is fetched again and the
 /// session started afresh, once; a second refusal in a row ends the feed.
-pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig, gws: GwsClient) {
+pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig, gws: GwsClient, read_timeout: Duration) {
     let mut refreshed = false;
     loop {
         let mut session = config.clone();
@@ -300,9 +402,13 @@ pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig, gws: GwsClient) {
                 } if !refreshed => refused = true,
                 BayeuxEvent::Subscribed { .. } => {
                     refreshed = false;
-                    feed.on_bayeux(event);
+                    if feed.on_bayeux(event) && feed.wants_snapshots() {
+                        tokio::spawn(resync(feed.clone(), gws.clone(), read_timeout));
+                    }
                 }
-                other => feed.on_bayeux(other),
+                other => {
+                    feed.on_bayeux(other);
+                }
             }
         }
         if client.await.is_err() {

@@ -1,15 +1,52 @@
-//! Which events a subscriber wants: session ids and notification types (empty = all).
+//! Which events a subscriber wants: session ids and notification types (empty = all), and
+//! whether it asked for snapshots.
 
-use crate::proto::NotificationType;
+use super::feed::Item;
+use super::replay::Stored;
+use crate::proto::session_events_response::Event;
+use crate::proto::{NotificationType, SessionEventsResponse, SessionSnapshot};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     pub session_ids: HashSet<String>,
     pub notification_types: HashSet<NotificationType>,
+    /// Snapshots (`include_snapshot`) are delivered only to streams that asked for them.
+    pub include_snapshot: bool,
 }
 
 impl Filter {
+    /// What of a stored item this subscriber gets: the shared item itself, nothing, or
+    /// (only for a snapshot under a session filter) a copy holding just its sessions.
+    pub fn select(&self, stored: &Stored) -> Option<Item> {
+        match &stored.response.event {
+            Some(Event::Snapshot(snapshot)) => {
+                if !self.include_snapshot {
+                    None
+                } else if self.session_ids.is_empty() {
+                    Some(stored.response.clone())
+                } else {
+                    Some(Arc::new(SessionEventsResponse {
+                        event: Some(Event::Snapshot(SessionSnapshot {
+                            sessions: snapshot
+                                .sessions
+                                .iter()
+                                .filter(|s| self.session_ids.contains(&s.id))
+                                .cloned()
+                                .collect(),
+                        })),
+                        resume_token: stored.response.resume_token.clone(),
+                        receive_time: stored.response.receive_time,
+                    }))
+                }
+            }
+            _ => self
+                .matches(&stored.session_id, stored.notification_type)
+                .then(|| stored.response.clone()),
+        }
+    }
+
     /// Whether an event of `session_id` with `notification_type` passes (notices are about
     /// the stream and bypass filters). A `MessageLogUpdate` has no `NotificationType`, so a
     /// non-empty type filter excludes it: asking for, say, PROPERTIES_UPDATED only means no

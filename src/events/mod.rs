@@ -6,11 +6,13 @@
 
 mod feed;
 pub mod filter;
+mod outcome;
 pub mod replay;
 mod stream;
 
 pub use feed::Upstream;
 pub use filter::Filter;
+pub use outcome::{Expect, Outcome};
 pub use replay::Token;
 pub use stream::EventStream;
 
@@ -43,6 +45,8 @@ pub enum EventsError {
     Upstream(UpstreamError),
     #[error("too many streams for this agent (at most {0})")]
     TooManySubscribers(usize),
+    #[error("too many calls waiting for outcomes for this agent (at most {0})")]
+    TooManyWaits(usize),
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +66,10 @@ pub struct EventsConfig {
     /// How long a new stream waits for the upstream subscription.
     pub subscribe_timeout: Duration,
     pub max_streams_per_agent: usize,
+    /// Calls of one agent waiting for their operation's notification at once.
+    pub max_outcome_waits: usize,
+    /// Bound on a snapshot read (`GET /api/v2/me/smssessions`).
+    pub read_timeout: Duration,
 }
 
 impl EventsConfig {
@@ -76,6 +84,8 @@ impl EventsConfig {
             linger: Duration::from_secs(5),
             subscribe_timeout: Duration::from_secs(15),
             max_streams_per_agent: 1000,
+            max_outcome_waits: 1000,
+            read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -130,6 +140,36 @@ impl Drop for Interest {
             }
             Err(_) => hub.remove(&feed, true),
         }
+    }
+}
+
+/// A `wait_for_outcome` call between its registration and its answer. Dropping it (the
+/// call ended, however) removes the waiter: nothing of the call is kept.
+pub struct PendingOutcome {
+    id: u64,
+    rx: tokio::sync::oneshot::Receiver<Outcome>,
+    interest: Interest,
+}
+
+impl PendingOutcome {
+    /// The POST was answered: `reference_id` is what the reply carried.
+    pub fn arm(&self, reference_id: Option<i64>) {
+        self.interest.feed.lock().waiters.arm(self.id, reference_id);
+    }
+
+    /// Waits for the confirming notification until `deadline`.
+    pub async fn outcome(mut self, deadline: tokio::time::Instant) -> Outcome {
+        match tokio::time::timeout_at(deadline, &mut self.rx).await {
+            Ok(Ok(outcome)) => outcome,
+            // Timed out, or the feed ended (its waiters were cleared).
+            Ok(Err(_)) | Err(_) => Outcome::Unconfirmed,
+        }
+    }
+}
+
+impl Drop for PendingOutcome {
+    fn drop(&mut self) {
+        self.interest.feed.lock().waiters.remove(self.id);
     }
 }
 
@@ -188,8 +228,9 @@ impl EventsHub {
                 let pump_feed = feed.clone();
                 let bayeux = self.inner.bayeux.clone();
                 let gws = self.inner.gws.clone();
+                let read_timeout = self.inner.config.read_timeout;
                 self.inner.tasks.spawn(async move {
-                    feed::pump(pump_feed.clone(), bayeux, gws).await;
+                    feed::pump(pump_feed.clone(), bayeux, gws, read_timeout).await;
                     // Whatever ended the session, the next subscriber starts a fresh one.
                     if let Some(hub) = hub.upgrade() {
                         hub.remove(&pump_feed, false);
@@ -206,18 +247,11 @@ impl EventsHub {
         })
     }
 
-    /// Opens a stream of `agent`'s events. Returns once the upstream subscription is
-    /// confirmed; the stream's first item is then the SUBSCRIBED notice.
-    pub async fn subscribe(
-        &self,
-        agent: Arc<Agent>,
-        filter: Filter,
-        resume: Option<Token>,
-    ) -> Result<EventStream, EventsError> {
-        let interest = self.interest(&agent)?;
-        let feed = interest.feed.clone();
-        let wait = self.inner.config.subscribe_timeout;
-        let mut status = feed.status.subscribe();
+    /// Registers an interest in `agent`'s feed and waits, at most `wait`, until its upstream
+    /// subscription is confirmed.
+    async fn ready(&self, agent: &Arc<Agent>, wait: Duration) -> Result<Interest, EventsError> {
+        let interest = self.interest(agent)?;
+        let mut status = interest.feed.status.subscribe();
         let ready = async {
             loop {
                 match &*status.borrow_and_update() {
@@ -233,10 +267,54 @@ impl EventsHub {
             }
         };
         tokio::select! {
-            _ = self.inner.shutdown.cancelled() => return Err(EventsError::ShuttingDown),
-            r = tokio::time::timeout(wait, ready) => r.map_err(|_| EventsError::NotReady(wait))??,
+            _ = self.inner.shutdown.cancelled() => Err(EventsError::ShuttingDown),
+            r = tokio::time::timeout(wait, ready) => {
+                r.map_err(|_| EventsError::NotReady(wait))??;
+                Ok(interest)
+            }
         }
+    }
 
+    /// Prepares a `wait_for_outcome` call: the agent's feed is subscribed (shared with its
+    /// streams; the call counts as a user of it) and a waiter registered, *before* the
+    /// caller sends its POST. Waits for the subscription at most `wait`.
+    pub async fn expect(
+        &self,
+        agent: Arc<Agent>,
+        expect: Expect,
+        wait: Duration,
+    ) -> Result<PendingOutcome, EventsError> {
+        let wait = wait.min(self.inner.config.subscribe_timeout);
+        let interest = self.ready(&agent, wait).await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = {
+            let mut state = interest.feed.lock();
+            if let Some(error) = interest.feed.failure() {
+                return Err(error);
+            }
+            if state.waiters.len() >= self.inner.config.max_outcome_waits {
+                return Err(EventsError::TooManyWaits(
+                    self.inner.config.max_outcome_waits,
+                ));
+            }
+            state.waiters.add(expect, tx)
+        };
+        Ok(PendingOutcome { id, rx, interest })
+    }
+
+    /// Opens a stream of `agent`'s events. Returns once the upstream subscription is
+    /// confirmed; the stream's first item is then the SUBSCRIBED notice, followed (with
+    /// `filter.include_snapshot`) by a snapshot of the agent's sessions read after it.
+    pub async fn subscribe(
+        &self,
+        agent: Arc<Agent>,
+        filter: Filter,
+        resume: Option<Token>,
+    ) -> Result<EventStream, EventsError> {
+        let interest = self
+            .ready(&agent, self.inner.config.subscribe_timeout)
+            .await?;
+        let feed = interest.feed.clone();
         let (tx, rx) = mpsc::channel(self.inner.config.stream_buffer.max(1));
         let end = Arc::new(Mutex::new(None));
         let mut pre = VecDeque::new();
@@ -267,12 +345,7 @@ impl EventsHub {
                         "subscribed upstream; replaying what followed resume_token",
                         token.encode(),
                     ));
-                    pre.extend(
-                        events
-                            .iter()
-                            .filter(|s| filter.matches(&s.session_id, s.notification_type))
-                            .map(|s| s.response.clone()),
-                    );
+                    pre.extend(events.iter().filter_map(|s| filter.select(s)));
                 }
                 Some((_, Resume::Gap(why))) => {
                     pre.push_back(feed::notice(
@@ -283,8 +356,21 @@ impl EventsHub {
                     pre.push_back(feed::notice(NoticeKind::Gap, why, now));
                 }
             }
-            Feed::add_slot(&mut state, tx, filter, end.clone())
+            Feed::add_slot(&mut state, tx, filter.clone(), end.clone())
         };
+        if filter.include_snapshot {
+            // Read after the subscription is confirmed and the stream registered: whatever
+            // happens from here on is queued behind the snapshot, so nothing falls between.
+            match feed::read_snapshot(&self.inner.gws, &agent, self.inner.config.read_timeout).await
+            {
+                Ok(sessions) => pre.extend(filter.select(&feed.snapshot(sessions, false))),
+                Err(why) => pre.push_back(feed::notice(
+                    NoticeKind::Gap,
+                    &format!("snapshot read failed: {why}; the sessions' state is unknown"),
+                    feed.token(feed.lock().replay.last_seq()),
+                )),
+            }
+        }
         Ok(stream::new(
             pre,
             rx,

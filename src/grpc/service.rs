@@ -7,7 +7,7 @@
 use super::status::Error;
 use super::validate::{OperationRequest, ReadRequest};
 use super::{auth, deadline, validate};
-use crate::events::{EventStream, EventsHub};
+use crate::events::{EventStream, EventsHub, Expect, Outcome};
 use crate::mapping::{self, MappingError};
 use crate::proto::sms_session_service_server::SmsSessionService;
 use crate::proto::*;
@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -25,6 +26,8 @@ pub struct SmsSessionApi {
     events: EventsHub,
     default_credential: Option<Credential>,
     upstream_timeout: Duration,
+    /// Longest wait for an operation's confirming notification (`wait_for_outcome`).
+    outcome_timeout: Duration,
 }
 
 /// The response of every operation RPC: `{ reference_id, outcome }`.
@@ -67,12 +70,14 @@ impl SmsSessionApi {
         events: EventsHub,
         default_credential: Option<Credential>,
         upstream_timeout: Duration,
+        outcome_timeout: Duration,
     ) -> Self {
         Self {
             gws,
             events,
             default_credential,
             upstream_timeout,
+            outcome_timeout,
         }
     }
 
@@ -94,34 +99,72 @@ impl SmsSessionApi {
             .map_err(|e| Error::upstream(e, self.gws.host()))
     }
 
-    /// The one path of every operation RPC.
+    /// The one path of every operation RPC. With `wait_for_outcome`, the agent's feed is
+    /// subscribed and a waiter registered before the POST, and the call returns once the
+    /// confirming notification came (CONFIRMED), an Error notification came (ABORTED), or the
+    /// wait ran out (UNCONFIRMED: accepted, not confirmed, never reported as a failure).
     async fn operate<R, S>(&self, request: Request<R>) -> Result<Response<S>, Status>
     where
         R: OperationRequest,
         S: OperationResponse,
     {
         let (credential, budget, message) = self.begin(request)?;
+        let deadline = Instant::now() + budget;
         let op = message.validate().map_err(Error::InvalidArgument)?;
-        if op.wait_for_outcome {
-            return Err(Error::NotSupported("wait_for_outcome").into());
-        }
         let agent = self.agent(&credential)?;
         let span = tracing::info_span!("operation", operation = op.operation.name(),
-            agent = ?agent.key(), session_id = %op.session_id);
-        let result = self
-            .gws
-            .operation(&agent, &op.session_id, &op.operation, budget)
-            .instrument(span.clone())
-            .await;
+            agent = ?agent.key(), session_id = %op.session_id, wait = op.wait_for_outcome);
+        let host = self.gws.host();
+        let work = async {
+            let pending = if op.wait_for_outcome {
+                let expect = Expect::new(&op.session_id, &op.operation);
+                let pending = self.events.expect(agent.clone(), expect, budget).await;
+                Some(pending.map_err(|e| Error::events(e, host))?)
+            } else {
+                None
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let accepted = self
+                .gws
+                .operation(&agent, &op.session_id, &op.operation, remaining)
+                .await
+                .map_err(|e| Error::upstream(e, host))?;
+            let Some(pending) = pending else {
+                return Ok((accepted, None));
+            };
+            pending.arm(accepted.reference_id);
+            let until = deadline.min(Instant::now() + self.outcome_timeout);
+            let outcome = match pending.outcome(until).await {
+                Outcome::Confirmed(item) => OperationOutcome {
+                    status: OutcomeStatus::Confirmed as i32,
+                    event: Some(Arc::unwrap_or_clone(item)),
+                },
+                Outcome::Unconfirmed => OperationOutcome {
+                    status: OutcomeStatus::Unconfirmed as i32,
+                    event: None,
+                },
+                Outcome::Failed(message) => {
+                    return Err(Error::OperationFailed {
+                        message,
+                        reference_id: accepted.reference_id,
+                        domain: host.to_string(),
+                    });
+                }
+            };
+            Ok((accepted, Some(outcome)))
+        };
+        let result = work.instrument(span.clone()).await;
         let _span = span.enter();
         match result {
-            Ok(accepted) => {
-                tracing::info!(reference_id = ?accepted.reference_id, "operation accepted");
-                Ok(Response::new(S::new(accepted.reference_id, None)))
+            Ok((accepted, outcome)) => {
+                let outcome_status = outcome.as_ref().map(|o| o.status().as_str_name());
+                tracing::info!(reference_id = ?accepted.reference_id, outcome = ?outcome_status,
+                    "operation accepted");
+                Ok(Response::new(S::new(accepted.reference_id, outcome)))
             }
             Err(error) => {
                 tracing::info!(%error, "operation failed");
-                Err(Error::upstream(error, self.gws.host()).into())
+                Err(error.into())
             }
         }
     }
@@ -164,9 +207,6 @@ impl SmsSessionApi {
     ) -> Result<Response<SessionEventsStream>, Status> {
         let (credential, _, message) = self.begin(request)?;
         let req = validate::session_events(message).map_err(Error::InvalidArgument)?;
-        if req.include_snapshot {
-            return Err(Error::NotSupported("include_snapshot").into());
-        }
         let host = self.gws.host().to_string();
         let agent = self.agent(&credential)?;
         let stream: EventStream = self

@@ -21,10 +21,13 @@ pub enum Error {
         error: UpstreamError,
         domain: String,
     },
-    /// A request field this gateway version does not implement yet (the contract has it so
-    /// clients are generated once).
-    #[error("{0} is not implemented by this gateway version")]
-    NotSupported(&'static str),
+    /// GWS accepted the operation, then reported with an `Error` notification that it failed.
+    #[error("GWS reported the operation failed: {message}")]
+    OperationFailed {
+        message: String,
+        reference_id: Option<i64>,
+        domain: String,
+    },
     /// A SessionEvents stream could not start or had to end.
     #[error("{error}")]
     Events { error: EventsError, domain: String },
@@ -90,10 +93,21 @@ pub fn to_status(err: &Error) -> Status {
             )
         }
         Error::Credential(e) => Status::unauthenticated(e.to_string()),
-        Error::NotSupported(field) => Status::new(
-            Code::Unimplemented,
-            format!("{field}=true is not implemented by this gateway version yet"),
-        ),
+        Error::OperationFailed {
+            message,
+            reference_id,
+            domain,
+        } => {
+            let mut metadata = HashMap::from([("error_message".to_string(), message.clone())]);
+            if let Some(r) = reference_id {
+                metadata.insert("reference_id".into(), r.to_string());
+            }
+            Status::with_error_details(
+                Code::Aborted,
+                format!("GWS accepted the operation, then reported it failed: {message}"),
+                ErrorDetails::with_error_info("GWS_OPERATION_FAILED", domain, metadata),
+            )
+        }
         Error::Upstream { error, domain } => upstream_status(error, domain),
         Error::Events { error, domain } => events_status(error, domain),
     }
@@ -118,6 +132,10 @@ fn events_status(error: &EventsError, domain: &str) -> Status {
         EventsError::Upstream(e) => upstream_status(e, domain),
         EventsError::TooManySubscribers(max) => Status::resource_exhausted(format!(
             "too many SessionEvents streams for this agent (at most {max})"
+        )),
+        EventsError::TooManyWaits(max) => Status::resource_exhausted(format!(
+            "too many calls of this agent are waiting for their outcome (at most {max}); \
+             retry later or call without wait_for_outcome"
         )),
     }
 }
@@ -325,10 +343,17 @@ mod tests {
             to_status(&Error::Credential(CredentialError::Missing)).code(),
             Code::Unauthenticated
         );
-        assert_eq!(
-            to_status(&Error::NotSupported("wait_for_outcome")).code(),
-            Code::Unimplemented
-        );
+        let s = to_status(&Error::OperationFailed {
+            message: "target busy".into(),
+            reference_id: Some(16),
+            domain: "h".into(),
+        });
+        assert_eq!(s.code(), Code::Aborted);
+        assert!(s.message().contains("target busy"), "{}", s.message());
+        let info = s.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "GWS_OPERATION_FAILED");
+        assert_eq!(info.metadata["error_message"], "target busy");
+        assert_eq!(info.metadata["reference_id"], "16");
         let ev = |e| to_status(&Error::events(e, "h"));
         let s = ev(EventsError::SlowConsumer {
             last_resume_token: "tok-1".into(),
@@ -346,6 +371,10 @@ mod tests {
         );
         assert_eq!(
             ev(EventsError::TooManySubscribers(3)).code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            ev(EventsError::TooManyWaits(3)).code(),
             Code::ResourceExhausted
         );
         let s = ev(EventsError::Upstream(UpstreamError::Http {

@@ -492,7 +492,6 @@ pub const MAX_FILTER_SESSIONS: usize = 100;
 pub struct SessionEvents {
     pub filter: Filter,
     pub resume: Option<Token>,
-    pub include_snapshot: bool,
 }
 
 pub fn session_events(
@@ -546,9 +545,9 @@ pub fn session_events(
         filter: Filter {
             session_ids: req.session_ids.into_iter().collect(),
             notification_types,
+            include_snapshot: req.include_snapshot,
         },
         resume,
-        include_snapshot: req.include_snapshot,
     })
 }
 
