@@ -1,19 +1,23 @@
 //! The GWS simulator: a faithful stand-in for the parts of GWS the gateway uses, served over
 //! real HTTP so the gateway, its tests, demos and users' own integration tests have a real
 //! peer. REST (`rest.rs`) with Basic auth, `JSESSIONID` and CSRF as GWS does them; CometD
-//! long-polling (`cometd.rs`) publishing each agent's notifications to that agent only; a
-//! control API (`control.rs`) for tests and demos; seeded from the GWS documentation page
-//! (`seed.rs`). Not for production: the control API has no authentication.
+//! long-polling (`cometd.rs`) publishing each agent's notifications to that agent only; the
+//! SMS session lifecycle with its capabilities, transcript and notifications (`session.rs`),
+//! owned per agent with status codes and reference ids (`state.rs`); a control API
+//! (`control.rs`) for tests and demos (inbound SMS, customer messages, errors, faults, the
+//! recorded request bodies); seeded from the GWS documentation page (`seed.rs`). Not for
+//! production: the control API has no authentication.
 
 pub mod cometd;
 mod control;
 mod rest;
 pub mod seed;
+pub mod session;
 pub mod state;
 
 use axum::Router;
 use cometd::{CometdConfig, CometdHub};
-use state::State;
+use state::{Publish, State};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -81,6 +85,14 @@ impl Simulator {
     /// Locks the state for one synchronous step; never held across an `.await`.
     fn state(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes, in order, on the SMS channel; called after the state lock is released.
+    fn publish_all(&self, publishes: Vec<Publish>) {
+        for p in publishes {
+            let delivered = self.hub().publish(&p.agent, SMS_CHANNEL, p.data);
+            tracing::debug!(agent = %p.agent, delivered, "simulator published a notification");
+        }
     }
 
     pub fn router(&self) -> Router {

@@ -1,9 +1,13 @@
 //! The simulator's GWS REST surface and CometD endpoint over HTTP: Basic authentication,
 //! the `JSESSIONID` cookie, CSRF headers on GET replies and their check on POSTs, injected
-//! faults, then the state's answer in a GWS JSON body.
+//! faults, then the state's answer in a GWS JSON body. Reads: `GET /api/v2/me`, the agent's
+//! session list (`?fields=*` or not, the answer is the full resources), one session, its
+//! transcript. Writes: `POST /api/v2/me/smssessions/{id}`, whose body is recorded once it
+//! passed authentication and CSRF, then run; its notifications are published before the
+//! reply goes out.
 
 use super::state::{Authenticated, Reply, State as SimState};
-use super::{NOTIFICATIONS_PATH, SMS_CHANNEL, Simulator};
+use super::{NOTIFICATIONS_PATH, Simulator};
 use crate::upstream::Credential;
 use axum::Router;
 use axum::body::Bytes;
@@ -21,7 +25,11 @@ pub fn router(sim: Simulator) -> Router {
     Router::new()
         .route("/api/v2/me", get(me))
         .route("/api/v2/me/smssessions", get(list_sessions))
-        .route("/api/v2/me/smssessions/{id}", post(operation))
+        .route(
+            "/api/v2/me/smssessions/{id}",
+            get(get_session).post(operation),
+        )
+        .route("/api/v2/me/smssessions/{id}/messages", get(messages))
         .route(NOTIFICATIONS_PATH, post(notifications))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(sim)
@@ -33,6 +41,22 @@ async fn me(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
 
 async fn list_sessions(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
     read(&sim, &headers, |state, agent| state.list_sessions(agent)).await
+}
+
+async fn get_session(
+    State(sim): State<Simulator>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    read(&sim, &headers, |state, agent| state.get_session(agent, &id)).await
+}
+
+async fn messages(
+    State(sim): State<Simulator>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    read(&sim, &headers, |state, agent| state.messages(agent, &id)).await
 }
 
 /// A GET: faults, authentication, the state's answer, and the CSRF headers.
@@ -68,19 +92,8 @@ async fn operation(
     if let Some(refused) = check_csrf(&sim, &headers, &auth) {
         return refused;
     }
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return respond(
-            &sim,
-            Reply::error(400, 10, "request body is not JSON"),
-            &auth,
-            false,
-        );
-    };
-    let (reply, publish) = sim.state().operation(&auth.agent, &id, &body);
-    if let Some(p) = publish {
-        let delivered = sim.hub().publish(&p.agent, SMS_CHANNEL, p.data);
-        tracing::debug!(agent = %p.agent, delivered, "simulator published a notification");
-    }
+    let (reply, publishes) = sim.state().receive(&auth.agent, &id, &body);
+    sim.publish_all(publishes);
     respond(&sim, reply, &auth, false)
 }
 

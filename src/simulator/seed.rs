@@ -1,9 +1,13 @@
 //! The simulator's seeded data: the SMS sessions of the GWS documentation page the product
 //! started from (`shared/seeds/`, the DeleteUserData page). Its sample is a Python dump;
 //! here it is JSON (`None` is `null`). `UserData1`, the key the page deletes, is added back
-//! so the page's request can be replayed against the seed.
+//! so the page's request can be replayed against the seed. The two chatting sessions carry a
+//! short transcript so the transcript GET and resync have something to read.
 
-use serde_json::{Value, json};
+use super::session::{
+    MessageType, Participant, ParticipantType, SessionState, SmsSession, Visibility,
+};
+use serde_json::{Map, Value, json};
 
 /// The session id of the seed page's request.
 pub const SEED_SESSION_ID: &str = "0071023821aec011";
@@ -13,8 +17,8 @@ pub const SAMPLE_SESSION_ID: &str = "0000Wa9CAM6W00K5";
 pub const COMPLETED_SESSION_ID: &str = "0000CompletedSess";
 
 /// The seed page's user data, before `UserData1` was deleted.
-pub fn user_data() -> Value {
-    json!({
+pub fn user_data() -> Map<String, Value> {
+    let seed = json!({
         "UserData1": "Value1",
         "IdentifyCreateContact": "3", "RTargetTypeSelected": "2",
         "RTargetObjectSelected": "Chat distribution for processing", "RVQID": "",
@@ -29,49 +33,59 @@ pub fn user_data() -> Value {
         "DISP_KEY": "resolved", "RTargetRequested": "Chat distribution for processing",
         "RTargetAgentGroup": "Chat distribution for processing",
         "RStrategyName": "SimpleChatInStrategy", "Subject": "Customer support"
-    })
+    });
+    match seed {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
 }
 
-pub fn capabilities() -> Value {
-    json!([
-        "Transfer",
-        "Leave",
-        "Invite",
-        "Consult",
-        "SetInFocus",
-        "SetDisposition",
-        "AttachUserData",
-        "DeleteUserData",
-        "UpdateUserData",
-        "Complete",
-        "SendMessage",
-        "SendStartTypingNotification",
-        "SendStopTypingNotification"
-    ])
+/// The seed page's two participants; the agent is the one the seeded sessions belong to.
+fn participants() -> (Participant, Participant) {
+    let customer = Participant {
+        nickname: "FirstL".into(),
+        kind: ParticipantType::Customer,
+        participant_id: "007352CE9A92032E".into(),
+    };
+    let agent = Participant {
+        nickname: "TestName".into(),
+        kind: ParticipantType::Agent,
+        participant_id: "007352CE9AB40330".into(),
+    };
+    (customer, agent)
 }
 
-pub fn participants() -> Value {
-    json!([
-        { "nickname": "FirstL", "type": "Customer", "participantId": "007352CE9A92032E" },
-        { "nickname": "TestName", "type": "Agent", "participantId": "007352CE9AB40330" }
-    ])
-}
-
-/// One seeded session resource; `base` is the simulator's own URL for the session `uri`.
-pub fn session(id: &str, base: &str) -> Value {
-    let completed = id == COMPLETED_SESSION_ID;
-    json!({
-        "id": id,
-        "state": if completed { "Completed" } else { "Chatting" },
-        "userData": user_data(),
-        "capabilities": if completed { json!([]) } else { capabilities() },
-        "uri": format!("{}/api/v2/smssessions/{id}", base.trim_end_matches('/')),
-        "participants": participants(),
-    })
+/// One seeded session; `base` is the simulator's own URL for the session `uri`. A chatting
+/// one has a short transcript: the customer joined and said something.
+pub fn session(id: &str, base: &str) -> SmsSession {
+    let state = if id == COMPLETED_SESSION_ID {
+        SessionState::Completed
+    } else {
+        SessionState::Chatting
+    };
+    let mut session = SmsSession::new(id, base, state, user_data());
+    let (customer, agent) = participants();
+    session.join(customer.clone(), false);
+    session.join(agent, true);
+    if state == SessionState::Chatting {
+        session.append(
+            customer.clone(),
+            MessageType::ParticipantJoined,
+            String::new(),
+            Visibility::All,
+        );
+        session.append(
+            customer,
+            MessageType::Text,
+            "Hello, I have a question about my order".into(),
+            Visibility::All,
+        );
+    }
+    session
 }
 
 /// The sessions every agent starts with (each agent has its own copies).
-pub fn sessions(base: &str) -> Vec<Value> {
+pub fn sessions(base: &str) -> Vec<SmsSession> {
     [SEED_SESSION_ID, SAMPLE_SESSION_ID, COMPLETED_SESSION_ID]
         .iter()
         .map(|id| session(id, base))

@@ -1,16 +1,30 @@
 //! The simulator's state: agents and their credentials, each agent's own SMS sessions,
-//! HTTP sessions (`JSESSIONID` -> agent + CSRF token), injected faults, and the user-data
-//! operations with their GWS status codes. Pure and synchronous: the HTTP layer in
-//! `rest.rs` calls in with a lock held only for the call, never across an `.await`.
+//! HTTP sessions (`JSESSIONID` -> agent + CSRF token), injected faults, the POST bodies
+//! received, and the operation step: a body is read as an [`Operation`] (the very type the
+//! gateway serializes), checked against GWS's status codes, run on the session
+//! (`session.rs` holds the lifecycle) and answered with a `referenceId` plus the
+//! notifications to publish to the acting agent. Pure and synchronous: the HTTP layer in
+//! `rest.rs` and `control.rs` calls in with a lock held only for the call, never across an
+//! `.await`.
 
 use super::seed;
+use super::session::{Effect, Participant, ParticipantType, Refused, SessionState, SmsSession};
+use super::session::{MessageType, Visibility, new_session_id};
+use crate::upstream::operation::{Operation, PartyTarget, TransferTarget};
 use rand::Rng;
-use serde_json::{Map, Value, json};
-use std::collections::HashMap;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 /// Bound on HTTP sessions kept; the oldest is forgotten beyond it (the client re-logs in).
 const MAX_HTTP_SESSIONS: usize = 10_000;
+/// Bound on SMS sessions per agent, seeds included; creating more is refused.
+pub const MAX_SESSIONS_PER_AGENT: usize = 10_000;
+/// Bound on recorded POST bodies (all agents together); the oldest is forgotten beyond it.
+pub const MAX_RECORDED_REQUESTS: usize = 1_000;
+/// Longest id a control-API caller may choose for a new session.
+const MAX_SESSION_ID_LEN: usize = 64;
 
 /// A GWS reply: HTTP status and JSON body.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,13 +100,50 @@ pub struct Publish {
     pub data: Value,
 }
 
+/// A POST body as received (after authentication and CSRF), so tests can assert exactly
+/// what the gateway sent. A body that is not JSON is kept as a JSON string of its text.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RecordedRequest {
+    #[serde(skip)]
+    pub agent: String,
+    pub session_id: String,
+    pub body: Value,
+}
+
+/// What a control-API call asking for a customer-side event did wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    #[error("unknown agent '{0}'")]
+    UnknownAgent(String),
+    #[error("no SMS session '{0}'")]
+    UnknownSession(String),
+    #[error("the agent already has {MAX_SESSIONS_PER_AGENT} SMS sessions")]
+    TooManySessions,
+    #[error("SMS session '{0}' already exists")]
+    SessionExists(String),
+    #[error("the SMS session is {0}: the customer is no longer in the conversation")]
+    Closed(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `POST /simulator/agents/{user}/smssessions`: an inbound SMS; every field is optional.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct Inbound {
+    pub text: Option<String>,
+    pub nickname: Option<String>,
+    pub id: Option<String>,
+}
+
 #[derive(Debug)]
 pub struct State {
     passwords: HashMap<String, String>,
-    sessions: HashMap<String, Vec<Value>>,
+    sessions: HashMap<String, Vec<SmsSession>>,
     http_sessions: HashMap<String, HttpSession>,
     http_session_seq: u64,
     next_reference_id: i64,
+    base_url: String,
+    requests: VecDeque<RecordedRequest>,
     pub csrf: bool,
     pub faults: Faults,
     pub stats: Stats,
@@ -105,7 +156,7 @@ pub struct Stats {
     pub rest_requests: u64,
     /// POSTs refused for a missing or wrong CSRF token.
     pub csrf_rejections: u64,
-    /// User-data operations accepted.
+    /// Session operations accepted (answered `statusCode` 0).
     pub operations_accepted: u64,
 }
 
@@ -132,6 +183,8 @@ impl State {
             http_sessions: HashMap::new(),
             http_session_seq: 0,
             next_reference_id: 15,
+            base_url: base_url.to_string(),
+            requests: VecDeque::new(),
             csrf,
             faults: Faults::default(),
             stats: Stats::default(),
@@ -220,141 +273,337 @@ impl State {
         }))
     }
 
+    /// `GET /api/v2/me/smssessions`.
     pub fn list_sessions(&self, agent: &str) -> Reply {
-        let sessions = self.sessions.get(agent).cloned().unwrap_or_default();
+        let sessions = self.sessions.get(agent).map_or(&[][..], Vec::as_slice);
         Reply::ok(json!({ "statusCode": 0, "smssessions": sessions }))
     }
 
-    pub fn session(&self, agent: &str, id: &str) -> Option<&Value> {
-        self.sessions.get(agent)?.iter().find(|s| s["id"] == id)
+    /// `GET /api/v2/me/smssessions/{id}`.
+    pub fn get_session(&self, agent: &str, id: &str) -> Reply {
+        match self.session(agent, id) {
+            Some(session) => Reply::ok(json!({ "statusCode": 0, "smssession": session })),
+            None => not_found(id),
+        }
     }
 
-    /// `POST /api/v2/me/smssessions/{id}`: runs the operation and says what to publish.
-    pub fn operation(&mut self, agent: &str, id: &str, body: &Value) -> (Reply, Option<Publish>) {
-        let Some(op) = body.get("operationName") else {
-            return (
-                Reply::error(400, 1, "Required parameter 'operationName' is missing"),
-                None,
-            );
-        };
-        let Some(op) = op.as_str() else {
-            return (
-                Reply::error(400, 10, "'operationName' must be a string"),
-                None,
-            );
-        };
-        let Some(session) = self
+    /// `GET /api/v2/me/smssessions/{id}/messages`: the transcript, oldest first.
+    pub fn messages(&self, agent: &str, id: &str) -> Reply {
+        match self.session(agent, id) {
+            Some(session) => Reply::ok(json!({ "statusCode": 0, "messages": session.messages() })),
+            None => not_found(id),
+        }
+    }
+
+    /// One of `agent`'s sessions; another agent's is not found.
+    pub fn session(&self, agent: &str, id: &str) -> Option<&SmsSession> {
+        self.sessions.get(agent)?.iter().find(|s| s.id == id)
+    }
+
+    /// `POST /api/v2/me/smssessions/{id}` as received: records the raw body, then runs it
+    /// as [`State::operation`] (a body that is not JSON is a validation error, code 10).
+    pub fn receive(&mut self, agent: &str, id: &str, raw: &[u8]) -> (Reply, Vec<Publish>) {
+        let body = serde_json::from_slice::<Value>(raw);
+        if self.requests.len() >= MAX_RECORDED_REQUESTS {
+            self.requests.pop_front();
+        }
+        self.requests.push_back(RecordedRequest {
+            agent: agent.to_string(),
+            session_id: id.to_string(),
+            body: match &body {
+                Ok(body) => body.clone(),
+                Err(_) => Value::String(String::from_utf8_lossy(raw).into_owned()),
+            },
+        });
+        match body {
+            Ok(body) => self.operation(agent, id, &body),
+            Err(_) => (
+                Reply::error(400, 10, "request body is not JSON"),
+                Vec::new(),
+            ),
+        }
+    }
+
+    /// The POST bodies `agent` sent that are still recorded, oldest first.
+    pub fn requests(&self, agent: &str) -> Vec<&RecordedRequest> {
+        self.requests.iter().filter(|r| r.agent == agent).collect()
+    }
+
+    /// Runs an operation body on one of `agent`'s sessions: the reply, and the
+    /// notifications to publish (in order; none unless the reply is `statusCode` 0).
+    /// Checked in order: the body (1 missing parameter or unknown operation, 10 wrong type
+    /// or empty value), the session (6), the session's state (2). On error nothing changed.
+    pub fn operation(&mut self, agent: &str, id: &str, body: &Value) -> (Reply, Vec<Publish>) {
+        match self.try_operation(agent, id, body) {
+            Ok(done) => done,
+            Err(reply) => (reply, Vec::new()),
+        }
+    }
+
+    fn try_operation(
+        &mut self,
+        agent: &str,
+        id: &str,
+        body: &Value,
+    ) -> Result<(Reply, Vec<Publish>), Reply> {
+        let op = parse_operation(body)?;
+        let name = op.name();
+        let session = self
             .sessions
             .get_mut(agent)
-            .and_then(|list| list.iter_mut().find(|s| s["id"] == id))
-        else {
-            return (
-                Reply::error(404, 6, format!("SMS session '{id}' not found")),
-                None,
-            );
-        };
-        let capable = session["capabilities"]
-            .as_array()
-            .is_some_and(|caps| caps.iter().any(|c| c == op));
-        let change = match op {
-            "DeleteUserData" => delete_keys(body),
-            "AttachUserData" | "UpdateUserData" => merge_user_data(body),
-            _ => Err(Reply::error(
+            .and_then(|list| list.iter_mut().find(|s| s.id == id))
+            .ok_or_else(|| not_found(id))?;
+        let effects = session.apply(agent, op).map_err(|refused| match refused {
+            Refused::NotValidInState => Reply::error(
                 400,
-                10,
-                format!("operation '{op}' is not supported by this simulator"),
-            )),
-        };
-        let change = match change {
-            Ok(change) => change,
-            Err(reply) => return (reply, None),
-        };
-        if !capable {
-            let state = session["state"].as_str().unwrap_or("").to_string();
-            return (
-                Reply::error(
-                    400,
-                    2,
-                    format!("Operation '{op}' is not valid in the current state '{state}'"),
+                2,
+                format!(
+                    "Operation '{name}' is not valid in the current state '{}'",
+                    session.state.name()
                 ),
-                None,
-            );
-        }
-        if !session["userData"].is_object() {
-            session["userData"] = json!({});
-        }
-        if let Some(user_data) = session["userData"].as_object_mut() {
-            change.apply(user_data);
-        }
+            ),
+            Refused::TooManyParticipants => Reply::error(
+                400,
+                2,
+                format!("Operation '{name}' is not valid: the session has too many participants"),
+            ),
+        })?;
         self.stats.operations_accepted += 1;
         let reference_id = self.next_reference_id;
         self.next_reference_id += 1;
-        let data = json!({
-            "referenceId": reference_id,
-            "smssession": session.clone(),
-            "notificationType": "PropertiesUpdated",
-            "messageType": "SMSsessionStateChangeMessage",
-        });
-        (
-            Reply::ok(json!({ "statusCode": 0, "referenceId": reference_id })),
-            Some(Publish {
+        let publishes = effects
+            .iter()
+            .map(|effect| Publish {
                 agent: agent.to_string(),
-                data,
-            }),
-        )
+                data: session.notification(effect, Some(reference_id)),
+            })
+            .collect();
+        Ok((
+            Reply::ok(json!({ "statusCode": 0, "referenceId": reference_id })),
+            publishes,
+        ))
     }
-}
 
-enum Change {
-    Delete(Vec<String>),
-    Merge(Map<String, Value>),
-}
-
-impl Change {
-    fn apply(self, user_data: &mut Map<String, Value>) {
-        match self {
-            Change::Delete(keys) => keys.iter().for_each(|k| {
-                user_data.remove(k);
-            }),
-            Change::Merge(map) => user_data.extend(map),
+    /// A customer's SMS reaches `agent`: a new session in state `Invited`, with the customer
+    /// as participant and the SMS as its first message. Returns the session and the
+    /// `StatusChange` to publish (no `referenceId`: no request of the agent caused it).
+    pub fn create_inbound(
+        &mut self,
+        agent: &str,
+        inbound: Inbound,
+    ) -> Result<(SmsSession, Publish), ControlError> {
+        let text = non_empty(inbound.text, "text", "Hi, I need help")?;
+        let nickname = non_empty(inbound.nickname, "nickname", "Customer")?;
+        let sessions = self
+            .sessions
+            .get_mut(agent)
+            .ok_or_else(|| ControlError::UnknownAgent(agent.to_string()))?;
+        if sessions.len() >= MAX_SESSIONS_PER_AGENT {
+            return Err(ControlError::TooManySessions);
         }
+        let taken = |id: &str| sessions.iter().any(|s| s.id == id);
+        let id = match inbound.id {
+            Some(id) if !valid_session_id(&id) => {
+                return Err(ControlError::Invalid(format!(
+                    "'id' must be 1 to {MAX_SESSION_ID_LEN} characters of [0-9A-Za-z]"
+                )));
+            }
+            Some(id) if taken(&id) => return Err(ControlError::SessionExists(id)),
+            Some(id) => id,
+            // 62^16 ids: a collision is rare, and retried.
+            None => std::iter::repeat_with(new_session_id)
+                .find(|id| !taken(id))
+                .unwrap_or_default(),
+        };
+        let user_data = json!({ "Subject": "Inbound SMS" })
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let mut session = SmsSession::new(id, &self.base_url, SessionState::Invited, user_data);
+        let customer = Participant::new(nickname, ParticipantType::Customer);
+        session.join(customer.clone(), false);
+        session.append(customer, MessageType::Text, text, Visibility::All);
+        let publish = Publish {
+            agent: agent.to_string(),
+            data: session.notification(&Effect::StatusChange, None),
+        };
+        sessions.push(session.clone());
+        Ok((session, publish))
+    }
+
+    /// The customer writes in one of `agent`'s open sessions: the `MessageLogUpdated` to
+    /// publish.
+    pub fn customer_message(
+        &mut self,
+        agent: &str,
+        id: &str,
+        text: String,
+    ) -> Result<Publish, ControlError> {
+        if text.is_empty() {
+            return Err(ControlError::Invalid("'text' must not be empty".into()));
+        }
+        let session = self.control_session(agent, id)?;
+        let effect = session
+            .customer_says(text)
+            .map_err(|_| ControlError::Closed(session.state.name()))?;
+        Ok(Publish {
+            agent: agent.to_string(),
+            data: session.notification(&effect, None),
+        })
+    }
+
+    /// An `Error` notification about one of `agent`'s sessions, as GWS sends when an
+    /// accepted operation later fails. The session itself is unchanged.
+    pub fn error_notification(
+        &mut self,
+        agent: &str,
+        id: &str,
+        message: &str,
+        reference_id: Option<i64>,
+    ) -> Result<Publish, ControlError> {
+        let session = self.control_session(agent, id)?;
+        Ok(Publish {
+            agent: agent.to_string(),
+            data: session.error_notification(message, reference_id),
+        })
+    }
+
+    fn control_session(&mut self, agent: &str, id: &str) -> Result<&mut SmsSession, ControlError> {
+        self.sessions
+            .get_mut(agent)
+            .ok_or_else(|| ControlError::UnknownAgent(agent.to_string()))?
+            .iter_mut()
+            .find(|s| s.id == id)
+            .ok_or_else(|| ControlError::UnknownSession(id.to_string()))
     }
 }
 
-fn delete_keys(body: &Value) -> Result<Change, Reply> {
-    let Some(keys) = body.get("keys") else {
-        return Err(Reply::error(400, 1, "Required parameter 'keys' is missing"));
+fn not_found(id: &str) -> Reply {
+    Reply::error(404, 6, format!("SMS session '{id}' not found"))
+}
+
+fn missing(field: &str) -> Reply {
+    Reply::error(400, 1, format!("Required parameter '{field}' is missing"))
+}
+
+fn invalid(message: impl Into<String>) -> Reply {
+    Reply::error(400, 10, message)
+}
+
+/// The body as an [`Operation`], or the GWS error for it.
+fn parse_operation(body: &Value) -> Result<Operation, Reply> {
+    let Some(object) = body.as_object() else {
+        return Err(invalid("the request body must be a JSON object"));
     };
-    let keys: Option<Vec<String>> = keys
-        .as_array()
-        .map(|a| a.iter().map(|k| k.as_str().map(str::to_string)).collect())
-        .unwrap_or(None);
-    match keys {
-        Some(keys) if !keys.is_empty() && keys.iter().all(|k| !k.is_empty()) => {
-            Ok(Change::Delete(keys))
-        }
-        _ => Err(Reply::error(
-            400,
-            10,
-            "'keys' must be a non-empty array of non-empty strings",
-        )),
-    }
+    let name = match object.get("operationName") {
+        None => return Err(missing("operationName")),
+        Some(Value::String(name)) => name,
+        Some(_) => return Err(invalid("'operationName' must be a string")),
+    };
+    // Echoed in messages: bounded, whatever the client sent.
+    let name: String = name.chars().take(64).collect();
+    let op = Operation::deserialize(body).map_err(|e| deserialize_error(&name, &e))?;
+    validate(&op)?;
+    Ok(op)
 }
 
-fn merge_user_data(body: &Value) -> Result<Change, Reply> {
-    match body.get("userData") {
-        None => Err(Reply::error(
+/// Sorts serde's complaint into GWS's codes. serde words these through its `de::Error`
+/// constructors (`unknown_variant`, `missing_field`, and the flattened-enum miss), which
+/// are stable; anything else (a wrong type or value) is a validation error.
+fn deserialize_error(name: &str, e: &serde_json::Error) -> Reply {
+    let text = e.to_string();
+    if text.starts_with("unknown variant") {
+        Reply::error(400, 1, format!("Unknown operation '{name}'"))
+    } else if let Some(field) = text
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        missing(field)
+    } else if text.starts_with("no variant of enum") {
+        Reply::error(
             400,
             1,
-            "Required parameter 'userData' is missing",
-        )),
-        Some(Value::Object(map)) if !map.is_empty() => Ok(Change::Merge(map.clone())),
-        Some(_) => Err(Reply::error(
-            400,
-            10,
-            "'userData' must be a non-empty object",
-        )),
+            format!("Required target parameter of '{name}' is missing"),
+        )
+    } else {
+        invalid(format!("Invalid parameter value for operation '{name}'"))
     }
+}
+
+/// What serde cannot say: required strings, keys and user data must not be empty, and
+/// optional strings, when present, neither.
+fn validate(op: &Operation) -> Result<(), Reply> {
+    let mut strings: Vec<(&str, &str)> = Vec::new();
+    match op {
+        Operation::AttachUserData { user_data } | Operation::UpdateUserData { user_data } => {
+            if user_data.is_empty() {
+                return Err(invalid("'userData' must be a non-empty object"));
+            }
+        }
+        Operation::DeleteUserData { keys } => {
+            if keys.is_empty() {
+                return Err(invalid(
+                    "'keys' must be a non-empty array of non-empty strings",
+                ));
+            }
+            strings.extend(keys.iter().map(|k| ("keys", k.as_str())));
+        }
+        Operation::SetDisposition {
+            disposition,
+            disposition_key,
+        } => {
+            strings.push(("disposition", disposition));
+            strings.extend(disposition_key.as_deref().map(|k| ("dispositionKey", k)));
+        }
+        Operation::AddComment { comment } => strings.push(("comment", comment)),
+        Operation::Accept { nickname } => {
+            strings.extend(nickname.as_deref().map(|n| ("nickname", n)));
+        }
+        Operation::Complete { queue_name } => {
+            strings.extend(queue_name.as_deref().map(|q| ("queueName", q)));
+        }
+        Operation::SendMessage { text } | Operation::SendToAgents { text } => {
+            strings.push(("text", text));
+        }
+        Operation::SendUrl { url } => strings.push(("url", url)),
+        Operation::Transfer { target, text } => {
+            strings.push(match target {
+                TransferTarget::TargetUri(t) => ("targetUri", t),
+                TransferTarget::QueueName(q) => ("queueName", q),
+            });
+            strings.extend(text.as_deref().map(|t| ("text", t)));
+        }
+        Operation::Consult { target } | Operation::Invite { target } => {
+            strings.push(match target {
+                PartyTarget::TargetUri(t) => ("targetUri", t),
+                PartyTarget::TargetPath(p) => ("targetPath", p),
+            });
+        }
+        Operation::Reject
+        | Operation::Leave
+        | Operation::SendStartTypingNotification
+        | Operation::SendStopTypingNotification => {}
+    }
+    match strings.iter().find(|(_, value)| value.is_empty()) {
+        Some((field, _)) => Err(invalid(format!("'{field}' must not be empty"))),
+        None => Ok(()),
+    }
+}
+
+/// An optional control-API string: its default when absent, refused when empty.
+fn non_empty(value: Option<String>, field: &str, default: &str) -> Result<String, ControlError> {
+    match value {
+        None => Ok(default.to_string()),
+        Some(v) if v.is_empty() => Err(ControlError::Invalid(format!(
+            "'{field}' must not be empty"
+        ))),
+        Some(v) => Ok(v),
+    }
+}
+
+/// A caller-chosen session id must be safe in a URL path and look like GWS's.
+fn valid_session_id(id: &str) -> bool {
+    (1..=MAX_SESSION_ID_LEN).contains(&id.len()) && id.chars().all(|c| c.is_ascii_alphanumeric())
 }
 
 /// 128 random bits, hex: session ids and CSRF tokens must not be guessable.
@@ -408,101 +657,507 @@ mod tests {
         assert!(s.csrf_ok(&first, None));
     }
 
+    /// Runs an operation as agent "a"; the reply's status code and the publishes.
+    fn op(s: &mut State, id: &str, body: Value) -> (Value, Vec<Publish>) {
+        let (reply, publishes) = s.operation("a", id, &body);
+        assert!(
+            publishes.iter().all(|p| p.agent == "a"),
+            "only the acting agent hears of it"
+        );
+        (reply.body["statusCode"].clone(), publishes)
+    }
+
+    fn code(s: &mut State, id: &str, body: Value) -> Value {
+        let (code, publishes) = op(s, id, body);
+        if code != 0 {
+            assert!(publishes.is_empty(), "an error publishes nothing");
+        }
+        code
+    }
+
+    fn kinds(publishes: &[Publish]) -> Vec<(String, String)> {
+        publishes
+            .iter()
+            .map(|p| {
+                let d = &p.data;
+                (
+                    d["messageType"].as_str().unwrap_or_default().to_string(),
+                    d["notificationType"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn inbound(s: &mut State, agent: &str) -> String {
+        let (session, publish) = s.create_inbound(agent, Inbound::default()).unwrap();
+        assert_eq!(publish.data["notificationType"], "StatusChange");
+        assert_eq!(publish.data["smssession"]["state"], "Invited");
+        assert!(publish.data.get("referenceId").is_none());
+        session.id
+    }
+
     #[test]
     fn delete_user_data_changes_only_that_agents_session() {
         let mut s = state();
         let body = json!({"operationName": "DeleteUserData", "keys": ["UserData1"]});
-        let (reply, publish) = s.operation("a", seed::SEED_SESSION_ID, &body);
+        let (reply, publishes) = s.operation("a", seed::SEED_SESSION_ID, &body);
         assert_eq!(reply.body["statusCode"], 0);
-        let publish = publish.unwrap();
+        let [publish] = publishes.as_slice() else {
+            panic!("{publishes:?}")
+        };
         assert_eq!(publish.agent, "a");
+        assert_eq!(publish.data["notificationType"], "PropertiesUpdated");
         assert_eq!(publish.data["referenceId"], reply.body["referenceId"]);
-        assert!(
-            publish.data["smssession"]["userData"]
-                .get("UserData1")
-                .is_none()
-        );
-        assert_eq!(
-            publish.data["smssession"]["userData"]["UserData2"],
-            123456789
-        );
-        assert!(
-            s.session("a", seed::SEED_SESSION_ID).unwrap()["userData"]
-                .get("UserData1")
-                .is_none()
-        );
-        assert!(
-            s.session("b", seed::SEED_SESSION_ID).unwrap()["userData"]
-                .get("UserData1")
-                .is_some()
-        );
+        let user_data = &publish.data["smssession"]["userData"];
+        assert!(user_data.get("UserData1").is_none());
+        assert_eq!(user_data["UserData2"], 123456789);
+        assert_eq!(user_data["RRequestedSkills"], Value::Null);
+        assert_eq!(user_data["IdentifyCreateContact"], "3");
+        let user_data = |s: &State, agent| {
+            s.session(agent, seed::SEED_SESSION_ID)
+                .unwrap()
+                .user_data
+                .clone()
+        };
+        assert!(user_data(&s, "a").get("UserData1").is_none());
+        assert!(user_data(&s, "b").get("UserData1").is_some());
+        assert_eq!(s.stats.operations_accepted, 1);
     }
 
     #[test]
     fn status_codes() {
         let mut s = state();
-        let code = |s: &mut State, id: &str, body: Value| {
-            s.operation("a", id, &body).0.body["statusCode"].clone()
-        };
-        assert_eq!(
-            code(
-                &mut s,
+        let seed = seed::SEED_SESSION_ID;
+        let cases = [
+            (
                 "nope",
-                json!({"operationName": "DeleteUserData", "keys": ["k"]})
+                json!({"operationName": "DeleteUserData", "keys": ["k"]}),
+                6,
             ),
-            6
-        );
-        assert_eq!(
-            code(&mut s, seed::SEED_SESSION_ID, json!({"keys": ["k"]})),
-            1
-        );
-        assert_eq!(
-            code(
-                &mut s,
-                seed::SEED_SESSION_ID,
-                json!({"operationName": "DeleteUserData"})
+            (seed, json!({"keys": ["k"]}), 1),
+            (seed, json!({"operationName": "DeleteUserData"}), 1),
+            (seed, json!({"operationName": "SendMessage"}), 1),
+            (seed, json!({"operationName": "Transfer"}), 1),
+            (seed, json!({"operationName": "Dance"}), 1),
+            (seed, json!({"operationName": "SetInFocus"}), 1),
+            (seed, json!({"operationName": 5}), 10),
+            (seed, json!([1, 2]), 10),
+            (
+                seed,
+                json!({"operationName": "DeleteUserData", "keys": []}),
+                10,
             ),
-            1
-        );
-        assert_eq!(
-            code(
-                &mut s,
-                seed::SEED_SESSION_ID,
-                json!({"operationName": "DeleteUserData", "keys": []})
+            (
+                seed,
+                json!({"operationName": "DeleteUserData", "keys": ["a", ""]}),
+                10,
             ),
-            10
-        );
-        assert_eq!(
-            code(
-                &mut s,
-                seed::SEED_SESSION_ID,
-                json!({"operationName": "Dance"})
+            (
+                seed,
+                json!({"operationName": "DeleteUserData", "keys": [1]}),
+                10,
             ),
-            10
-        );
-        assert_eq!(
-            code(
-                &mut s,
+            (
+                seed,
+                json!({"operationName": "UpdateUserData", "userData": 5}),
+                10,
+            ),
+            (
+                seed,
+                json!({"operationName": "UpdateUserData", "userData": {}}),
+                10,
+            ),
+            (
+                seed,
+                json!({"operationName": "SendMessage", "text": ""}),
+                10,
+            ),
+            (seed, json!({"operationName": "SendUrl", "url": 3}), 10),
+            (
+                seed,
+                json!({"operationName": "Invite", "targetUri": ""}),
+                10,
+            ),
+            (seed, json!({"operationName": "Accept", "nickname": ""}), 10),
+            (seed, json!({"operationName": "Accept"}), 2),
+            (seed, json!({"operationName": "Reject"}), 2),
+            (
                 seed::COMPLETED_SESSION_ID,
-                json!({"operationName": "DeleteUserData", "keys": ["k"]})
+                json!({"operationName": "DeleteUserData", "keys": ["k"]}),
+                2,
+            ),
+        ];
+        for (id, body, want) in cases {
+            assert_eq!(code(&mut s, id, body.clone()), want, "{id} {body}");
+        }
+        assert_eq!(s.stats.operations_accepted, 0);
+        let (reply, _) = s.operation(
+            "a",
+            seed::COMPLETED_SESSION_ID,
+            &json!({"operationName": "SendMessage", "text": "x"}),
+        );
+        assert_eq!(reply.http_status, 400);
+        assert_eq!(
+            reply.body["statusMessage"],
+            "Operation 'SendMessage' is not valid in the current state 'Completed'"
+        );
+        let (reply, _) = s.operation("a", "nope", &json!({"operationName": "Leave"}));
+        assert_eq!(reply.http_status, 404);
+    }
+
+    #[test]
+    fn user_data_stays_lossless_and_each_change_publishes_the_whole_session() {
+        let mut s = state();
+        let id = seed::SEED_SESSION_ID;
+        let attach = json!({"operationName": "AttachUserData", "userData": {"n": 3, "s": "3", "z": null, "o": {"x": [1]}}});
+        let (c, p) = op(&mut s, id, attach);
+        assert_eq!(c, 0);
+        let ud = &p[0].data["smssession"]["userData"];
+        assert_eq!(
+            (&ud["n"], &ud["s"], &ud["z"], &ud["o"]),
+            (&json!(3), &json!("3"), &Value::Null, &json!({"x": [1]}))
+        );
+        let steps = [
+            json!({"operationName": "UpdateUserData", "userData": {"n": "4"}}),
+            json!({"operationName": "SetDisposition", "disposition": "Sold"}),
+            json!({"operationName": "SetDisposition", "disposition": "x", "dispositionKey": "DISP_KEY"}),
+            json!({"operationName": "AddComment", "comment": "nice"}),
+            json!({"operationName": "DeleteUserData", "keys": ["s", "absent"]}),
+        ];
+        for body in steps {
+            let (c, p) = op(&mut s, id, body.clone());
+            assert_eq!(c, 0, "{body}");
+            assert_eq!(
+                kinds(&p),
+                [(
+                    "SMSsessionStateChangeMessage".into(),
+                    "PropertiesUpdated".into()
+                )],
+                "{body}"
+            );
+            assert_eq!(p[0].data["smssession"]["state"], "Chatting");
+        }
+        let ud = &s.session("a", id).unwrap().user_data;
+        assert_eq!(ud["n"], "4");
+        assert_eq!(ud["DispositionCode"], "Sold");
+        assert_eq!(ud["DISP_KEY"], "x");
+        assert_eq!(ud["Comment"], "nice");
+        assert!(ud.get("s").is_none());
+    }
+
+    #[test]
+    fn reference_ids_increase_and_tag_every_notification_of_the_operation() {
+        let mut s = state();
+        let id = inbound(&mut s, "a");
+        let mut last = 0;
+        for body in [
+            json!({"operationName": "Accept"}),
+            json!({"operationName": "SendMessage", "text": "hi"}),
+            json!({"operationName": "Consult", "targetUri": "http://gws/api/v2/users/sup"}),
+        ] {
+            let (reply, publishes) = s.operation("a", &id, &body);
+            let r = reply.body["referenceId"].as_i64().unwrap();
+            assert!(r > last);
+            last = r;
+            assert!(!publishes.is_empty());
+            assert!(publishes.iter().all(|p| p.data["referenceId"] == r));
+        }
+    }
+
+    #[test]
+    fn the_inbound_flow_lives_the_whole_lifecycle() {
+        let mut s = state();
+        let id = inbound(&mut s, "a");
+        assert_eq!(id.len(), 16);
+        assert!(s.session("b", &id).is_none(), "another agent's session");
+        let session = s.session("a", &id).unwrap();
+        assert_eq!(session.participants[0].kind, ParticipantType::Customer);
+        assert_eq!(session.messages()[0].text, "Hi, I need help");
+        assert_eq!(
+            code(
+                &mut s,
+                &id,
+                json!({"operationName": "SendMessage", "text": "x"})
+            ),
+            2,
+            "not before Accept"
+        );
+
+        let (c, p) = op(
+            &mut s,
+            &id,
+            json!({"operationName": "Accept", "nickname": "Ann"}),
+        );
+        assert_eq!(c, 0);
+        let state_change = (
+            "SMSsessionStateChangeMessage".to_string(),
+            "StatusChange".to_string(),
+        );
+        assert_eq!(
+            kinds(&p),
+            [
+                state_change.clone(),
+                (
+                    "SMSsessionStateChangeMessage".into(),
+                    "ParticipantsUpdated".into()
+                ),
+                ("MessageLogUpdated".into(), "NewMessages".into()),
+            ]
+        );
+        assert_eq!(p[0].data["smssession"]["state"], "Chatting");
+        assert_eq!(
+            p[1].data["smssession"]["participants"][1]["nickname"],
+            "Ann"
+        );
+        assert_eq!(p[2].data["messages"][0]["type"], "ParticipantJoined");
+        assert_eq!(p[2].data["messages"][0]["from"]["nickname"], "Ann");
+
+        let (c, p) = op(
+            &mut s,
+            &id,
+            json!({"operationName": "SendMessage", "text": "Hello"}),
+        );
+        assert_eq!(c, 0);
+        assert_eq!(
+            kinds(&p),
+            [("MessageLogUpdated".into(), "NewMessages".into())]
+        );
+        let message = &p[0].data["messages"][0];
+        assert_eq!(
+            p[0].data["smssessionUri"],
+            format!("http://sim/api/v2/smssessions/{id}")
+        );
+        assert_eq!(
+            (&message["type"], &message["visibility"], &message["text"]),
+            (&json!("Text"), &json!("All"), &json!("Hello"))
+        );
+        assert_eq!(message["from"]["type"], "Agent");
+
+        let (c, p) = op(
+            &mut s,
+            &id,
+            json!({"operationName": "SendUrl", "url": "https://x.example/"}),
+        );
+        assert_eq!(c, 0);
+        assert_eq!(p[0].data["messages"][0]["type"], "PushUrl");
+        assert_eq!(p[0].data["messages"][0]["url"], "https://x.example/");
+
+        let (c, p) = op(&mut s, &id, json!({"operationName": "Complete"}));
+        assert_eq!(c, 0);
+        assert_eq!(kinds(&p), [state_change]);
+        assert_eq!(p[0].data["smssession"]["state"], "Completed");
+        assert_eq!(p[0].data["smssession"]["capabilities"], json!([]));
+        assert_eq!(
+            code(
+                &mut s,
+                &id,
+                json!({"operationName": "SendMessage", "text": "x"})
             ),
             2
         );
-        let (r, p) = s.operation(
-            "a",
-            seed::SEED_SESSION_ID,
-            &json!({"operationName": "AttachUserData", "userData": {"n": 3, "s": "3"}}),
-        );
-        assert_eq!(r.body["statusCode"], 0);
-        let ud = &p.unwrap().data["smssession"]["userData"];
-        assert_eq!((ud["n"].clone(), ud["s"].clone()), (json!(3), json!("3")));
+
+        let transcript = s.messages("a", &id).body;
+        let messages = transcript["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 4, "{transcript}");
+        let indices: Vec<i64> = messages
+            .iter()
+            .map(|m| m["index"].as_i64().unwrap())
+            .collect();
+        assert!(indices.windows(2).all(|w| w[0] < w[1]), "{indices:?}");
+        let times: Vec<i64> = messages
+            .iter()
+            .map(|m| m["timestampSeconds"].as_i64().unwrap())
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    }
+
+    #[test]
+    fn reject_leave_and_transfer_change_the_status() {
+        let mut s = state();
+        let id = inbound(&mut s, "a");
+        let (c, p) = op(&mut s, &id, json!({"operationName": "Reject"}));
+        assert_eq!(c, 0);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].data["smssession"]["state"], "Completed");
+
+        let seed = seed::SEED_SESSION_ID;
+        let (c, p) = op(&mut s, seed, json!({"operationName": "Leave"}));
+        assert_eq!(c, 0);
+        assert_eq!(p[0].data["smssession"]["state"], "LeftChat");
+        assert_eq!(p[1].data["messages"][0]["type"], "ParticipantLeft");
+        assert_eq!(p[1].data["messages"][0]["from"]["nickname"], "TestName");
         assert_eq!(
             code(
                 &mut s,
-                seed::SEED_SESSION_ID,
-                json!({"operationName": "UpdateUserData", "userData": 5})
+                seed,
+                json!({"operationName": "SetDisposition", "disposition": "ok"})
             ),
-            10
+            0
         );
+        assert_eq!(code(&mut s, seed, json!({"operationName": "Leave"})), 2);
+        assert_eq!(
+            code(
+                &mut s,
+                seed,
+                json!({"operationName": "Complete", "queueName": "Q"})
+            ),
+            0
+        );
+
+        let sample = seed::SAMPLE_SESSION_ID;
+        let (c, p) = op(
+            &mut s,
+            sample,
+            json!({"operationName": "Transfer", "queueName": "Q", "text": "over to you"}),
+        );
+        assert_eq!(c, 0);
+        assert_eq!(p[0].data["notificationType"], "StatusChange");
+        assert_eq!(p[0].data["smssession"]["state"], "Completed");
+    }
+
+    #[test]
+    fn consult_and_invite_add_a_participant() {
+        let mut s = state();
+        let id = seed::SEED_SESSION_ID;
+        let (c, p) = op(
+            &mut s,
+            id,
+            json!({"operationName": "Invite", "targetPath": "/users/sup2"}),
+        );
+        assert_eq!(c, 0);
+        assert_eq!(p[0].data["notificationType"], "ParticipantsUpdated");
+        let participants = p[0].data["smssession"]["participants"].as_array().unwrap();
+        assert_eq!(participants.len(), 3);
+        assert_eq!(participants[2]["nickname"], "sup2");
+        assert_eq!(participants[2]["type"], "Agent");
+    }
+
+    #[test]
+    fn seeds_have_a_short_transcript_and_state_derived_capabilities() {
+        let s = state();
+        for id in [seed::SEED_SESSION_ID, seed::SAMPLE_SESSION_ID] {
+            let body = s.messages("a", id).body;
+            let types: Vec<_> = body["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["type"].clone())
+                .collect();
+            assert_eq!(types, [json!("ParticipantJoined"), json!("Text")]);
+            let session = s.get_session("a", id).body;
+            assert_eq!(session["smssession"]["state"], "Chatting");
+            assert_eq!(session["smssession"]["capabilities"][0], "Transfer");
+        }
+        let done = s.get_session("a", seed::COMPLETED_SESSION_ID).body;
+        assert_eq!(done["smssession"]["capabilities"], json!([]));
+        let list = s.list_sessions("a").body;
+        assert_eq!(list["smssessions"].as_array().unwrap().len(), 3);
+        assert_eq!(s.get_session("a", "nope").body["statusCode"], 6);
+        assert_eq!(s.messages("a", "nope").http_status, 404);
+    }
+
+    #[test]
+    fn received_bodies_are_recorded_per_agent_and_bounded() {
+        let mut s = state();
+        s.receive("b", "x", b"not json");
+        let body = br#"{"operationName":"DeleteUserData","keys":["UserData1"]}"#;
+        let (reply, _) = s.receive("a", seed::SEED_SESSION_ID, body);
+        assert_eq!(reply.body["statusCode"], 0);
+        let a = s.requests("a");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].session_id, seed::SEED_SESSION_ID);
+        assert_eq!(
+            a[0].body,
+            json!({"operationName": "DeleteUserData", "keys": ["UserData1"]})
+        );
+        assert_eq!(s.requests("b")[0].body, "not json");
+        for i in 0..MAX_RECORDED_REQUESTS + 10 {
+            s.receive("a", &format!("s{i}"), b"{}");
+        }
+        let a = s.requests("a");
+        assert_eq!(a.len() + s.requests("b").len(), MAX_RECORDED_REQUESTS);
+        assert_eq!(
+            a.last().unwrap().session_id,
+            format!("s{}", MAX_RECORDED_REQUESTS + 9)
+        );
+        assert!(s.requests("b").is_empty(), "the oldest went first");
+    }
+
+    #[test]
+    fn control_events_are_checked() {
+        let mut s = state();
+        let given = Inbound {
+            id: Some("MyId1".into()),
+            ..Inbound::default()
+        };
+        assert!(s.create_inbound("a", given.clone()).is_ok());
+        assert_eq!(
+            s.create_inbound("a", given.clone()).unwrap_err(),
+            ControlError::SessionExists("MyId1".into())
+        );
+        assert!(s.create_inbound("b", given).is_ok(), "ids are per agent");
+        let bad = Inbound {
+            id: Some("../me".into()),
+            ..Inbound::default()
+        };
+        assert!(matches!(
+            s.create_inbound("a", bad),
+            Err(ControlError::Invalid(_))
+        ));
+        let empty = Inbound {
+            text: Some(String::new()),
+            ..Inbound::default()
+        };
+        assert!(matches!(
+            s.create_inbound("a", empty),
+            Err(ControlError::Invalid(_))
+        ));
+        assert_eq!(
+            s.create_inbound("zed", Inbound::default()).unwrap_err(),
+            ControlError::UnknownAgent("zed".into())
+        );
+
+        let p = s.customer_message("a", "MyId1", "more".into()).unwrap();
+        assert_eq!(p.data["messages"][0]["from"]["type"], "Customer");
+        assert_eq!(p.data["messages"][0]["index"], 2);
+        assert!(matches!(
+            s.customer_message("a", "MyId1", String::new()),
+            Err(ControlError::Invalid(_))
+        ));
+        assert_eq!(
+            s.customer_message("a", seed::COMPLETED_SESSION_ID, "x".into())
+                .unwrap_err(),
+            ControlError::Closed("Completed")
+        );
+        assert_eq!(
+            s.customer_message("a", "nope", "x".into()).unwrap_err(),
+            ControlError::UnknownSession("nope".into())
+        );
+
+        let e = s.error_notification("a", "MyId1", "boom", Some(3)).unwrap();
+        assert_eq!(e.data["notificationType"], "Error");
+        assert_eq!(e.data["errorMessage"], "boom");
+        assert_eq!(e.data["referenceId"], 3);
+        assert_eq!(
+            e.data["smssessionUri"],
+            "http://sim/api/v2/smssessions/MyId1"
+        );
+        assert!(s.error_notification("b", "nope", "boom", None).is_err());
+    }
+
+    #[test]
+    fn sessions_per_agent_are_bounded() {
+        let mut s = state();
+        while s.sessions["a"].len() < MAX_SESSIONS_PER_AGENT {
+            s.create_inbound("a", Inbound::default()).unwrap();
+        }
+        assert_eq!(
+            s.create_inbound("a", Inbound::default()).unwrap_err(),
+            ControlError::TooManySessions
+        );
+        assert!(s.create_inbound("b", Inbound::default()).is_ok());
     }
 }
