@@ -5,16 +5,25 @@
 //! - `POST /simulator/agents/{user}/cometd/drop`: server-side drop of the agent's CometD
 //!   sessions (their next connect gets 402 + handshake advice).
 //! - `GET /simulator/agents/{user}/cometd`: `{"sessions": n, "handshakes": n}`.
-//! - `GET /simulator/agents/{user}/smssessions/{id}`: a session as the simulator holds it.
+//! - `GET /simulator/agents/{user}/smssessions/{id}`: a session as GWS JSON (the resource).
+//! - `POST /simulator/agents/{user}/smssessions` `{"text", "nickname", "id"}` (all optional):
+//!   a customer's SMS arrives: a new `Invited` session, its `StatusChange` published.
+//! - `POST /simulator/agents/{user}/smssessions/{id}/customer-message` `{"text"}`: the
+//!   customer writes; `MessageLogUpdated` published.
+//! - `POST /simulator/agents/{user}/smssessions/{id}/error` `{"message", "referenceId"}`:
+//!   publishes an `Error` notification naming the session by `smssessionUri`.
+//! - `GET /simulator/agents/{user}/requests`: the operation bodies the agent POSTed, as
+//!   received, oldest first (the last 1,000 of all agents are kept).
 //! - `PUT /simulator/faults` `{"delay_ms": n, "fail": {"http_status", "body", "content_type", "times"}}`
 //!   and `DELETE /simulator/faults`: delay or fail REST replies.
 //! - `GET /simulator/stats`: request counters; `POST /simulator/http-sessions/expire`:
 //!   forget every HTTP session (cookies and CSRF tokens), as a GWS restart would.
 //! - `GET /simulator/health`.
 
-use super::state::Faults;
+use super::state::{ControlError, Faults, Inbound};
 use super::{SMS_CHANNEL, Simulator};
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -31,10 +40,20 @@ pub fn router(sim: Simulator) -> Router {
         .route("/simulator/agents/{user}/notifications", post(inject))
         .route("/simulator/agents/{user}/cometd/drop", post(drop_sessions))
         .route("/simulator/agents/{user}/cometd", get(cometd_stats))
+        .route("/simulator/agents/{user}/smssessions", post(create_session))
         .route(
             "/simulator/agents/{user}/smssessions/{id}",
             get(peek_session),
         )
+        .route(
+            "/simulator/agents/{user}/smssessions/{id}/customer-message",
+            post(customer_message),
+        )
+        .route(
+            "/simulator/agents/{user}/smssessions/{id}/error",
+            post(error_notification),
+        )
+        .route("/simulator/agents/{user}/requests", get(requests))
         .route("/simulator/faults", put(set_faults).delete(clear_faults))
         .route("/simulator/stats", get(stats))
         .route(
@@ -45,11 +64,44 @@ pub fn router(sim: Simulator) -> Router {
 }
 
 fn unknown_agent(user: &str) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        axum::Json(json!({"error": format!("unknown agent '{user}'")})),
-    )
-        .into_response()
+    refused(&ControlError::UnknownAgent(user.to_string()))
+}
+
+/// A control-API refusal: `{"error": "..."}` with the HTTP status that says why.
+fn refused(e: &ControlError) -> Response {
+    let status = match e {
+        ControlError::UnknownAgent(_) | ControlError::UnknownSession(_) => StatusCode::NOT_FOUND,
+        ControlError::TooManySessions => StatusCode::TOO_MANY_REQUESTS,
+        ControlError::SessionExists(_) | ControlError::Closed(_) => StatusCode::CONFLICT,
+        ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+    };
+    (status, axum::Json(json!({"error": e.to_string()}))).into_response()
+}
+
+/// A JSON body whose fields are all optional: an empty body means all defaults, so
+/// `curl -X POST` works without a content type.
+// The error is the 400 reply itself, returned straight to axum.
+#[allow(clippy::result_large_err)]
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| refused(&ControlError::Invalid(format!("bad JSON body: {e}"))))
+}
+
+/// Publishes what a control step produced, or answers its refusal.
+fn publish_or_refuse(
+    sim: &Simulator,
+    outcome: Result<super::state::Publish, ControlError>,
+) -> Response {
+    match outcome {
+        Ok(publish) => {
+            sim.publish_all(vec![publish]);
+            axum::Json(json!({"published": true})).into_response()
+        }
+        Err(e) => refused(&e),
+    }
 }
 
 async fn inject(
@@ -99,13 +151,81 @@ async fn peek_session(
     Path((user, id)): Path<(String, String)>,
 ) -> Response {
     match sim.state().session(&user, &id) {
-        Some(session) => axum::Json(session.clone()).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({"error": "no such session"})),
-        )
-            .into_response(),
+        Some(session) => axum::Json(json!(session)).into_response(),
+        None => refused(&ControlError::UnknownSession(id)),
     }
+}
+
+async fn create_session(
+    State(sim): State<Simulator>,
+    Path(user): Path<String>,
+    body: Bytes,
+) -> Response {
+    let inbound: Inbound = match optional_json(&body) {
+        Ok(inbound) => inbound,
+        Err(resp) => return resp,
+    };
+    let created = sim.state().create_inbound(&user, inbound);
+    match created {
+        Ok((session, publish)) => {
+            sim.publish_all(vec![publish]);
+            let body = json!({"id": session.id, "session": session});
+            (StatusCode::CREATED, axum::Json(body)).into_response()
+        }
+        Err(e) => refused(&e),
+    }
+}
+
+#[derive(Default, serde::Deserialize)]
+struct CustomerMessage {
+    text: Option<String>,
+}
+
+async fn customer_message(
+    State(sim): State<Simulator>,
+    Path((user, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let message: CustomerMessage = match optional_json(&body) {
+        Ok(message) => message,
+        Err(resp) => return resp,
+    };
+    let text = message.text.unwrap_or_default();
+    let outcome = sim.state().customer_message(&user, &id, text);
+    publish_or_refuse(&sim, outcome)
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorNotice {
+    message: Option<String>,
+    reference_id: Option<i64>,
+}
+
+async fn error_notification(
+    State(sim): State<Simulator>,
+    Path((user, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let notice: ErrorNotice = match optional_json(&body) {
+        Ok(notice) => notice,
+        Err(resp) => return resp,
+    };
+    let message = notice
+        .message
+        .unwrap_or_else(|| "The operation failed".to_string());
+    let outcome = sim
+        .state()
+        .error_notification(&user, &id, &message, notice.reference_id);
+    publish_or_refuse(&sim, outcome)
+}
+
+async fn requests(State(sim): State<Simulator>, Path(user): Path<String>) -> Response {
+    let state = sim.state();
+    if !state.has_agent(&user) {
+        return unknown_agent(&user);
+    }
+    axum::Json(json!({ "requests": state.requests(&user) })).into_response()
 }
 
 async fn set_faults(
