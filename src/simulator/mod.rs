@@ -170,3 +170,267 @@ pub async fn serve(
         tracing::error!(error = %e, "simulator server failed");
     }
 }
+
+/// The HTTP surface over a real socket: REST reads and the recorded bodies, and the control
+/// API driving a customer-side flow, observed on the agent's CometD session.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    const AGENT: (&str, &str) = ("agent1", "password1");
+
+    struct Client {
+        http: reqwest::Client,
+        url: String,
+        csrf: Option<String>,
+    }
+
+    impl Client {
+        /// Logs in as agent1 (`GET /api/v2/me`), keeping the cookie and the CSRF token.
+        async fn login(url: &str) -> Self {
+            let http = reqwest::Client::builder()
+                .cookie_store(true)
+                .build()
+                .unwrap();
+            let mut client = Self {
+                http,
+                url: url.to_string(),
+                csrf: None,
+            };
+            let resp = client.request(reqwest::Method::GET, "/api/v2/me").send();
+            let resp = resp.await.unwrap();
+            client.csrf = resp
+                .headers()
+                .get("X-CSRF-TOKEN")
+                .map(|v| v.to_str().unwrap().to_string());
+            client
+        }
+
+        fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+            self.http
+                .request(method, format!("{}{path}", self.url))
+                .basic_auth(AGENT.0, Some(AGENT.1))
+        }
+
+        async fn get(&self, path: &str) -> (u16, Value) {
+            let resp = self.request(reqwest::Method::GET, path).send().await;
+            answer(resp.unwrap()).await
+        }
+
+        async fn post(&self, path: &str, body: &str, csrf: bool) -> (u16, Value) {
+            let mut req = self
+                .request(reqwest::Method::POST, path)
+                .body(body.to_string());
+            if let (true, Some(token)) = (csrf, &self.csrf) {
+                req = req.header("X-CSRF-TOKEN", token);
+            }
+            answer(req.send().await.unwrap()).await
+        }
+    }
+
+    async fn answer(resp: reqwest::Response) -> (u16, Value) {
+        let status = resp.status().as_u16();
+        let body = serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    async fn control(url: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let http = reqwest::Client::new();
+        let req = match body {
+            Some(body) => http
+                .post(format!("{url}{path}"))
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+            None => http.get(format!("{url}{path}")),
+        };
+        answer(req.send().await.unwrap()).await
+    }
+
+    /// A CometD session of agent1 subscribed to the SMS channel, driven in-process.
+    async fn subscribe(hub: &CometdHub) -> String {
+        let h = hub
+            .handle(
+                AGENT.0,
+                json!([{"channel": "/meta/handshake", "version": "1.0", "supportedConnectionTypes": ["long-polling"]}]),
+            )
+            .await;
+        let client = h[0]["clientId"].as_str().unwrap().to_string();
+        hub.handle(
+            AGENT.0,
+            json!([{"channel": "/meta/subscribe", "clientId": client, "subscription": SMS_CHANNEL}]),
+        )
+        .await;
+        client
+    }
+
+    /// The `data` of every event queued for the session, oldest first.
+    async fn events(hub: &CometdHub, client: &str) -> Vec<Value> {
+        let r = hub
+            .handle(
+                AGENT.0,
+                json!([{"channel": "/meta/connect", "clientId": client, "connectionType": "long-polling", "advice": {"timeout": 0}}]),
+            )
+            .await;
+        r.as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["channel"] == SMS_CHANNEL)
+            .map(|m| m["data"].clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn rest_reads_sessions_and_transcripts_and_records_posted_bodies() {
+        let sim = start(&SimulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let c = Client::login(&sim.url).await;
+        let seed = seed::SEED_SESSION_ID;
+
+        let (status, list) = c.get("/api/v2/me/smssessions?fields=*").await;
+        assert_eq!(
+            (status, list["smssessions"].as_array().map(Vec::len)),
+            (200, Some(3))
+        );
+        let (status, one) = c.get(&format!("/api/v2/me/smssessions/{seed}")).await;
+        assert_eq!(status, 200);
+        assert_eq!(one["smssession"]["id"], seed);
+        assert_eq!(one["smssession"]["userData"]["UserData2"], 123456789);
+        let (status, log) = c
+            .get(&format!("/api/v2/me/smssessions/{seed}/messages"))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(log["messages"][1]["type"], "Text");
+        let (status, none) = c.get("/api/v2/me/smssessions/nope").await;
+        assert_eq!((status, &none["statusCode"]), (404, &json!(6)));
+        let (status, none) = c.get("/api/v2/me/smssessions/nope/messages").await;
+        assert_eq!((status, &none["statusCode"]), (404, &json!(6)));
+
+        // agent2's session is not agent1's.
+        let (status, created) = control(
+            &sim.url,
+            "/simulator/agents/agent2/smssessions",
+            Some(json!({})),
+        )
+        .await;
+        assert_eq!(status, 201);
+        let theirs = created["id"].as_str().unwrap();
+        let (status, _) = c.get(&format!("/api/v2/me/smssessions/{theirs}")).await;
+        assert_eq!(status, 404);
+
+        let body = r#"{"operationName":"SendMessage","text":"Hello"}"#;
+        let path = format!("/api/v2/me/smssessions/{seed}");
+        let (status, refused) = c.post(&path, body, false).await;
+        assert_eq!((status, &refused["statusCode"]), (403, &json!(3)));
+        let (status, done) = c.post(&path, body, true).await;
+        assert_eq!((status, &done["statusCode"]), (200, &json!(0)));
+        assert!(done["referenceId"].is_i64());
+        let (status, bad) = c.post(&path, "{oops", true).await;
+        assert_eq!((status, &bad["statusCode"]), (400, &json!(10)));
+
+        let (_, recorded) = control(&sim.url, "/simulator/agents/agent1/requests", None).await;
+        assert_eq!(
+            recorded,
+            json!({"requests": [
+                {"session_id": seed, "body": {"operationName": "SendMessage", "text": "Hello"}},
+                {"session_id": seed, "body": "{oops"},
+            ]}),
+            "only what passed authentication and CSRF"
+        );
+        let (_, log) = c
+            .get(&format!("/api/v2/me/smssessions/{seed}/messages"))
+            .await;
+        assert_eq!(log["messages"][2]["text"], "Hello");
+        let (_, stats) = control(&sim.url, "/simulator/stats", None).await;
+        assert_eq!(stats["operations_accepted"], 1);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn control_api_drives_an_inbound_session() {
+        let sim = start(&SimulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let hub = sim.simulator.hub().clone();
+        let client = subscribe(&hub).await;
+        let base = "/simulator/agents/agent1/smssessions";
+
+        let (status, created) = control(
+            &sim.url,
+            base,
+            Some(json!({"text": "Hi, I need help", "nickname": "Pat"})),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().unwrap().to_string();
+        assert_eq!(created["session"]["state"], "Invited");
+        assert_eq!(created["session"]["participants"][0]["nickname"], "Pat");
+        let published = events(&hub, &client).await;
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0]["notificationType"], "StatusChange");
+        assert_eq!(published[0]["smssession"]["id"], id.as_str());
+
+        let (status, _) = control(
+            &sim.url,
+            &format!("{base}/{id}/customer-message"),
+            Some(json!({"text": "anyone?"})),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let published = events(&hub, &client).await;
+        assert_eq!(published[0]["messageType"], "MessageLogUpdated");
+        assert_eq!(published[0]["messages"][0]["text"], "anyone?");
+        assert_eq!(published[0]["messages"][0]["from"]["nickname"], "Pat");
+
+        let (status, _) = control(
+            &sim.url,
+            &format!("{base}/{id}/error"),
+            Some(json!({"message": "routing failed", "referenceId": 99})),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let published = events(&hub, &client).await;
+        assert_eq!(published[0]["notificationType"], "Error");
+        assert_eq!(published[0]["errorMessage"], "routing failed");
+        assert_eq!(published[0]["referenceId"], 99);
+        assert!(
+            published[0]["smssessionUri"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/api/v2/smssessions/{id}"))
+        );
+
+        let (status, peek) = control(&sim.url, &format!("{base}/{id}"), None).await;
+        assert_eq!(status, 200);
+        assert_eq!(peek["userData"], json!({"Subject": "Inbound SMS"}));
+        assert_eq!(peek["capabilities"][0], "Accept");
+
+        let refusals = [
+            (
+                "/simulator/agents/nobody/smssessions".to_string(),
+                json!({}),
+                404,
+            ),
+            (base.to_string(), json!({"id": id}), 409),
+            (base.to_string(), json!({"id": "a/b"}), 400),
+            (base.to_string(), json!({"text": 5}), 400),
+            (format!("{base}/nope/error"), json!({}), 404),
+            (
+                format!("{base}/{}/customer-message", seed::COMPLETED_SESSION_ID),
+                json!({"text": "x"}),
+                409,
+            ),
+        ];
+        for (path, body, want) in refusals {
+            let (status, answer) = control(&sim.url, &path, Some(body.clone())).await;
+            assert_eq!(status, want, "{path} {body}: {answer}");
+            assert!(answer["error"].is_string(), "{answer}");
+        }
+        assert!(
+            events(&hub, &client).await.is_empty(),
+            "refusals publish nothing"
+        );
+        sim.shutdown().await;
+    }
+}

@@ -615,6 +615,7 @@ fn random_token() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn state() -> State {
         State::new(
@@ -1146,6 +1147,80 @@ mod tests {
             "http://sim/api/v2/smssessions/MyId1"
         );
         assert!(s.error_notification("b", "nope", "boom", None).is_err());
+    }
+
+    #[test]
+    fn missing_parameters_are_named() {
+        let mut s = state();
+        let id = seed::SEED_SESSION_ID;
+        let message = |s: &mut State, body: Value| {
+            s.operation("a", id, &body).0.body["statusMessage"].clone()
+        };
+        assert_eq!(
+            message(&mut s, json!({"operationName": "DeleteUserData"})),
+            "Required parameter 'keys' is missing"
+        );
+        assert_eq!(
+            message(&mut s, json!({})),
+            "Required parameter 'operationName' is missing"
+        );
+        assert_eq!(
+            message(&mut s, json!({"operationName": "Dance"})),
+            "Unknown operation 'Dance'"
+        );
+    }
+
+    const FIELDS: [&str; 12] = [
+        "operationName",
+        "keys",
+        "userData",
+        "text",
+        "url",
+        "targetUri",
+        "queueName",
+        "targetPath",
+        "nickname",
+        "disposition",
+        "dispositionKey",
+        "comment",
+    ];
+
+    fn any_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            Just(json!(0)),
+            Just(json!(true)),
+            Just(json!("")),
+            Just(json!("x")),
+            Just(json!("Accept")),
+            Just(json!("SendMessage")),
+            Just(json!("DeleteUserData")),
+            Just(json!([])),
+            Just(json!([""])),
+            Just(json!(["k", 1])),
+            Just(json!({})),
+            Just(json!({"a": 1})),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever arrives, the answer is a GWS status code, and only success publishes.
+        #[test]
+        fn any_body_gets_a_status_code_and_never_panics(
+            fields in proptest::collection::vec((proptest::sample::select(&FIELDS[..]), any_value()), 0..5),
+            raw in proptest::collection::vec(any::<u8>(), 0..32),
+            session in proptest::sample::select(&[seed::SEED_SESSION_ID, seed::COMPLETED_SESSION_ID, "nope"][..]),
+        ) {
+            let mut s = state();
+            let body = Value::Object(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+            for (reply, publishes) in [s.operation("a", session, &body), s.receive("a", session, &raw)] {
+                let code = reply.body["statusCode"].as_i64().unwrap();
+                prop_assert!([0, 1, 2, 6, 10].contains(&code), "{}", reply.body);
+                prop_assert_eq!(code == 0, !publishes.is_empty(), "{}", reply.body);
+            }
+        }
     }
 
     #[test]
