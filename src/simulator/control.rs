@@ -20,7 +20,7 @@
 //!   forget every HTTP session (cookies and CSRF tokens), as a GWS restart would.
 //! - `GET /simulator/health`.
 
-use super::state::{ControlError, Faults, Inbound};
+use super::state::{ControlError, Faults, Inbound, Publish};
 use super::{SMS_CHANNEL, Simulator};
 use axum::Router;
 use axum::body::Bytes;
@@ -91,10 +91,7 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
 }
 
 /// Publishes what a control step produced, or answers its refusal.
-fn publish_or_refuse(
-    sim: &Simulator,
-    outcome: Result<super::state::Publish, ControlError>,
-) -> Response {
+fn publish_or_refuse(sim: &Simulator, outcome: Result<Publish, ControlError>) -> Response {
     match outcome {
         Ok(publish) => {
             sim.publish_all(vec![publish]);

@@ -434,7 +434,7 @@ impl SmsSession {
     /// The CometD `data` GWS publishes for `effect`, with the session as it is now.
     /// `reference_id` ties it to the request that caused it (absent for server-side events).
     pub fn notification(&self, effect: &Effect, reference_id: Option<i64>) -> Value {
-        let mut data = match effect {
+        let data = match effect {
             Effect::StatusChange => self.state_change("StatusChange"),
             Effect::ParticipantsUpdated => self.state_change("ParticipantsUpdated"),
             Effect::PropertiesUpdated => self.state_change("PropertiesUpdated"),
@@ -445,25 +445,19 @@ impl SmsSession {
                 "messages": messages,
             }),
         };
-        if let Some(id) = reference_id {
-            data["referenceId"] = id.into();
-        }
-        data
+        with_reference(data, reference_id)
     }
 
     /// An `Error` notification naming this session by its URI (no `smssession`), as GWS
     /// reports an operation that failed after it was accepted.
     pub fn error_notification(&self, message: &str, reference_id: Option<i64>) -> Value {
-        let mut data = json!({
+        let data = json!({
             "messageType": "SMSsessionStateChangeMessage",
             "notificationType": "Error",
             "errorMessage": message,
             "smssessionUri": self.uri,
         });
-        if let Some(id) = reference_id {
-            data["referenceId"] = id.into();
-        }
-        data
+        with_reference(data, reference_id)
     }
 
     fn state_change(&self, notification_type: &str) -> Value {
@@ -473,6 +467,14 @@ impl SmsSession {
             "smssession": self,
         })
     }
+}
+
+/// GWS adds `referenceId` only to what a request caused.
+fn with_reference(mut data: Value, reference_id: Option<i64>) -> Value {
+    if let Some(id) = reference_id {
+        data["referenceId"] = id.into();
+    }
+    data
 }
 
 /// A consulted or invited party's nickname: the last segment of its URI or path.

@@ -13,7 +13,7 @@ use super::session::{MessageType, Visibility, new_session_id};
 use crate::upstream::operation::{Operation, PartyTarget, TransferTarget};
 use rand::Rng;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
@@ -415,10 +415,7 @@ impl State {
                 .find(|id| !taken(id))
                 .unwrap_or_default(),
         };
-        let user_data = json!({ "Subject": "Inbound SMS" })
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
+        let user_data = Map::from_iter([("Subject".to_string(), json!("Inbound SMS"))]);
         let mut session = SmsSession::new(id, &self.base_url, SessionState::Invited, user_data);
         let customer = Participant::new(nickname, ParticipantType::Customer);
         session.join(customer.clone(), false);
