@@ -2,9 +2,12 @@
 //! simulator's CometD endpoint, over real sockets. Every wait is on a stream item or a
 //! control-API observation, never a sleep.
 
+#[path = "support/events.rs"]
+mod events;
 #[path = "support/gateway.rs"]
 mod gateway;
 
+use events::{expect_notice, next, open, subscribed, subscribed_at};
 use gateway::{AGENT1, AGENT2, Harness, SEED_SESSION, STEP, authed};
 use gws_sms_gateway::mapping::user_data_map_to_json;
 use gws_sms_gateway::proto::session_events_response::Event;
@@ -13,60 +16,8 @@ use gws_sms_gateway::proto::{
     SessionEventsResponse,
 };
 use serde_json::{Value, json};
-use tonic::{Code, Status, Streaming};
+use tonic::Code;
 use tonic_types::StatusExt;
-
-type Stream = Streaming<SessionEventsResponse>;
-
-async fn open(
-    h: &Harness,
-    agent: (&str, &str),
-    req: SessionEventsRequest,
-) -> Result<Stream, Status> {
-    let mut client = h.client().await;
-    let call = client.session_events(authed(req, agent));
-    Ok(tokio::time::timeout(STEP, call)
-        .await
-        .expect("stream opens in time")?
-        .into_inner())
-}
-
-async fn next(stream: &mut Stream) -> Result<SessionEventsResponse, Status> {
-    match tokio::time::timeout(STEP, stream.message())
-        .await
-        .expect("an item in time")?
-    {
-        Some(item) => Ok(item),
-        None => panic!("stream ended without an item"),
-    }
-}
-
-/// The stream's next item, which must be a notice of `kind`.
-async fn expect_notice(stream: &mut Stream, kind: NoticeKind) -> SessionEventsResponse {
-    let item = next(stream).await.unwrap();
-    let got = match &item.event {
-        Some(Event::Notice(n)) => NoticeKind::try_from(n.kind).ok(),
-        _ => None,
-    };
-    assert_eq!(got, Some(kind), "{item:?}");
-    item
-}
-
-/// Opens a stream and checks that its first item is SUBSCRIBED.
-async fn subscribed(h: &Harness, agent: (&str, &str), req: SessionEventsRequest) -> Stream {
-    subscribed_at(h, agent, req).await.0
-}
-
-/// Like [`subscribed`], also returning the SUBSCRIBED notice's resume token.
-async fn subscribed_at(
-    h: &Harness,
-    agent: (&str, &str),
-    req: SessionEventsRequest,
-) -> (Stream, String) {
-    let mut stream = open(h, agent, req).await.expect("stream opens");
-    let first = expect_notice(&mut stream, NoticeKind::Subscribed).await;
-    (stream, first.resume_token)
-}
 
 async fn delete(h: &Harness, agent: (&str, &str), keys: &[&str]) -> Option<i64> {
     let mut client = h.client().await;

@@ -134,7 +134,7 @@ impl Check {
     fn keys<'a>(&mut self, field: &str, keys: impl ExactSizeIterator<Item = &'a String>) {
         let n = keys.len();
         if n == 0 {
-            return self.violation(field, format!("at least one key is required"));
+            return self.violation(field, "at least one key is required");
         }
         if n > MAX_KEYS {
             return self.violation(field, format!("at most {MAX_KEYS} keys per call, got {n}"));

@@ -92,8 +92,14 @@ async fn operation(
     if let Some(refused) = check_csrf(&sim, &headers, &auth) {
         return refused;
     }
-    let (reply, publishes) = sim.state().receive(&auth.agent, &id, &body);
-    sim.publish_all(publishes);
+    let (reply, publishes, withhold) = {
+        let mut state = sim.state();
+        let (reply, publishes) = state.receive(&auth.agent, &id, &body);
+        (reply, publishes, state.faults.withhold_notifications)
+    };
+    if !withhold {
+        sim.publish_all(publishes);
+    }
     respond(&sim, reply, &auth, false)
 }
 

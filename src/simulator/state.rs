@@ -59,6 +59,10 @@ pub struct Faults {
     /// Replace the next `times` REST replies with this raw one.
     #[serde(default)]
     pub fail: Option<RawFailure>,
+    /// Apply and answer operations but publish none of their notifications: an operation
+    /// that is accepted and never confirmed (or, with an injected Error, fails later).
+    #[serde(default)]
+    pub withhold_notifications: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]

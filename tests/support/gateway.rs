@@ -180,6 +180,49 @@ impl Harness {
         .await
     }
 
+    /// A customer's SMS arrives for `agent`: a new Invited session; its id.
+    pub async fn inbound(&self, agent: &str, text: &str) -> String {
+        let v = self
+            .control(
+                reqwest::Method::POST,
+                &format!("/simulator/agents/{agent}/smssessions"),
+                Some(serde_json::json!({ "text": text })),
+            )
+            .await;
+        v["id"]
+            .as_str()
+            .expect("inbound session created")
+            .to_string()
+    }
+
+    /// The operation bodies `agent` POSTed, as the simulator received them, oldest first.
+    pub async fn requests(&self, agent: &str) -> Vec<Value> {
+        let v = self
+            .control(
+                reqwest::Method::GET,
+                &format!("/simulator/agents/{agent}/requests"),
+                None,
+            )
+            .await;
+        v["requests"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Publishes an `Error` notification about `session` to `agent`.
+    pub async fn inject_error(
+        &self,
+        agent: &str,
+        session: &str,
+        message: &str,
+        reference_id: Option<i64>,
+    ) {
+        self.control(
+            reqwest::Method::POST,
+            &format!("/simulator/agents/{agent}/smssessions/{session}/error"),
+            Some(serde_json::json!({ "message": message, "referenceId": reference_id })),
+        )
+        .await;
+    }
+
     pub async fn drop_cometd(&self, agent: &str) -> u64 {
         let v = self
             .control(
