@@ -150,6 +150,11 @@ fn announce(
              delete-user-data --session {} --key UserData1",
             seed::SEED_SESSION_ID
         );
+        tracing::info!(
+            "make a customer's SMS arrive (a new Invited session to accept): \
+             curl -X POST {}simulator/agents/{user}/smssessions -d '{{\"text\":\"Hi\"}}'",
+            gws_url
+        );
     }
 }
 

@@ -168,3 +168,119 @@ fn newcomer_flow_serve_events_delete_then_sigterm() {
     assert!(wait_exit(&mut server).success());
     wait_for(&server_out, "gateway stopped");
 }
+
+#[test]
+fn inbound_flow_with_the_built_in_client() {
+    let (_server, server_out) = spawn(&["serve", "--listen", "127.0.0.1:0"]);
+    let line = wait_for(&server_out, "gateway serving gRPC");
+    let field = |line: &str, key: &str| {
+        line.split(key)
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+            .to_string()
+    };
+    let addr = format!("http://{}", field(&line, "listen="));
+    let simulator = field(
+        &wait_for(&server_out, "embedded GWS simulator"),
+        "simulator=",
+    );
+    let client = |args: &[&str]| {
+        let mut all = vec![
+            "client",
+            "--addr",
+            &addr,
+            "--user",
+            "agent1",
+            "--password",
+            "password1",
+        ];
+        all.extend_from_slice(args);
+        let out = Command::new(BIN).args(&all).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code(), stdout, stderr)
+    };
+    let (_events, events_out) = {
+        let mut args = vec![
+            "client",
+            "--addr",
+            &addr,
+            "--user",
+            "agent1",
+            "--password",
+            "password1",
+        ];
+        args.extend(["events", "--snapshot"]);
+        spawn(&args)
+    };
+    wait_for(&events_out, "NOTICE_KIND_SUBSCRIBED");
+    wait_for(&events_out, "\"snapshot\"");
+
+    // A customer writes (the simulator's control API), the agent answers with the client.
+    let created = post(
+        &simulator,
+        "/simulator/agents/agent1/smssessions",
+        r#"{"text":"Hi, where is my parcel?"}"#,
+    );
+    let id = created["id"].as_str().unwrap().to_string();
+    wait_for(&events_out, "\"state\":\"Invited\"");
+    let (code, out, err) = client(&["sessions"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(&id) && l.contains("Invited")),
+        "{out}"
+    );
+    let (_, out, _) = client(&["transcript", "--session", &id]);
+    assert!(out.contains("Hi, where is my parcel?"), "{out}");
+
+    let (code, out, err) = client(&["accept", "--session", &id, "--nickname", "Ann", "--wait"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("Accept accepted by GWS") && out.contains("confirmed:"),
+        "{out}"
+    );
+    assert!(out.contains("\"state\":\"Chatting\""), "{out}");
+    wait_for(&events_out, "ParticipantJoined");
+    for text in ["Hello, this is Ann", "It arrives tomorrow"] {
+        let (code, _, err) = client(&["send-message", "--session", &id, "--text", text]);
+        assert_eq!(code, Some(0), "{err}");
+        wait_for(&events_out, text);
+    }
+    let (code, out, err) = client(&["complete", "--session", &id, "--wait"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"state\":\"Completed\""), "{out}");
+    wait_for(&events_out, "\"state\":\"Completed\"");
+    let (code, _, err) = client(&["send-message", "--session", &id, "--text", "late"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("GWS_STATUS_2"),
+        "{err}"
+    );
+    // Bad arguments are refused by the client before any call.
+    let (code, _, err) = client(&["send-url", "--session", &id]);
+    assert_eq!(code, Some(64), "{err}");
+}
+
+/// A minimal HTTP/1.1 POST (the control API of the simulator), answering the JSON body.
+fn post(base: &str, path: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let host = base
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut conn = std::net::TcpStream::connect(&host).expect("simulator reachable");
+    conn.set_read_timeout(Some(STEP)).unwrap();
+    write!(
+        conn,
+        "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).unwrap();
+    let (_, json) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {reply}"))
+}

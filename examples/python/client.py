@@ -142,10 +142,15 @@ def describe_event(ev):
                     "visibility": m.visibility,
                     "from": m.sender.nickname,
                     "time": m.time.ToJsonString() if m.HasField("time") else None,
+                    "url": m.url or None,
                 }
                 for m in ml.messages
             ],
         }
+    elif kind == "snapshot":
+        out["snapshot"] = [
+            {"id": s.id, "state_name": s.state_name} for s in ev.snapshot.sessions
+        ]
     return out
 
 
@@ -165,6 +170,7 @@ def cmd_events(args, channel):
     req = pb.SessionEventsRequest(
         session_ids=args.session or [],
         resume_token=args.resume_token or "",
+        include_snapshot=args.snapshot,
     )
     stream = stub.SessionEvents(req, metadata=metadata(args))
     try:
@@ -218,6 +224,7 @@ def main():
     e = sub.add_parser("events", help="SessionEvents (streams until stopped)")
     e.add_argument("--session", action="append", help="only this session (repeatable)")
     e.add_argument("--resume-token", help="resume after this token")
+    e.add_argument("--snapshot", action="store_true", help="start with the agent's sessions")
     e.set_defaults(func=cmd_events)
 
     h = sub.add_parser("health", help="grpc.health.v1 Check (needs grpcio-health-checking)")
