@@ -9,7 +9,7 @@ mod events;
 mod gateway;
 
 use events::{expect_notice, next, open, subscribed};
-use gateway::{AGENT1, AGENT2, Harness, SEED_SESSION, STEP, authed};
+use gateway::{AGENT1, AGENT2, Harness, SEED_SESSION, STEP, authed, eventually};
 use gws_sms_gateway::mapping::{user_data_map_to_json, user_data_value};
 use gws_sms_gateway::proto::session_events_response::Event;
 use gws_sms_gateway::proto::*;
@@ -156,17 +156,18 @@ async fn a_failure_after_acceptance_is_aborted() {
         ))
         .await
     });
-    // Once the POST reached the simulator (and was answered), GWS reports the failure.
-    let deadline = Instant::now() + STEP;
-    while h.requests("agent1").await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the Invite never reached upstream"
-        );
-        tokio::task::yield_now().await;
-    }
-    // No referenceId on the Error: it is matched to the oldest call waiting on the session.
-    h.inject_error("agent1", SEED_SESSION, "target is busy", None)
+    // Once the POST reached the simulator (and was answered), GWS reports the failure,
+    // naming the operation by the referenceId of its reply.
+    eventually("the Invite reached upstream", || async {
+        !h.requests("agent1").await.is_empty()
+    })
+    .await;
+    let reference = h.requests("agent1").await[0]["reply"]["referenceId"].as_i64();
+    assert!(reference.is_some());
+    // An Error about another operation of the session is not this call's.
+    h.inject_error("agent1", SEED_SESSION, "about something else", Some(1))
+        .await;
+    h.inject_error("agent1", SEED_SESSION, "target is busy", reference)
         .await;
     let status = tokio::time::timeout(STEP, call)
         .await
@@ -218,10 +219,17 @@ async fn never_confirmed_is_unconfirmed_before_the_deadline() {
         "LeftChat"
     );
 
-    // The configured outcome timeout bounds the wait too, whatever the deadline.
-    let h = Harness::start(Default::default(), &["--outcome-timeout", "300ms"]).await;
+    // Without a caller deadline the wait is `--outcome-timeout`, however short the upstream
+    // timeout (which bounds the POST only).
+    let h = Harness::start(
+        Default::default(),
+        &["--outcome-timeout", "2s", "--upstream-timeout", "500ms"],
+    )
+    .await;
     h.faults(json!({"withhold_notifications": true})).await;
+    let _warm = subscribed(&h, AGENT1, SessionEventsRequest::default()).await;
     let mut c = h.client().await;
+    let started = Instant::now();
     let r = c
         .leave(authed(
             LeaveRequest {
@@ -231,6 +239,69 @@ async fn never_confirmed_is_unconfirmed_before_the_deadline() {
             AGENT1,
         ))
         .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.outcome.unwrap().status(), OutcomeStatus::Unconfirmed);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "waited the outcome timeout, not the upstream timeout: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn unrelated_notifications_never_confirm() {
+    let h = Harness::with_defaults().await;
+    let id = h.inbound("agent1", "Hi").await;
+    let _warm = subscribed(&h, AGENT1, SessionEventsRequest::default()).await;
+    let mut c = h.client().await;
+    c.accept(authed(
+        AcceptRequest {
+            session_id: id.clone(),
+            nickname: "Ann".into(),
+            wait_for_outcome: true,
+        },
+        AGENT1,
+    ))
+    .await
+    .unwrap();
+    h.faults(json!({"withhold_notifications": true})).await;
+    let call = {
+        let mut c = h.client().await;
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut req = authed(
+                SendMessageRequest {
+                    session_id: id,
+                    text: "Let me check".into(),
+                    wait_for_outcome: true,
+                },
+                AGENT1,
+            );
+            req.set_timeout(Duration::from_millis(1500));
+            c.send_message(req).await
+        })
+    };
+    eventually("the SendMessage reached upstream", || async {
+        h.requests("agent1").await.len() == 2
+    })
+    .await;
+    // The customer writes meanwhile, and the session changes state: neither is the reply.
+    h.control(
+        reqwest::Method::POST,
+        &format!("/simulator/agents/agent1/smssessions/{id}/customer-message"),
+        Some(json!({"text": "Let me check"})),
+    )
+    .await;
+    let mut status = json!({"messageType": "SMSsessionStateChangeMessage",
+        "notificationType": "StatusChange", "smssession": {"id": id, "state": "Chatting"}});
+    h.inject("agent1", status.clone()).await;
+    status["notificationType"] = json!("PropertiesUpdated");
+    h.inject("agent1", status).await;
+    let r = tokio::time::timeout(STEP, call)
+        .await
+        .unwrap()
+        .unwrap()
         .unwrap()
         .into_inner();
     assert_eq!(r.outcome.unwrap().status(), OutcomeStatus::Unconfirmed);
@@ -292,11 +363,10 @@ async fn waits_are_bounded_per_agent() {
         req.set_timeout(Duration::from_secs(5));
         c1.leave(req).await
     });
-    let deadline = Instant::now() + STEP;
-    while h.requests("agent1").await.is_empty() {
-        assert!(Instant::now() < deadline);
-        tokio::task::yield_now().await;
-    }
+    eventually("the first call reached upstream", || async {
+        !h.requests("agent1").await.is_empty()
+    })
+    .await;
     let mut c2 = h.client().await;
     let status = c2
         .add_comment(authed(
@@ -405,4 +475,61 @@ async fn snapshot_on_subscribe_with_filters_and_after_a_restore() {
         next(&mut plain).await.unwrap().event,
         Some(Event::StateChange(_))
     ));
+}
+
+#[tokio::test]
+async fn resuming_from_a_snapshot_loses_nothing_queued_behind_it() {
+    let h = Harness::with_defaults().await;
+    let _warm = subscribed(&h, AGENT1, SessionEventsRequest::default()).await;
+    // The snapshot read is slow; a notification arrives while it is under way.
+    h.faults(json!({"delay_ms": 400})).await;
+    let before = h.stats().await["rest_requests"].as_u64().unwrap();
+    let opening = {
+        let h_events = h.client().await;
+        tokio::spawn(async move {
+            let mut c = h_events;
+            c.session_events(authed(
+                SessionEventsRequest {
+                    include_snapshot: true,
+                    ..Default::default()
+                },
+                AGENT1,
+            ))
+            .await
+        })
+    };
+    eventually("the snapshot read started", || async {
+        h.stats().await["rest_requests"].as_u64().unwrap() > before
+    })
+    .await;
+    let raced = json!({"messageType": "SMSsessionStateChangeMessage",
+        "notificationType": "PropertiesUpdated", "smssession": {"id": "raced", "state": "Chatting"}});
+    assert_eq!(h.inject("agent1", raced).await, 1);
+    let mut stream = tokio::time::timeout(STEP, opening)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    expect_notice(&mut stream, NoticeKind::Subscribed).await;
+    let snap = next(&mut stream).await.unwrap();
+    assert!(matches!(snap.event, Some(Event::Snapshot(_))), "{snap:?}");
+    let raced = next(&mut stream).await.unwrap();
+    assert_eq!(state_change(&raced).session.as_ref().unwrap().id, "raced");
+    // A client that stopped right after the snapshot resumes from its token: the event
+    // queued behind it is replayed, not lost.
+    h.faults(json!({})).await;
+    let mut resumed = open(
+        &h,
+        AGENT1,
+        SessionEventsRequest {
+            resume_token: snap.resume_token.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    expect_notice(&mut resumed, NoticeKind::Subscribed).await;
+    let replayed = next(&mut resumed).await.unwrap();
+    assert_eq!(replayed.resume_token, raced.resume_token);
 }

@@ -46,6 +46,9 @@ struct Slot {
     tx: mpsc::Sender<Item>,
     filter: Filter,
     end: EndReason,
+    /// While a snapshot is read after a restore, this subscriber's live items wait here, so
+    /// the snapshot is delivered first (bounded like its queue).
+    held: Option<Vec<Item>>,
 }
 
 pub struct FeedState {
@@ -74,7 +77,7 @@ pub struct Feed {
     pub status: watch::Sender<Upstream>,
     /// Ends the upstream session (the Bayeux client disconnects).
     pub cancel: CancellationToken,
-    /// Counts snapshot reads after restores, so only the newest one is delivered.
+    /// Counts resyncs (snapshot reads after restores), so only the newest one is delivered.
     snapshot_generation: AtomicU64,
 }
 
@@ -120,7 +123,15 @@ impl Feed {
     ) -> u64 {
         let id = state.next_slot;
         state.next_slot += 1;
-        state.slots.insert(id, Slot { tx, filter, end });
+        state.slots.insert(
+            id,
+            Slot {
+                tx,
+                filter,
+                end,
+                held: None,
+            },
+        );
         id
     }
 
@@ -253,46 +264,85 @@ impl Feed {
         state
             .slots
             .retain(|_, slot| match slot.filter.select(stored) {
-                Some(item) => offer(slot, &item),
+                Some(item) => deliver(slot, &item),
                 None => true,
             });
     }
 
-    /// Keeps a snapshot of the agent's sessions in the replay buffer and returns it. With
-    /// `fan_out`, every subscriber that asked for snapshots gets it too (after a restore);
-    /// without, only the caller delivers it (a new stream's first snapshot).
-    pub fn snapshot(&self, sessions: Vec<SmsSession>, fan_out: bool) -> Arc<Stored> {
+    /// After a restore: the subscribers that asked for snapshots hold their live items until
+    /// the snapshot read for this restore is delivered ([`Feed::end_resync`]). Returns the
+    /// position (resume token) the snapshot stands at, and the resync's generation; `None`
+    /// when no subscriber asked for snapshots.
+    pub fn begin_resync(&self) -> Option<(String, u64)> {
         let mut state = self.lock();
-        let event = Event::Snapshot(SessionSnapshot { sessions });
-        let stored = self.store(&mut state, event, String::new(), None);
-        if fan_out {
-            Self::fan_out(&mut state, &stored);
+        let mut any = false;
+        for slot in state.slots.values_mut() {
+            if slot.filter.include_snapshot {
+                slot.held.get_or_insert_with(Vec::new);
+                any = true;
+            }
         }
-        stored
+        any.then(|| {
+            let generation = self.snapshot_generation.fetch_add(1, Ordering::SeqCst) + 1;
+            (self.token(state.replay.last_seq()), generation)
+        })
     }
 
-    /// Whether any subscriber asked for snapshots.
-    pub fn wants_snapshots(&self) -> bool {
-        self.lock()
-            .slots
-            .values()
-            .any(|s| s.filter.include_snapshot)
-    }
-
-    /// Sends a notice to the subscribers that asked for snapshots (a failed snapshot read).
-    pub fn notify_snapshot_takers(&self, kind: NoticeKind, detail: &str) {
+    /// Delivers a resync's snapshot (or, when the read failed, a GAP notice saying so) to
+    /// the subscribers that asked for snapshots, then what they held meanwhile. A newer
+    /// resync supersedes an older one still under way.
+    pub fn end_resync(&self, generation: u64, result: Result<Item, String>) {
         let mut state = self.lock();
-        let response = notice(kind, detail, self.token(state.replay.last_seq()));
-        state
-            .slots
-            .retain(|_, slot| !slot.filter.include_snapshot || offer(slot, &response));
+        if self.snapshot_generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
+        let first = result.unwrap_or_else(|why| {
+            notice(
+                NoticeKind::Gap,
+                &format!(
+                    "snapshot read after restore failed: {why}; the sessions' state is unknown"
+                ),
+                self.token(state.replay.last_seq()),
+            )
+        });
+        state.slots.retain(|_, slot| {
+            let Some(held) = slot.held.take() else {
+                return true;
+            };
+            let first = match &first.event {
+                Some(Event::Snapshot(_)) => slot.filter.snapshot(&first),
+                _ => Some(first.clone()),
+            };
+            first
+                .iter()
+                .chain(held.iter())
+                .all(|item| offer(slot, item))
+        });
     }
 
     /// Sends a notice to every subscriber.
     fn notify(&self, kind: NoticeKind, detail: &str) {
         let mut state = self.lock();
         let response = notice(kind, detail, self.token(state.replay.last_seq()));
-        state.slots.retain(|_, slot| offer(slot, &response));
+        state.slots.retain(|_, slot| deliver(slot, &response));
+    }
+}
+
+/// Queues `item` for one subscriber, or holds it while a resync is under way; never waits.
+/// False drops the slot (its queue, or what it may hold, is full).
+fn deliver(slot: &mut Slot, item: &Item) -> bool {
+    match &mut slot.held {
+        None => offer(slot, item),
+        Some(held) if held.len() < slot.tx.max_capacity() => {
+            held.push(item.clone());
+            true
+        }
+        Some(_) => {
+            *slot.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(EventsError::SlowConsumer {
+                last_resume_token: String::new(),
+            });
+            false
+        }
     }
 }
 
@@ -337,30 +387,32 @@ pub async fn read_snapshot(
 }
 
 /// After a restore: one snapshot read for the whole feed, delivered to every stream that
-/// asked for snapshots. A newer restore supersedes an older read still under way.
+/// asked for snapshots, positioned at the restore.
 async fn resync(feed: Arc<Feed>, gws: GwsClient, timeout: Duration) {
-    let generation = feed.snapshot_generation.fetch_add(1, Ordering::SeqCst) + 1;
+    let Some((token, generation)) = feed.begin_resync() else {
+        return;
+    };
     let read = tokio::select! {
         _ = feed.cancel.cancelled() => return,
         r = read_snapshot(&gws, &feed.agent, timeout) => r,
     };
-    if feed.snapshot_generation.load(Ordering::SeqCst) != generation {
-        return;
+    if let Err(why) = &read {
+        tracing::warn!(agent = ?feed.agent.key(), %why, "snapshot read after restore failed");
     }
-    match read {
-        Ok(sessions) => {
-            feed.snapshot(sessions, true);
-        }
-        Err(why) => {
-            tracing::warn!(agent = ?feed.agent.key(), %why, "snapshot read after restore failed");
-            feed.notify_snapshot_takers(
-                NoticeKind::Gap,
-                &format!(
-                    "snapshot read after restore failed: {why}; the sessions' state is unknown"
-                ),
-            );
-        }
-    }
+    feed.end_resync(generation, read.map(|sessions| snapshot(sessions, token)));
+}
+
+/// A snapshot item standing at `resume_token`: the position the read was asked for, so a
+/// client resuming from it gets everything after, never less (some of it may already be
+/// in the snapshot). Snapshots are not kept in the replay buffer: a stream that resumes
+/// with `include_snapshot` reads a fresh one, and a multi-MiB snapshot must not evict the
+/// notifications other streams resume from.
+pub fn snapshot(sessions: Vec<SmsSession>, resume_token: String) -> Item {
+    Arc::new(SessionEventsResponse {
+        resume_token,
+        receive_time: Some(SystemTime::now().into()),
+        event: Some(Event::Snapshot(SessionSnapshot { sessions })),
+    })
 }
 
 /// Runs the agent's upstream session until the feed is cancelled or the session fails, then
@@ -402,7 +454,7 @@ pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig, gws: GwsClient, read_ti
                 } if !refreshed => refused = true,
                 BayeuxEvent::Subscribed { .. } => {
                     refreshed = false;
-                    if feed.on_bayeux(event) && feed.wants_snapshots() {
+                    if feed.on_bayeux(event) {
                         tokio::spawn(resync(feed.clone(), gws.clone(), read_timeout));
                     }
                 }

@@ -17,34 +17,36 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// What of a stored item this subscriber gets: the shared item itself, nothing, or
-    /// (only for a snapshot under a session filter) a copy holding just its sessions.
+    /// Whether this subscriber gets a stored (notification) item.
     pub fn select(&self, stored: &Stored) -> Option<Item> {
-        match &stored.response.event {
-            Some(Event::Snapshot(snapshot)) => {
-                if !self.include_snapshot {
-                    None
-                } else if self.session_ids.is_empty() {
-                    Some(stored.response.clone())
-                } else {
-                    Some(Arc::new(SessionEventsResponse {
-                        event: Some(Event::Snapshot(SessionSnapshot {
-                            sessions: snapshot
-                                .sessions
-                                .iter()
-                                .filter(|s| self.session_ids.contains(&s.id))
-                                .cloned()
-                                .collect(),
-                        })),
-                        resume_token: stored.response.resume_token.clone(),
-                        receive_time: stored.response.receive_time,
-                    }))
-                }
-            }
-            _ => self
-                .matches(&stored.session_id, stored.notification_type)
-                .then(|| stored.response.clone()),
+        self.matches(&stored.session_id, stored.notification_type)
+            .then(|| stored.response.clone())
+    }
+
+    /// What of a snapshot item this subscriber gets: nothing unless it asked for snapshots;
+    /// under a session filter, a copy holding just its sessions.
+    pub fn snapshot(&self, item: &Item) -> Option<Item> {
+        if !self.include_snapshot {
+            return None;
         }
+        let Some(Event::Snapshot(snapshot)) = &item.event else {
+            return None;
+        };
+        if self.session_ids.is_empty() {
+            return Some(item.clone());
+        }
+        Some(Arc::new(SessionEventsResponse {
+            event: Some(Event::Snapshot(SessionSnapshot {
+                sessions: snapshot
+                    .sessions
+                    .iter()
+                    .filter(|s| self.session_ids.contains(&s.id))
+                    .cloned()
+                    .collect(),
+            })),
+            resume_token: item.resume_token.clone(),
+            receive_time: item.receive_time,
+        }))
     }
 
     /// Whether an event of `session_id` with `notification_type` passes (notices are about

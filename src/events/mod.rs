@@ -318,6 +318,8 @@ impl EventsHub {
         let (tx, rx) = mpsc::channel(self.inner.config.stream_buffer.max(1));
         let end = Arc::new(Mutex::new(None));
         let mut pre = VecDeque::new();
+        // The stream's position when it joined the feed.
+        let mut registered = String::new();
         let slot = {
             let mut state = feed.lock();
             // Checked under the lock `Feed::fail` drains under: a stream never joins a dead feed.
@@ -330,6 +332,7 @@ impl EventsHub {
                 ));
             }
             let now = feed.token(state.replay.last_seq());
+            registered.clone_from(&now);
             let issued = self.inner.seq.load(std::sync::atomic::Ordering::Relaxed);
             match resume.map(|t| (t, state.replay.resume(t, feed.epoch, issued))) {
                 None => pre.push_back(feed::notice(
@@ -359,15 +362,20 @@ impl EventsHub {
             Feed::add_slot(&mut state, tx, filter.clone(), end.clone())
         };
         if filter.include_snapshot {
-            // Read after the subscription is confirmed and the stream registered: whatever
-            // happens from here on is queued behind the snapshot, so nothing falls between.
-            match feed::read_snapshot(&self.inner.gws, &agent, self.inner.config.read_timeout).await
-            {
-                Ok(sessions) => pre.extend(filter.select(&feed.snapshot(sessions, false))),
+            // Read after the subscription is confirmed and the stream registered, and placed
+            // at the registration point: resuming from its token replays whatever was queued
+            // behind it, so nothing falls between (some of it may be in the snapshot too).
+            let read = feed::read_snapshot(&self.inner.gws, &agent, self.inner.config.read_timeout);
+            let read = tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return Err(EventsError::ShuttingDown),
+                r = read => r,
+            };
+            match read {
+                Ok(sessions) => pre.extend(filter.snapshot(&feed::snapshot(sessions, registered))),
                 Err(why) => pre.push_back(feed::notice(
                     NoticeKind::Gap,
                     &format!("snapshot read failed: {why}; the sessions' state is unknown"),
-                    feed.token(feed.lock().replay.last_seq()),
+                    registered,
                 )),
             }
         }

@@ -23,22 +23,27 @@ pub fn stamp(mut request: Request<()>) -> Result<Request<()>, Status> {
     Ok(request)
 }
 
-/// The upstream budget for this call.
+/// The upstream budget for this call: what is left of the caller's deadline, or the
+/// configured upstream timeout when the caller set none.
 pub fn budget(metadata: &MetadataMap, extensions: &Extensions, configured: Duration) -> Duration {
-    let Some(caller) = metadata
+    caller(metadata, extensions).unwrap_or(configured)
+}
+
+/// What is left of the caller's `grpc-timeout` (minus the answering margin), if it sent one.
+pub fn caller(metadata: &MetadataMap, extensions: &Extensions) -> Option<Duration> {
+    let caller = metadata
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
-        .and_then(parse)
-    else {
-        return configured;
-    };
+        .and_then(parse)?;
     let elapsed = extensions
         .get::<Received>()
         .map(|r| r.0.elapsed())
         .unwrap_or_default();
-    caller
-        .saturating_sub(elapsed)
-        .saturating_sub(margin(caller))
+    Some(
+        caller
+            .saturating_sub(elapsed)
+            .saturating_sub(margin(caller)),
+    )
 }
 
 /// A tenth of the deadline, between 2 ms and 100 ms: room to answer before tonic's own

@@ -21,6 +21,14 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+/// How long one call may take.
+struct Limits {
+    /// For the upstream exchange: the caller's deadline, else `--upstream-timeout`.
+    budget: Duration,
+    /// The caller's own deadline (minus the answering margin), if it sent one.
+    caller: Option<Instant>,
+}
+
 pub struct SmsSessionApi {
     gws: GwsClient,
     events: EventsHub,
@@ -81,15 +89,15 @@ impl SmsSessionApi {
         }
     }
 
-    /// Who the caller is and how long the upstream exchange may take; then the message.
-    fn begin<T>(&self, request: Request<T>) -> Result<(Credential, Duration, T), Error> {
+    /// Who the caller is and how long the call may take; then the message.
+    fn begin<T>(&self, request: Request<T>) -> Result<(Credential, Limits, T), Error> {
         let credential = auth::credential(request.metadata(), self.default_credential.as_ref())?;
-        let budget = deadline::budget(
-            request.metadata(),
-            request.extensions(),
-            self.upstream_timeout,
-        );
-        Ok((credential, budget, request.into_inner()))
+        let caller = deadline::caller(request.metadata(), request.extensions());
+        let limits = Limits {
+            budget: caller.unwrap_or(self.upstream_timeout),
+            caller: caller.map(|left| Instant::now() + left),
+        };
+        Ok((credential, limits, request.into_inner()))
     }
 
     fn agent(&self, credential: &Credential) -> Result<Arc<Agent>, Error> {
@@ -108,7 +116,8 @@ impl SmsSessionApi {
         R: OperationRequest,
         S: OperationResponse,
     {
-        let (credential, budget, message) = self.begin(request)?;
+        let (credential, limits, message) = self.begin(request)?;
+        let budget = limits.budget;
         let deadline = Instant::now() + budget;
         let op = message.validate().map_err(Error::InvalidArgument)?;
         let agent = self.agent(&credential)?;
@@ -133,7 +142,10 @@ impl SmsSessionApi {
                 return Ok((accepted, None));
             };
             pending.arm(accepted.reference_id);
-            let until = deadline.min(Instant::now() + self.outcome_timeout);
+            // The wait is bounded by the caller's deadline and `--outcome-timeout`, not by
+            // the upstream timeout (which bounds the POST only).
+            let by_config = Instant::now() + self.outcome_timeout;
+            let until = limits.caller.map_or(by_config, |d| d.min(by_config));
             let outcome = match pending.outcome(until).await {
                 Outcome::Confirmed(item) => OperationOutcome {
                     status: OutcomeStatus::Confirmed as i32,
@@ -175,7 +187,8 @@ impl SmsSessionApi {
         R: ReadRequest,
         S: ReadResponse,
     {
-        let (credential, budget, message) = self.begin(request)?;
+        let (credential, limits, message) = self.begin(request)?;
+        let budget = limits.budget;
         let read = message.validate().map_err(Error::InvalidArgument)?;
         let agent = self.agent(&credential)?;
         let span = tracing::info_span!("read", read = read.name(), agent = ?agent.key(),

@@ -170,9 +170,13 @@ impl Check {
                 if key.is_empty() {
                     self.violation("user_data", "keys must not be empty");
                 } else if key.len() > MAX_KEY_BYTES {
+                    let shown: String = key.chars().take(32).collect();
                     self.violation(
                         "user_data",
-                        format!("key is {} bytes; at most {MAX_KEY_BYTES}", key.len()),
+                        format!(
+                            "key {shown:?}... is {} bytes; at most {MAX_KEY_BYTES}",
+                            key.len()
+                        ),
                     );
                 } else if let Err(why) = check_value(value, MAX_USER_DATA_DEPTH) {
                     self.violation(field, why);
@@ -216,10 +220,15 @@ fn check_value(v: &proto::UserDataValue, depth: usize) -> Result<(), String> {
         Some(Kind::MapValue(_) | Kind::ListValue(_)) if depth == 0 => Err(format!(
             "nested more than {MAX_USER_DATA_DEPTH} levels deep"
         )),
-        Some(Kind::MapValue(m)) => m
-            .fields
-            .values()
-            .try_for_each(|c| check_value(c, depth - 1)),
+        Some(Kind::MapValue(m)) => m.fields.iter().try_for_each(|(k, c)| {
+            if k.is_empty() || k.len() > MAX_KEY_BYTES {
+                return Err(format!(
+                    "nested keys must be 1-{MAX_KEY_BYTES} bytes, got {}",
+                    k.len()
+                ));
+            }
+            check_value(c, depth - 1)
+        }),
         Some(Kind::ListValue(l)) => l.values.iter().try_for_each(|c| check_value(c, depth - 1)),
         Some(_) => Ok(()),
     }
@@ -875,6 +884,11 @@ mod tests {
         let unset = proto::UserDataValue { kind: None };
         assert_eq!(
             fields(&attach(vec![("k", unset)]).unwrap_err()),
+            ["user_data[\"k\"]"]
+        );
+        let nested_empty_key = user_data_value(&json!({"": 1}));
+        assert_eq!(
+            fields(&attach(vec![("k", nested_empty_key)]).unwrap_err()),
             ["user_data[\"k\"]"]
         );
         let nan = proto::UserDataValue {

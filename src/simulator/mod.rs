@@ -87,7 +87,8 @@ impl Simulator {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publishes, in order, on the SMS channel; called after the state lock is released.
+    /// Publishes, in order, on the SMS channel. May be called with the state lock held (lock
+    /// order: state, then hub; the hub never takes the state lock).
     fn publish_all(&self, publishes: Vec<Publish>) {
         for p in publishes {
             let delivered = self.hub().publish(&p.agent, SMS_CHANNEL, p.data);
@@ -333,8 +334,9 @@ mod tests {
         assert_eq!(
             recorded,
             json!({"requests": [
-                {"session_id": seed, "body": {"operationName": "SendMessage", "text": "Hello"}},
-                {"session_id": seed, "body": "{oops"},
+                {"session_id": seed, "body": {"operationName": "SendMessage", "text": "Hello"},
+                    "reply": done},
+                {"session_id": seed, "body": "{oops", "reply": bad},
             ]}),
             "only what passed authentication and CSRF"
         );

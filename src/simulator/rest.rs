@@ -92,14 +92,17 @@ async fn operation(
     if let Some(refused) = check_csrf(&sim, &headers, &auth) {
         return refused;
     }
-    let (reply, publishes, withhold) = {
+    let reply = {
         let mut state = sim.state();
         let (reply, publishes) = state.receive(&auth.agent, &id, &body);
-        (reply, publishes, state.faults.withhold_notifications)
+        // Published under the state lock: two concurrent operations' notifications go out
+        // in the order the operations were applied (a PropertiesUpdated carries the whole
+        // user data, so the other order would show the state going backwards).
+        if !state.faults.withhold_notifications {
+            sim.publish_all(publishes);
+        }
+        reply
     };
-    if !withhold {
-        sim.publish_all(publishes);
-    }
     respond(&sim, reply, &auth, false)
 }
 

@@ -112,6 +112,8 @@ pub struct RecordedRequest {
     pub agent: String,
     pub session_id: String,
     pub body: Value,
+    /// The reply's body, so a test can learn what it was answered (e.g. its referenceId).
+    pub reply: Value,
 }
 
 /// What a control-API call asking for a customer-side event did wrong.
@@ -318,14 +320,19 @@ impl State {
                 Ok(body) => body.clone(),
                 Err(_) => Value::String(String::from_utf8_lossy(raw).into_owned()),
             },
+            reply: Value::Null,
         });
-        match body {
+        let (reply, publishes) = match body {
             Ok(body) => self.operation(agent, id, &body),
             Err(_) => (
                 Reply::error(400, 10, "request body is not JSON"),
                 Vec::new(),
             ),
+        };
+        if let Some(recorded) = self.requests.back_mut() {
+            recorded.reply = reply.body.clone();
         }
+        (reply, publishes)
     }
 
     /// The POST bodies `agent` sent that are still recorded, oldest first.

@@ -14,8 +14,9 @@ use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// The largest reply body read from GWS; a larger one is treated as garbage. Reads (a
-/// long transcript, many sessions) are the large ones.
-const MAX_BODY: usize = 8 * 1024 * 1024;
+/// long transcript, many sessions) are the large ones; 4 MiB of JSON maps to less than the
+/// 4 MiB gRPC clients accept by default.
+const MAX_BODY: usize = 4 * 1024 * 1024;
 /// How much of an unexpected body goes into an error message.
 const EXCERPT_CHARS: usize = 120;
 

@@ -140,17 +140,6 @@ impl Operation {
         }
     }
 
-    /// For message operations, the transcript message `type` that confirms them.
-    pub fn message_type(&self) -> Option<&'static str> {
-        match self {
-            Operation::SendMessage { .. } | Operation::SendToAgents { .. } => Some("Text"),
-            Operation::SendUrl { .. } => Some("PushUrl"),
-            Operation::SendStartTypingNotification => Some("TypingStarted"),
-            Operation::SendStopTypingNotification => Some("TypingStopped"),
-            _ => None,
-        }
-    }
-
     /// The request body.
     pub fn to_body(&self) -> Vec<u8> {
         // Serializing maps with string keys and plain values cannot fail.
@@ -295,16 +284,15 @@ mod tests {
             Confirmation::StatusChange
         );
         assert_eq!(
-            Operation::SendUrl { url: "u".into() }.message_type(),
-            Some("PushUrl")
-        );
-        assert_eq!(
             Operation::Invite {
                 target: PartyTarget::TargetUri("u".into())
             }
             .confirmation(),
             Confirmation::ParticipantsUpdated
         );
-        assert_eq!(Operation::Leave.message_type(), None);
+        assert_eq!(
+            Operation::SendUrl { url: "u".into() }.confirmation(),
+            Confirmation::MessageLog
+        );
     }
 }

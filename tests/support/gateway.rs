@@ -235,6 +235,24 @@ impl Harness {
     }
 }
 
+/// Polls `check` (an observation through the control API, say) until it holds; fails the
+/// test after [`STEP`]. The short pause between polls only spares the machine: the wait is
+/// on the observation, never on the pause.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
