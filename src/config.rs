@@ -1,9 +1,12 @@
 //! Command line and environment, validated before any port is bound. A bad configuration is
 //! one clear line on stderr and exit code 64 (EX_USAGE).
 
+use crate::telemetry::LogFormat;
+use crate::tls::{ReloadableTls, ServerTlsFiles, UpstreamTls};
 use crate::upstream::Credential;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub const EX_USAGE: u8 = 64;
@@ -15,6 +18,15 @@ pub const EX_USAGE: u8 = 64;
     about = "gRPC gateway to Genesys Web Services SMS sessions"
 )]
 pub struct Cli {
+    /// Log line format on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -23,8 +35,10 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway (with an embedded GWS simulator when no --gws-url is given).
+    /// Run the gateway against the GWS at --gws-url (production).
     Serve(ServeArgs),
+    /// Run the gateway with an embedded GWS simulator on loopback (what no subcommand runs).
+    Demo(ServeArgs),
     /// Run the GWS simulator alone.
     Simulate(SimulateArgs),
     /// Call a running gateway.
@@ -36,9 +50,37 @@ pub struct ServeArgs {
     /// gRPC listen address.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// GWS base URL, e.g. http://gws.example:8080. Without it the embedded simulator is used.
+    /// GWS base URL, e.g. https://gws.example:8443 (required by `serve`; `demo` refuses it).
     #[arg(long, env = "GWS_URL", value_parser = parse_url)]
     pub gws_url: Option<reqwest::Url>,
+    /// Check the configuration (files readable, URLs, addresses) and exit without binding:
+    /// 0 when valid, 64 when not.
+    #[arg(long)]
+    pub check_config: bool,
+    /// PEM certificate chain of the gRPC listener: serve TLS (with --tls-key).
+    #[arg(long, env = "GATEWAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "GATEWAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): clients must present a certificate it issued (mutual TLS).
+    #[arg(long, env = "GATEWAY_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// PEM CA certificate(s) trusted for an HTTPS GWS, besides the system's roots.
+    #[arg(long, env = "GWS_CA")]
+    pub gws_ca: Option<PathBuf>,
+    /// PEM client certificate presented to GWS (with --gws-client-key).
+    #[arg(long, env = "GWS_CLIENT_CERT")]
+    pub gws_client_cert: Option<PathBuf>,
+    /// PEM private key of --gws-client-cert.
+    #[arg(long, env = "GWS_CLIENT_KEY")]
+    pub gws_client_key: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "GATEWAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Export spans over OTLP/gRPC to this collector, e.g. http://otel-collector:4317.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = parse_endpoint)]
+    pub otlp_endpoint: Option<reqwest::Url>,
     /// CometD endpoint path under the GWS base URL.
     #[arg(
         long,
@@ -96,14 +138,15 @@ pub struct ServeArgs {
     /// Longest wait for in-flight calls on shutdown.
     #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
-    /// Listen address of the embedded simulator (only without --gws-url).
+    /// Listen address of the embedded simulator (`demo` only; loopback only).
     #[arg(long, env = "SIMULATOR_LISTEN", default_value = "127.0.0.1:0")]
     pub simulator_listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct SimulateArgs {
-    /// HTTP listen address of the simulator.
+    /// HTTP listen address of the simulator (loopback only: its control API has no
+    /// authentication).
     #[arg(long, env = "SIMULATOR_LISTEN", default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
     /// An agent as user:password (repeat or comma-separate). Default: agent1:password1,agent2:password2.
@@ -372,15 +415,60 @@ fn parse_notification_type(text: &str) -> Result<crate::proto::NotificationType,
     }
 }
 
-/// Validated `serve` settings.
+/// Which gateway: in front of a real GWS, or of the embedded simulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Serve,
+    Demo,
+}
+
+/// Validated `serve` / `demo` settings, TLS files already read.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
+    pub mode: Mode,
     pub args: ServeArgs,
     pub default_credential: Option<Credential>,
+    /// The listener's TLS, when --tls-cert is given; reloadable.
+    pub server_tls: Option<ReloadableTls>,
+    /// Extra trust and identity towards GWS.
+    pub upstream_tls: UpstreamTls,
 }
 
 impl ServeConfig {
     pub fn from_args(args: ServeArgs) -> Result<Self, String> {
+        Self::new(Mode::Serve, args)
+    }
+
+    pub fn new(mode: Mode, args: ServeArgs) -> Result<Self, String> {
+        match (mode, &args.gws_url) {
+            (Mode::Serve, None) => {
+                return Err("serve needs --gws-url (or GWS_URL), the GWS to talk to; \
+                    run `demo` for the embedded simulator"
+                    .into());
+            }
+            (Mode::Demo, Some(_)) => {
+                return Err("demo runs the embedded simulator and takes no --gws-url \
+                    (GWS_URL is set?); run `serve` to use a real GWS"
+                    .into());
+            }
+            _ => {}
+        }
+        if mode == Mode::Demo && !args.simulator_listen.ip().is_loopback() {
+            return Err(format!(
+                "--simulator-listen must be a loopback address (its control API has no \
+                 authentication), got {}",
+                args.simulator_listen
+            ));
+        }
+        if let Some(metrics) = args.metrics_listen
+            && metrics.port() != 0
+            && metrics.port() == args.listen.port()
+        {
+            return Err(format!(
+                "--metrics-listen {metrics} uses the port of --listen {}",
+                args.listen
+            ));
+        }
         if !args.notifications_path.starts_with('/') {
             return Err(format!(
                 "--notifications-path must start with '/', got {:?}",
@@ -421,9 +509,33 @@ impl ServeConfig {
             ),
             _ => return Err("--default-user and --default-password go together".into()),
         };
+        let server_tls = match (&args.tls_cert, &args.tls_key) {
+            (None, None) if args.tls_client_ca.is_some() => {
+                return Err("--tls-client-ca needs --tls-cert and --tls-key".into());
+            }
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(
+                ReloadableTls::load(ServerTlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: args.tls_client_ca.clone(),
+                })
+                .map_err(|e| format!("TLS: {e}"))?,
+            ),
+            _ => return Err("--tls-cert and --tls-key go together".into()),
+        };
+        let upstream_tls = UpstreamTls::load(
+            args.gws_ca.as_deref(),
+            args.gws_client_cert.as_deref(),
+            args.gws_client_key.as_deref(),
+        )
+        .map_err(|e| format!("GWS TLS: {e}"))?;
         Ok(Self {
+            mode,
             args,
             default_credential,
+            server_tls,
+            upstream_tls,
         })
     }
 
@@ -440,8 +552,15 @@ impl ServeConfig {
     }
 }
 
-/// Validated `simulate` agents.
+/// Validated `simulate` agents (and its address: loopback only).
 pub fn simulator_agents(args: &SimulateArgs) -> Result<Vec<(String, String)>, String> {
+    if !args.listen.ip().is_loopback() {
+        return Err(format!(
+            "--listen must be a loopback address (the simulator's control API has no \
+             authentication), got {}",
+            args.listen
+        ));
+    }
     if args.agents.is_empty() {
         return Ok(crate::simulator::default_agents());
     }
@@ -462,6 +581,15 @@ fn parse_url(text: &str) -> Result<reqwest::Url, String> {
     // Credentials in the URL would be sent instead of each caller's own (and be logged).
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not contain user:password@; callers send their own credentials".into());
+    }
+    Ok(url)
+}
+
+/// An OTLP collector endpoint: http(s) with a host.
+fn parse_endpoint(text: &str) -> Result<reqwest::Url, String> {
+    let url: reqwest::Url = text.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
     }
     Ok(url)
 }
@@ -491,14 +619,68 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
-    fn serve(args: &[&str]) -> Result<ServeConfig, String> {
-        let mut all = vec!["gws-sms-gateway", "serve"];
+    fn parse(mode: &str, args: &[&str]) -> Result<ServeConfig, String> {
+        let mut all = vec!["gws-sms-gateway", mode];
         all.extend_from_slice(args);
         let cli = Cli::try_parse_from(all).map_err(|e| e.to_string())?;
         match cli.command {
-            Some(Command::Serve(a)) => ServeConfig::from_args(a),
+            Some(Command::Serve(a)) => ServeConfig::new(Mode::Serve, a),
+            Some(Command::Demo(a)) => ServeConfig::new(Mode::Demo, a),
             _ => unreachable!(),
         }
+    }
+
+    /// `serve` with a valid upstream, plus `args`.
+    fn serve(args: &[&str]) -> Result<ServeConfig, String> {
+        let mut all = vec!["--gws-url", "http://gws:8080"];
+        all.extend_from_slice(args);
+        parse("serve", &all)
+    }
+
+    #[test]
+    fn modes_are_explicit() {
+        let err = parse("serve", &[]).unwrap_err();
+        assert!(err.contains("--gws-url"), "{err}");
+        assert_eq!(parse("demo", &[]).unwrap().mode, Mode::Demo);
+        assert!(parse("demo", &["--gws-url", "http://gws"]).is_err());
+        let err = parse("demo", &["--simulator-listen", "0.0.0.0:0"]).unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+        assert!(parse("demo", &["--simulator-listen", "[::1]:0"]).is_ok());
+        assert!(
+            serve(&[
+                "--listen",
+                "0.0.0.0:9000",
+                "--metrics-listen",
+                "0.0.0.0:9000"
+            ])
+            .is_err()
+        );
+        let sim = |listen: &str| SimulateArgs {
+            listen: listen.parse().unwrap(),
+            agents: vec![],
+            no_csrf: false,
+            cometd_timeout: Duration::from_secs(1),
+            cometd_max_interval: Duration::from_secs(1),
+        };
+        assert!(simulator_agents(&sim("0.0.0.0:8090")).is_err());
+        assert!(simulator_agents(&sim("127.0.0.1:8090")).is_ok());
+    }
+
+    #[test]
+    fn tls_files_are_checked_before_anything_binds() {
+        let err = serve(&[
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ])
+        .unwrap_err();
+        assert!(err.contains("/nonexistent/cert.pem"), "{err}");
+        assert!(serve(&["--tls-cert", "/nonexistent/cert.pem"]).is_err());
+        assert!(serve(&["--tls-client-ca", "/nonexistent/ca.pem"]).is_err());
+        assert!(serve(&["--gws-ca", "/nonexistent/ca.pem"]).is_err());
+        assert!(serve(&["--gws-client-cert", "/nonexistent/c.pem"]).is_err());
+        assert!(serve(&["--otlp-endpoint", "collector:4317"]).is_err());
     }
 
     #[test]
@@ -514,14 +696,14 @@ mod tests {
 
     #[test]
     fn validates_serve_settings() {
-        let ok = serve(&["--gws-url", "http://gws:8080/base"]).unwrap();
+        let ok = parse("serve", &["--gws-url", "http://gws:8080/base"]).unwrap();
         assert_eq!(
             ok.notifications_url(ok.args.gws_url.as_ref().unwrap())
                 .as_str(),
             "http://gws:8080/base/api/v2/notifications"
         );
-        assert!(serve(&["--gws-url", "ftp://x"]).is_err());
-        assert!(serve(&["--gws-url", "http://svc:secret@gws:8080"]).is_err());
+        assert!(parse("serve", &["--gws-url", "ftp://x"]).is_err());
+        assert!(parse("serve", &["--gws-url", "http://svc:secret@gws:8080"]).is_err());
         assert!(serve(&["--listen", "nowhere"]).is_err());
         assert!(serve(&["--notifications-path", "x"]).is_err());
         assert!(serve(&["--channel", "/meta/connect"]).is_err());

@@ -10,6 +10,9 @@
 //! - [`events`]: the per-agent hub: one upstream CometD session, fan-out, replay, resume.
 //! - [`simulator`]: the GWS simulator (REST + CometD + control API) for demos and tests.
 //! - [`client`]: the built-in command-line client.
+//!
+//! Operations: [`tls`] (the listener's reloadable TLS, trust towards GWS), [`metrics`]
+//! (Prometheus series and the per-RPC layer), [`telemetry`] (logs, traces, `traceparent`).
 #![forbid(unsafe_code)]
 
 pub mod bayeux;
@@ -18,8 +21,11 @@ pub mod config;
 pub mod events;
 pub mod grpc;
 pub mod mapping;
+pub mod metrics;
 pub mod server;
 pub mod simulator;
+pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 /// Code generated from `proto/gws/sms/v1/sms_session.proto`.

@@ -1,21 +1,30 @@
-//! The `gws-sms-gateway` binary: parse the command line, set up logging, and hand over to
-//! the library (`server::run`, the simulator, or the built-in client).
+//! The `gws-sms-gateway` binary: parse the command line, set up logging and traces, and hand
+//! over to the library (`server::run`, the simulator, or the built-in client). Exit codes:
+//! 0 after a clean drain; 64 bad configuration; 69 a port cannot be bound; 75 the drain
+//! timed out (calls still in flight were cut); 1 any other failure.
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use gws_sms_gateway::config::{self, Cli, Command, EX_USAGE, ServeArgs, ServeConfig};
-use gws_sms_gateway::{client, server, simulator};
+use gws_sms_gateway::config::{self, Cli, Command, EX_USAGE, Mode, ServeArgs, ServeConfig};
+use gws_sms_gateway::server::{self, ServerError};
+use gws_sms_gateway::telemetry::Telemetry;
+use gws_sms_gateway::{client, simulator};
 use std::process::ExitCode;
 
+/// A port could not be bound (sysexits EX_UNAVAILABLE).
+const EX_UNAVAILABLE: u8 = 69;
+/// The drain ran out of time and cut calls (sysexits EX_TEMPFAIL).
+const EX_DRAIN_TIMED_OUT: u8 = 75;
+
 fn main() -> ExitCode {
-    // No subcommand means `serve`, so `cargo run` starts the gateway.
+    // No subcommand means `demo`, so `cargo run` starts the gateway with its simulator.
     let parsed = Cli::try_parse().and_then(|cli| match cli.command {
-        Some(command) => Ok(command),
-        None => Cli::try_parse_from(["gws-sms-gateway", "serve"])
-            .map(|c| c.command.expect("serve given")),
+        Some(command) => Ok((cli.log_format, command)),
+        None => Cli::try_parse_from(["gws-sms-gateway", "demo"])
+            .map(|c| (cli.log_format, c.command.expect("demo given"))),
     });
-    let command = match parsed {
-        Ok(command) => command,
+    let (log_format, command) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if e.use_stderr() => {
             // One clear line, not clap's usage block.
             let line = e.to_string();
@@ -27,7 +36,22 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    init_tracing(matches!(command, Command::Client(_)));
+    // Configuration is validated before anything starts: a bad one is exit 64, unbound.
+    let gateway = match &command {
+        Command::Serve(args) => Some(check(Mode::Serve, args.clone())),
+        Command::Demo(args) => Some(check(Mode::Demo, args.clone())),
+        _ => None,
+    };
+    let gateway = match gateway.transpose() {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    if let Some(config) = &gateway
+        && config.args.check_config
+    {
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -36,31 +60,56 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        match command {
-            Command::Serve(args) => serve(args).await,
-            Command::Simulate(args) => simulate(args).await,
-            Command::Client(args) => client::run(args).await,
-        }
+        let default_filter = if matches!(command, Command::Client(_)) {
+            "warn"
+        } else {
+            "info"
+        };
+        let otlp = gateway.as_ref().and_then(|c| c.args.otlp_endpoint.as_ref());
+        let telemetry = match Telemetry::init(log_format, default_filter, otlp) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        };
+        let code = match (command, gateway) {
+            (Command::Serve(_) | Command::Demo(_), Some(config)) => serve(config).await,
+            (Command::Simulate(args), _) => simulate(args).await,
+            (Command::Client(args), _) => client::run(args).await,
+            _ => unreachable!("gateway commands have a configuration"),
+        };
+        telemetry.shutdown().await;
+        code
     })
 }
 
-async fn serve(args: ServeArgs) -> ExitCode {
-    let config = match ServeConfig::from_args(args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
+/// Validates a gateway configuration, or says why not (exit 64).
+fn check(mode: Mode, args: ServeArgs) -> Result<ServeConfig, ExitCode> {
+    ServeConfig::new(mode, args).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+async fn serve(config: ServeConfig) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(config.args.listen).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {}: {e}", config.args.listen);
-            return ExitCode::from(69);
+            return ExitCode::from(EX_UNAVAILABLE);
         }
     };
     match server::run(config, listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ ServerError::DrainTimedOut(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EX_DRAIN_TIMED_OUT)
+        }
+        Err(e @ ServerError::MetricsListen { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EX_UNAVAILABLE)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -89,7 +138,7 @@ async fn simulate(args: config::SimulateArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {}: {e}", args.listen);
-            return ExitCode::from(69);
+            return ExitCode::from(EX_UNAVAILABLE);
         }
     };
     let url = match listener.local_addr() {
@@ -122,17 +171,4 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-fn init_tracing(client: bool) {
-    let default = if client { "warn" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colour only on a terminal: logs piped to files or collectors stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
 }

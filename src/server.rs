@@ -1,18 +1,22 @@
 //! Assembles the gateway: the service, health (`grpc.health.v1`, for `""` and the service
-//! name), reflection (v1 and v1alpha), the embedded simulator when no upstream is configured,
-//! and the shutdown protocol: signal -> health NOT_SERVING -> streams told (UNAVAILABLE) ->
-//! stop accepting, in-flight calls finish -> bounded drain -> upstream sessions disconnected.
+//! name), reflection (v1 and v1alpha, the google.rpc error details included), the per-RPC
+//! trace span and metrics layers, TLS on the listener (reloaded on SIGHUP), the metrics
+//! endpoint, the embedded simulator in `demo` mode, and the shutdown protocol: signal ->
+//! health NOT_SERVING -> streams told (UNAVAILABLE) -> stop accepting, in-flight calls finish
+//! -> bounded drain (reported when it runs out) -> upstream sessions disconnected.
 
-use crate::config::ServeConfig;
+use crate::config::{Mode, ServeConfig};
 use crate::events::{EventsConfig, EventsHub};
 use crate::grpc::{SmsSessionApi, deadline};
+use crate::metrics::GrpcMetricsLayer;
 use crate::proto::sms_session_service_server::SmsSessionServiceServer;
 use crate::simulator::{self, RunningSimulator, SimulatorConfig, seed};
+use crate::telemetry::TraceLayer;
 use crate::upstream::{AgentRegistry, AgentsConfig, GwsClient};
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 
 /// Largest request message accepted: 1,000 keys of 256 bytes fit with room to spare.
@@ -28,18 +32,48 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot listen on {addr} for metrics: {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no --gws-url: only `demo` runs the embedded simulator")]
+    NoUpstream,
+    /// Calls were still in flight when the drain time ran out; they were cut.
+    #[error("drain timed out after {0:?}: calls still in flight were cut")]
+    DrainTimedOut(Duration),
 }
 
-/// Runs the gateway on `listener` until `shutdown` completes, then drains.
+/// Runs the gateway on `listener` (and metrics on `--metrics-listen`, bound here) until
+/// `shutdown` completes, then drains.
 pub async fn run(
     config: ServeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    let metrics = match config.args.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
+    serve_on(config, listener, metrics, shutdown).await
+}
+
+/// Runs the gateway on already bound listeners until `shutdown` completes, then drains.
+pub async fn serve_on(
+    config: ServeConfig,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     let args = &config.args;
-    let (gws_url, embedded) = match &args.gws_url {
-        Some(url) => (url.clone(), None),
-        None => {
+    let (gws_url, embedded) = match (&args.gws_url, config.mode) {
+        (Some(url), _) => (url.clone(), None),
+        (None, Mode::Serve) => return Err(ServerError::NoUpstream),
+        (None, Mode::Demo) => {
             let sim = simulator::start(&SimulatorConfig::default(), args.simulator_listen)
                 .await
                 .map_err(ServerError::Simulator)?;
@@ -50,6 +84,7 @@ pub async fn run(
     let agents = AgentRegistry::new(AgentsConfig {
         max_agents: args.max_agents,
         idle_ttl: args.agent_idle_ttl,
+        tls: config.upstream_tls.clone(),
         ..AgentsConfig::default()
     });
     let gws = GwsClient::new(gws_url.clone(), agents.clone());
@@ -80,28 +115,69 @@ pub async fn run(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // So grpcurl and friends decode ErrorInfo and BadRequest in error details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
+    let metrics_layer = GrpcMetricsLayer::from_descriptor_sets(
+        &[
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+        "gws.sms.v1.SmsSessionService",
+    );
 
     let local = listener.local_addr().ok();
-    announce(local, &gws_url, embedded.as_ref());
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    announce(
+        local,
+        &gws_url,
+        embedded.as_ref(),
+        config.server_tls.is_some(),
+        metrics_addr,
+    );
 
     let sweeper = tokio::spawn(sweep_agents(agents));
+    let background = tokio_util::task::AbortOnDropHandle::new;
+    let _metrics_server = metrics_listener.map(|l| {
+        background(tokio::spawn(crate::metrics::serve(
+            l,
+            std::future::pending(),
+        )))
+    });
+    let _reloader = config
+        .server_tls
+        .clone()
+        .map(|tls| background(tokio::spawn(crate::tls::reload_on_sighup(tls))));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(TraceLayer)
+        .layer(metrics_layer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(
             SmsSessionServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),
             deadline::stamp,
-        ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-            let _ = stop_rx.await;
-        });
+        ));
+    let stopped = async {
+        let _ = stop_rx.await;
+    };
+    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match &config.server_tls {
+            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                crate::tls::tls_incoming(listener, tls.clone()),
+                stopped,
+            )),
+            None => Box::pin(
+                router.serve_with_incoming_shutdown(crate::tls::plain_incoming(listener), stopped),
+            ),
+        };
     tokio::pin!(serve);
 
     let result = tokio::select! {
@@ -118,7 +194,7 @@ pub async fn run(
                     Ok(r) => r.map_err(ServerError::from),
                     Err(_) => {
                         tracing::warn!(drain_timeout = ?args.drain_timeout, "drain timed out; closing remaining calls");
-                        Ok(())
+                        Err(ServerError::DrainTimedOut(args.drain_timeout))
                     }
                 }
             };
@@ -138,14 +214,23 @@ fn announce(
     local: Option<std::net::SocketAddr>,
     gws_url: &reqwest::Url,
     embedded: Option<&RunningSimulator>,
+    tls: bool,
+    metrics: Option<std::net::SocketAddr>,
 ) {
     let addr = local.map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(listen = %addr, upstream = %gws_url, "gateway serving gRPC");
+    tracing::info!(listen = %addr, upstream = %gws_url, tls, "gateway serving gRPC");
+    if let Some(metrics) = metrics {
+        tracing::info!(metrics = %format!("http://{metrics}/metrics"), "metrics serving");
+    }
     if embedded.is_some() {
+        tracing::warn!(
+            "DEMO MODE: the upstream is the embedded GWS simulator with well-known passwords, \
+             not a real GWS; run `serve --gws-url URL` for production"
+        );
         let (user, password) = &simulator::default_agents()[0];
         tracing::info!(
             simulator = %gws_url,
-            "no --gws-url given: started the embedded GWS simulator (agents agent1/password1, agent2/password2). \
+            "demo: started the embedded GWS simulator (agents agent1/password1, agent2/password2). \
              Try: gws-sms-gateway client --addr http://{addr} --user {user} --password {password} \
              delete-user-data --session {} --key UserData1",
             seed::SEED_SESSION_ID

@@ -21,8 +21,13 @@ impl Drop for Proc {
 
 /// Spawns the binary; its stdout and stderr lines arrive on the returned channel.
 fn spawn(args: &[&str]) -> (Proc, mpsc::Receiver<String>) {
+    spawn_with_env(args, &[])
+}
+
+fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> (Proc, mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("GWS_URL")
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -80,6 +85,38 @@ fn bad_configuration_is_one_line_and_exit_64() {
         &["serve", "--upstream-timeout", "soon"],
         &["serve", "--default-user", "only-user"],
         &["serve", "--no-such-flag"],
+        // serve never falls back to the simulator; the simulator stays on loopback.
+        &["serve"],
+        &["serve", "--listen", "0.0.0.0:0"],
+        &["demo", "--simulator-listen", "0.0.0.0:0"],
+        &["demo", "--gws-url", "http://gws:8080"],
+        &["simulate", "--listen", "0.0.0.0:8090"],
+        &[
+            "serve",
+            "--gws-url",
+            "http://gws",
+            "--tls-cert",
+            "/nonexistent.pem",
+            "--tls-key",
+            "/nonexistent.key",
+        ],
+        &[
+            "serve",
+            "--gws-url",
+            "http://gws",
+            "--gws-ca",
+            "/nonexistent.pem",
+        ],
+        &[
+            "serve",
+            "--gws-url",
+            "http://gws",
+            "--check-config",
+            "--tls-cert",
+            "/nonexistent.pem",
+            "--tls-key",
+            "/x",
+        ],
     ] {
         let out = Command::new(BIN)
             .args(args)
@@ -93,8 +130,54 @@ fn bad_configuration_is_one_line_and_exit_64() {
 }
 
 #[test]
+fn check_config_validates_without_binding() {
+    // The port is taken: a binding run would fail with 69; --check-config does not bind.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--gws-url",
+            "https://gws.example:8443",
+            "--listen",
+            &addr,
+        ])
+        .arg("--check-config")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--gws-url",
+            "https://gws.example:8443",
+            "--listen",
+            &addr,
+        ])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+}
+
+#[test]
+fn no_subcommand_is_demo_with_a_banner() {
+    // The default address is 127.0.0.1:50051; the environment moves it off a fixed port.
+    let (mut server, out) = spawn_with_env(&[], &[("GATEWAY_LISTEN", "127.0.0.1:0")]);
+    wait_for(&out, "DEMO MODE");
+    wait_for(&out, "started the embedded GWS simulator");
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(wait_exit(&mut server).success());
+}
+
+#[test]
 fn newcomer_flow_serve_events_delete_then_sigterm() {
-    let (mut server, server_out) = spawn(&["serve", "--listen", "127.0.0.1:0"]);
+    let (mut server, server_out) = spawn(&["demo", "--listen", "127.0.0.1:0"]);
     let line = wait_for(&server_out, "gateway serving gRPC");
     let listen = line
         .split("listen=")
@@ -102,7 +185,8 @@ fn newcomer_flow_serve_events_delete_then_sigterm() {
         .and_then(|s| s.split_whitespace().next())
         .expect("the log names the listen address")
         .to_string();
-    wait_for(&server_out, "embedded GWS simulator");
+    wait_for(&server_out, "DEMO MODE");
+    wait_for(&server_out, "started the embedded GWS simulator");
     let addr = format!("http://{listen}");
     let auth = [
         "client",
@@ -171,7 +255,7 @@ fn newcomer_flow_serve_events_delete_then_sigterm() {
 
 #[test]
 fn inbound_flow_with_the_built_in_client() {
-    let (_server, server_out) = spawn(&["serve", "--listen", "127.0.0.1:0"]);
+    let (_server, server_out) = spawn(&["demo", "--listen", "127.0.0.1:0"]);
     let line = wait_for(&server_out, "gateway serving gRPC");
     let field = |line: &str, key: &str| {
         line.split(key)
@@ -182,7 +266,7 @@ fn inbound_flow_with_the_built_in_client() {
     };
     let addr = format!("http://{}", field(&line, "listen="));
     let simulator = field(
-        &wait_for(&server_out, "embedded GWS simulator"),
+        &wait_for(&server_out, "started the embedded GWS simulator"),
         "simulator=",
     );
     let client = |args: &[&str]| {

@@ -156,6 +156,7 @@ impl Feed {
                 let was = self.status.send_replace(Upstream::Subscribed);
                 // A fresh session after a restart (new CSRF token) counts as restored too.
                 if restored || was == Upstream::Lost {
+                    crate::metrics::COMETD_HANDSHAKES.inc(&["rehandshake"]);
                     tracing::info!(agent = ?self.agent.key(), "upstream notifications restored");
                     self.notify(
                         NoticeKind::UpstreamRestored,
@@ -163,6 +164,7 @@ impl Feed {
                     );
                     return true;
                 }
+                crate::metrics::COMETD_HANDSHAKES.inc(&["initial"]);
                 tracing::info!(agent = ?self.agent.key(), "upstream notifications subscribed");
             }
             BayeuxEvent::Lost { reason } => {
@@ -207,9 +209,11 @@ impl Feed {
     }
 
     fn on_message(&self, channel: &str, data: &serde_json::Value) {
+        crate::metrics::notification(data);
         let event = match mapping::map_notification(data) {
             Ok(event) => event,
             Err(error) => {
+                crate::metrics::NOTIFICATIONS_UNMAPPED.inc(&[]);
                 let unmapped = {
                     let mut state = self.lock();
                     state.unmapped += 1;
@@ -438,6 +442,7 @@ pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig, gws: GwsClient, read_ti
                 return;
             }
         }
+        session.headers.extend(crate::telemetry::trace_headers());
         let (tx, mut rx) = mpsc::channel(256);
         let client = tokio::spawn(bayeux::run(
             feed.agent.http().clone(),

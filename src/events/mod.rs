@@ -229,13 +229,17 @@ impl EventsHub {
                 let bayeux = self.inner.bayeux.clone();
                 let gws = self.inner.gws.clone();
                 let read_timeout = self.inner.config.read_timeout;
-                self.inner.tasks.spawn(async move {
+                // In the trace of the call that started it: its upstream requests carry that
+                // trace's `traceparent`.
+                let span = tracing::info_span!("cometd_feed");
+                self.inner.tasks.spawn(tracing::Instrument::instrument(async move {
+                    let _live = crate::metrics::COMETD_SESSIONS.hold();
                     feed::pump(pump_feed.clone(), bayeux, gws, read_timeout).await;
                     // Whatever ended the session, the next subscriber starts a fresh one.
                     if let Some(hub) = hub.upgrade() {
                         hub.remove(&pump_feed, false);
                     }
-                });
+                }, span));
                 tracing::debug!(agent = ?agent.key(), "first stream: upstream notification session started");
                 feed
             })
@@ -341,6 +345,7 @@ impl EventsHub {
                     now,
                 )),
                 Some((token, Resume::Replay(events))) => {
+                    crate::metrics::REPLAY.inc(&["hit"]);
                     // SUBSCRIBED carries the token the stream resumes from, so a client that
                     // stops right after it loses nothing of the replay.
                     pre.push_back(feed::notice(
@@ -351,6 +356,7 @@ impl EventsHub {
                     pre.extend(events.iter().filter_map(|s| filter.select(s)));
                 }
                 Some((_, Resume::Gap(why))) => {
+                    crate::metrics::REPLAY.inc(&["gap"]);
                     pre.push_back(feed::notice(
                         NoticeKind::Subscribed,
                         "subscribed upstream",

@@ -146,7 +146,9 @@ impl SmsSessionApi {
             // the upstream timeout (which bounds the POST only).
             let by_config = Instant::now() + self.outcome_timeout;
             let until = limits.caller.map_or(by_config, |d| d.min(by_config));
-            let outcome = match pending.outcome(until).await {
+            let outcome = pending.outcome(until).await;
+            crate::metrics::outcome_wait(&outcome);
+            let outcome = match outcome {
                 Outcome::Confirmed(item) => OperationOutcome {
                     status: OutcomeStatus::Confirmed as i32,
                     event: Some(Arc::unwrap_or_clone(item)),

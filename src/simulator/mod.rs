@@ -65,7 +65,12 @@ pub struct Simulator {
 struct Inner {
     state: Mutex<State>,
     hub: CometdHub,
+    /// The `traceparent` header of recent requests (REST and CometD), oldest first.
+    traceparents: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many `traceparent` headers are kept.
+const MAX_TRACEPARENTS: usize = 1000;
 
 impl Simulator {
     /// `base_url` is where it is served; session `uri`s point there.
@@ -74,6 +79,7 @@ impl Simulator {
             inner: Arc::new(Inner {
                 state: Mutex::new(State::new(&config.agents, config.csrf, base_url)),
                 hub: CometdHub::new(config.cometd.clone()),
+                traceparents: Mutex::new(std::collections::VecDeque::new()),
             }),
         }
     }
@@ -97,7 +103,44 @@ impl Simulator {
     }
 
     pub fn router(&self) -> Router {
-        rest::router(self.clone()).merge(control::router(self.clone()))
+        let sim = self.clone();
+        rest::router(self.clone())
+            .merge(control::router(self.clone()))
+            .layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    sim.record_traceparent(request.headers());
+                    next.run(request)
+                },
+            ))
+    }
+
+    fn record_traceparent(&self, headers: &axum::http::HeaderMap) {
+        if let Some(value) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+            let mut seen = self
+                .inner
+                .traceparents
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if seen.len() == MAX_TRACEPARENTS {
+                seen.pop_front();
+            }
+            seen.push_back(value.to_string());
+        }
+    }
+
+    /// The `traceparent` headers of recent requests, oldest first (for tracing tests).
+    pub fn traceparents(&self) -> Vec<String> {
+        let seen = self
+            .inner
+            .traceparents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        seen.iter().cloned().collect()
+    }
+
+    /// Every `JSESSIONID` and CSRF token handed out and still known (for log tests).
+    pub fn issued_secrets(&self) -> Vec<String> {
+        self.state().issued_secrets()
     }
 }
 

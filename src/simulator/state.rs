@@ -255,6 +255,15 @@ impl State {
         n
     }
 
+    /// Every `JSESSIONID` and CSRF token handed out and still known, so tests can prove
+    /// that none of them ever reaches a log line.
+    pub fn issued_secrets(&self) -> Vec<String> {
+        self.http_sessions
+            .iter()
+            .flat_map(|(id, s)| [id.clone(), s.csrf_token.clone()])
+            .collect()
+    }
+
     /// The CSRF token of an HTTP session (to send on GET replies).
     pub fn csrf_token(&self, session_id: &str) -> Option<&str> {
         self.http_sessions

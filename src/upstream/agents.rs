@@ -19,6 +19,8 @@ pub struct AgentsConfig {
     pub idle_ttl: Duration,
     /// TCP/TLS connect timeout towards GWS.
     pub connect_timeout: Duration,
+    /// Extra trust roots and client identity for an HTTPS GWS.
+    pub tls: crate::tls::UpstreamTls,
 }
 
 impl Default for AgentsConfig {
@@ -27,6 +29,7 @@ impl Default for AgentsConfig {
             max_agents: 1000,
             idle_ttl: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
+            tls: crate::tls::UpstreamTls::default(),
         }
     }
 }
@@ -62,7 +65,9 @@ impl Agent {
         auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert(http::header::AUTHORIZATION, auth);
-        let http = reqwest::Client::builder()
+        let http = config
+            .tls
+            .apply(reqwest::Client::builder())
             .cookie_provider(Arc::new(reqwest::cookie::Jar::default()))
             .default_headers(headers)
             // A redirect could carry the Basic credentials to another host: never follow.
@@ -118,6 +123,13 @@ struct Inner {
     agents: Mutex<HashMap<AgentKey, Arc<Agent>>>,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let held = self.agents.get_mut().map_or(0, |a| a.len());
+        crate::metrics::AGENTS.add(-(held as i64));
+    }
+}
+
 impl AgentRegistry {
     pub fn new(config: AgentsConfig) -> Self {
         Self {
@@ -144,6 +156,7 @@ impl AgentRegistry {
         }
         let agent = Arc::new(Agent::new(credential, &self.inner.config)?);
         agents.insert(key, agent.clone());
+        crate::metrics::AGENTS.add(1);
         Ok(agent)
     }
 
@@ -174,7 +187,9 @@ impl AgentRegistry {
         let now = Instant::now();
         let before = agents.len();
         agents.retain(|_, agent| Arc::strong_count(agent) > 1 || agent.idle_for(now) < min_idle);
-        before - agents.len()
+        let evicted = before - agents.len();
+        crate::metrics::AGENTS.add(-(evicted as i64));
+        evicted
     }
 }
 

@@ -125,9 +125,12 @@ impl GwsClient {
             };
             interpret(status, &reply).map(|map| OperationAccepted::from_reply(&map))
         };
-        tokio::time::timeout(timeout, work)
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(timeout, work)
             .await
-            .map_err(|_| UpstreamError::Timeout(timeout))?
+            .unwrap_or(Err(UpstreamError::Timeout(timeout)));
+        crate::metrics::upstream_request(operation.name(), started, &result);
+        result
     }
 
     /// A read, bounded by `timeout`. Returns the reply's JSON object once its `statusCode`
@@ -151,6 +154,7 @@ impl GwsClient {
             let resp = agent
                 .http()
                 .get(url)
+                .headers(crate::telemetry::trace_headers())
                 .send()
                 .await
                 .map_err(|e| UpstreamError::from_reqwest(&e, timeout))?;
@@ -162,9 +166,12 @@ impl GwsClient {
             let (status, reply) = read_reply(resp, timeout).await?;
             interpret(status, &reply)
         };
-        tokio::time::timeout(timeout, work)
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(timeout, work)
             .await
-            .map_err(|_| UpstreamError::Timeout(timeout))?
+            .unwrap_or(Err(UpstreamError::Timeout(timeout)));
+        crate::metrics::upstream_request(read.name(), started, &result);
+        result
     }
 
     /// The agent's CSRF header for writes (`None` when GWS does not use CSRF protection),
@@ -193,6 +200,7 @@ impl GwsClient {
             .http()
             .post(url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
+            .headers(crate::telemetry::trace_headers())
             .body(body.to_vec());
         if let Some((name, value)) = csrf {
             req = req.header(name, value);
@@ -219,6 +227,7 @@ impl GwsClient {
         let resp = agent
             .http()
             .get(self.url(&["api", "v2", "me"]))
+            .headers(crate::telemetry::trace_headers())
             .send()
             .await
             .map_err(|e| UpstreamError::from_reqwest(&e, timeout))?;

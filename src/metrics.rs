@@ -1,0 +1,732 @@
+//! Prometheus metrics: a small process-wide registry (counters, gauges and histograms over
+//! atomics and short mutex sections, rendered in the text exposition format), the one tower
+//! layer that observes every RPC to its final status (streams included: a stream's code is
+//! known when its response body ends, so the body is wrapped), and `GET /metrics` served by
+//! axum on its own address. The gRPC series carry go-grpc-prometheus's names and labels so
+//! existing dashboards work; the gateway's own series start with `gws_gateway_`.
+//!
+//! The registry is a process-wide static, as Prometheus clients' default registries are: the
+//! places that count (upstream calls, the CometD feed) then need one line each, and no handle
+//! threaded through constructors. Every label value comes from a bounded set.
+
+use futures::future::BoxFuture;
+use http_body::{Body, Frame, SizeHint};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Histogram buckets in seconds: Prometheus's defaults, which go-grpc-prometheus uses.
+const BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A counter with labels.
+pub struct Counter {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    values: Mutex<BTreeMap<Vec<String>, u64>>,
+}
+
+impl Counter {
+    const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        Self {
+            name,
+            help,
+            labels,
+            values: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn inc(&self, labels: &[&str]) {
+        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
+        let key = labels.iter().map(|l| l.to_string()).collect();
+        *self
+            .values
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default() += 1;
+    }
+
+    /// The current value for these labels (0 if never counted).
+    pub fn get(&self, labels: &[&str]) -> u64 {
+        let key: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        self.values
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// A gauge without labels.
+pub struct Gauge {
+    name: &'static str,
+    help: &'static str,
+    value: AtomicI64,
+}
+
+impl Gauge {
+    const fn new(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            help,
+            value: AtomicI64::new(0),
+        }
+    }
+
+    pub fn add(&self, n: i64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> i64 {
+        self.value.load(Ordering::Relaxed)
+    }
+
+    /// Adds one now and takes it back when the guard drops: the gauge cannot drift when the
+    /// holder ends by any path (return, error, cancellation).
+    pub fn hold(&'static self) -> GaugeGuard {
+        self.add(1);
+        GaugeGuard(self)
+    }
+}
+
+pub struct GaugeGuard(&'static Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.add(-1);
+    }
+}
+
+#[derive(Default, Clone)]
+struct HistogramData {
+    buckets: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+/// A histogram of seconds with labels.
+pub struct Histogram {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+    values: Mutex<BTreeMap<Vec<String>, HistogramData>>,
+}
+
+impl Histogram {
+    const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
+        Self {
+            name,
+            help,
+            labels,
+            values: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn observe(&self, labels: &[&str], elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let key = labels.iter().map(|l| l.to_string()).collect();
+        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        let data = values.entry(key).or_default();
+        for (bucket, bound) in data.buckets.iter_mut().zip(BUCKETS) {
+            if seconds <= bound {
+                *bucket += 1;
+            }
+        }
+        data.sum += seconds;
+        data.count += 1;
+    }
+}
+
+// --- the series -------------------------------------------------------------------------
+
+const GRPC_LABELS: &[&str] = &["grpc_type", "grpc_service", "grpc_method"];
+
+pub static GRPC_STARTED: Counter = Counter::new(
+    "grpc_server_started_total",
+    "Total number of RPCs started on the server.",
+    GRPC_LABELS,
+);
+pub static GRPC_HANDLED: Counter = Counter::new(
+    "grpc_server_handled_total",
+    "Total number of RPCs completed on the server, regardless of success or failure.",
+    &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+);
+pub static GRPC_MSG_SENT: Counter = Counter::new(
+    "grpc_server_msg_sent_total",
+    "Total number of gRPC stream messages sent by the server.",
+    GRPC_LABELS,
+);
+pub static GRPC_HANDLING: Histogram = Histogram::new(
+    "grpc_server_handling_seconds",
+    "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+    GRPC_LABELS,
+);
+pub static UPSTREAM_REQUESTS: Counter = Counter::new(
+    "gws_gateway_upstream_requests_total",
+    "GWS REST requests by operation and outcome (ok, gws_status_<statusCode>, http_<status>, timeout, transport, bad_body).",
+    &["operation", "outcome"],
+);
+pub static UPSTREAM_SECONDS: Histogram = Histogram::new(
+    "gws_gateway_upstream_request_duration_seconds",
+    "Latency of GWS REST requests (the whole exchange, CSRF round trips included).",
+    &["operation"],
+);
+pub static AGENTS: Gauge = Gauge::new(
+    "gws_gateway_agents",
+    "Agents whose upstream state (cookies, CSRF token) the gateway holds.",
+);
+pub static COMETD_SESSIONS: Gauge = Gauge::new(
+    "gws_gateway_cometd_sessions",
+    "Live upstream CometD sessions (one per agent with streams or outcome waits).",
+);
+pub static COMETD_HANDSHAKES: Counter = Counter::new(
+    "gws_gateway_cometd_handshakes_total",
+    "Upstream CometD sessions subscribed: kind=initial for a new session, rehandshake after a lost one was restored.",
+    &["kind"],
+);
+pub static NOTIFICATIONS: Counter = Counter::new(
+    "gws_gateway_notifications_total",
+    "Notifications received from GWS, by kind (notificationType, MessageLogUpdated, or other).",
+    &["kind"],
+);
+pub static NOTIFICATIONS_UNMAPPED: Counter = Counter::new(
+    "gws_gateway_notifications_unmapped_total",
+    "Notifications that could not be mapped to the gRPC contract and were skipped.",
+    &[],
+);
+pub static STREAMS_OPEN: Gauge = Gauge::new(
+    "gws_gateway_streams_open",
+    "SessionEvents streams open now.",
+);
+pub static STREAMS_CUT: Counter = Counter::new(
+    "gws_gateway_streams_cut_total",
+    "SessionEvents streams ended by the gateway or the client, by reason (slow_consumer, unavailable, client_gone, or the status code).",
+    &["reason"],
+);
+pub static REPLAY: Counter = Counter::new(
+    "gws_gateway_replay_total",
+    "Resume attempts: result=hit when replayed from the buffer, gap when the token was too old or foreign.",
+    &["result"],
+);
+pub static OUTCOME_WAITS: Counter = Counter::new(
+    "gws_gateway_outcome_waits_total",
+    "wait_for_outcome calls by result (confirmed, unconfirmed, failed).",
+    &["result"],
+);
+
+/// Renders every series in the Prometheus text exposition format (version 0.0.4).
+pub fn render() -> String {
+    let mut out = String::new();
+    for c in [&GRPC_STARTED, &GRPC_HANDLED, &GRPC_MSG_SENT] {
+        render_counter(&mut out, c);
+    }
+    render_histogram(&mut out, &GRPC_HANDLING);
+    render_counter(&mut out, &UPSTREAM_REQUESTS);
+    render_histogram(&mut out, &UPSTREAM_SECONDS);
+    render_gauge(&mut out, &AGENTS);
+    render_gauge(&mut out, &COMETD_SESSIONS);
+    render_counter(&mut out, &COMETD_HANDSHAKES);
+    render_counter(&mut out, &NOTIFICATIONS);
+    render_counter(&mut out, &NOTIFICATIONS_UNMAPPED);
+    render_gauge(&mut out, &STREAMS_OPEN);
+    render_counter(&mut out, &STREAMS_CUT);
+    render_counter(&mut out, &REPLAY);
+    render_counter(&mut out, &OUTCOME_WAITS);
+    out
+}
+
+fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn label_set(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> String {
+    let mut pairs: Vec<String> = names
+        .iter()
+        .zip(values)
+        .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
+        .collect();
+    if let Some((n, v)) = extra {
+        pairs.push(format!("{n}=\"{v}\""));
+    }
+    if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", pairs.join(","))
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn render_counter(out: &mut String, c: &Counter) {
+    header(out, c.name, c.help, "counter");
+    let values = c.values.lock().unwrap_or_else(|e| e.into_inner());
+    if values.is_empty() && c.labels.is_empty() {
+        let _ = writeln!(out, "{} 0", c.name);
+    }
+    for (labels, value) in values.iter() {
+        let _ = writeln!(
+            out,
+            "{}{} {value}",
+            c.name,
+            label_set(c.labels, labels, None)
+        );
+    }
+}
+
+fn render_gauge(out: &mut String, g: &Gauge) {
+    header(out, g.name, g.help, "gauge");
+    let _ = writeln!(out, "{} {}", g.name, g.get());
+}
+
+fn render_histogram(out: &mut String, h: &Histogram) {
+    header(out, h.name, h.help, "histogram");
+    let values = h.values.lock().unwrap_or_else(|e| e.into_inner());
+    for (labels, data) in values.iter() {
+        for (bound, count) in BUCKETS.iter().zip(data.buckets) {
+            let le = bound.to_string();
+            let _ = writeln!(
+                out,
+                "{}_bucket{} {count}",
+                h.name,
+                label_set(h.labels, labels, Some(("le", &le)))
+            );
+        }
+        let set = label_set(h.labels, labels, None);
+        let inf = label_set(h.labels, labels, Some(("le", "+Inf")));
+        let _ = writeln!(out, "{}_bucket{inf} {}", h.name, data.count);
+        let _ = writeln!(out, "{}_sum{set} {}", h.name, data.sum);
+        let _ = writeln!(out, "{}_count{set} {}", h.name, data.count);
+    }
+}
+
+// --- recording helpers for the places that count ---------------------------------------
+
+/// Records one GWS REST exchange: its outcome class and its latency.
+pub fn upstream_request<T>(
+    operation: &str,
+    started: Instant,
+    result: &Result<T, crate::upstream::UpstreamError>,
+) {
+    use crate::upstream::UpstreamError as E;
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        // statusCode is GWS's small documented set; anything else is one bucket.
+        Err(E::Gws { status_code, .. }) if (0..=99).contains(status_code) => {
+            format!("gws_status_{status_code}")
+        }
+        Err(E::Gws { .. }) => "gws_status_other".to_string(),
+        Err(E::Http { http_status, .. }) => format!("http_{http_status}"),
+        Err(E::BadBody { .. } | E::Unmappable(_)) => "bad_body".to_string(),
+        Err(E::Timeout(_)) => "timeout".to_string(),
+        Err(_) => "transport".to_string(),
+    };
+    UPSTREAM_REQUESTS.inc(&[operation, &outcome]);
+    UPSTREAM_SECONDS.observe(&[operation], started.elapsed());
+}
+
+/// Counts a received notification (CometD `data`) by its kind: `MessageLogUpdated` for
+/// transcript updates, else its `notificationType`; unknown kinds are `other` (bounded).
+pub fn notification(data: &serde_json::Value) {
+    const KNOWN: &[&str] = &[
+        "StatusChange",
+        "ParticipantsUpdated",
+        "PropertiesUpdated",
+        "Error",
+        "MessageLogUpdated",
+    ];
+    let field = |name: &str| data.get(name).and_then(serde_json::Value::as_str);
+    let kind = match field("messageType") {
+        Some("MessageLogUpdated") => "MessageLogUpdated",
+        _ => field("notificationType").unwrap_or("other"),
+    };
+    let kind = KNOWN
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("other");
+    NOTIFICATIONS.inc(&[kind]);
+}
+
+/// Counts a finished `wait_for_outcome` wait by its result.
+pub fn outcome_wait(outcome: &crate::events::Outcome) {
+    use crate::events::Outcome;
+    let result = match outcome {
+        Outcome::Confirmed(_) => "confirmed",
+        Outcome::Unconfirmed => "unconfirmed",
+        Outcome::Failed(_) => "failed",
+    };
+    OUTCOME_WAITS.inc(&[result]);
+}
+
+// --- the tower layer --------------------------------------------------------------------
+
+/// What the layer knows of a method: its labels.
+#[derive(Debug, Clone)]
+struct MethodLabels {
+    service: Arc<str>,
+    method: Arc<str>,
+    kind: &'static str,
+    /// A SessionEvents-like stream of the gateway's own service: counted in
+    /// `gws_gateway_streams_*`.
+    gateway_stream: bool,
+}
+
+/// Observes every RPC of the methods described by the given descriptor sets. Calls to paths
+/// that name no known method are not counted: an attacker-chosen path must not create series.
+#[derive(Debug, Clone)]
+pub struct GrpcMetricsLayer {
+    methods: Arc<HashMap<String, MethodLabels>>,
+}
+
+impl GrpcMetricsLayer {
+    /// `gateway_service` names the service whose server streams are the gateway's streams.
+    pub fn from_descriptor_sets(sets: &[&[u8]], gateway_service: &str) -> Self {
+        use prost::Message;
+        let mut methods = HashMap::new();
+        for set in sets {
+            let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
+                continue;
+            };
+            for file in &set.file {
+                for service in &file.service {
+                    let full = match file.package() {
+                        "" => service.name().to_string(),
+                        package => format!("{package}.{}", service.name()),
+                    };
+                    let service_name: Arc<str> = full.as_str().into();
+                    for method in &service.method {
+                        let kind = match (method.client_streaming(), method.server_streaming()) {
+                            (false, false) => "unary",
+                            (true, false) => "client_stream",
+                            (false, true) => "server_stream",
+                            (true, true) => "bidi_stream",
+                        };
+                        methods.insert(
+                            format!("/{full}/{}", method.name()),
+                            MethodLabels {
+                                service: service_name.clone(),
+                                method: method.name().into(),
+                                kind,
+                                gateway_stream: kind == "server_stream" && full == gateway_service,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Self {
+            methods: Arc::new(methods),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics {
+            inner,
+            methods: self.methods.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    methods: Arc<HashMap<String, MethodLabels>>,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Body + Unpin + Send + 'static,
+    ResBody::Data: AsRef<[u8]>,
+{
+    type Response = http::Response<ObservedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let call = self.methods.get(request.uri().path()).map(|labels| {
+            GRPC_STARTED.inc(&[labels.kind, &labels.service, &labels.method]);
+            Call {
+                labels: labels.clone(),
+                started: Instant::now(),
+                _stream_open: labels.gateway_stream.then(|| STREAMS_OPEN.hold()),
+            }
+        });
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            let (parts, body) = response.into_parts();
+            // A trailers-only response (every error before the first message) carries the
+            // status in its headers.
+            let code = grpc_status(&parts.headers);
+            let body = ObservedBody {
+                inner: body,
+                call,
+                code,
+                framing: Framing::default(),
+            };
+            Ok(http::Response::from_parts(parts, body))
+        })
+    }
+}
+
+/// An RPC being observed.
+struct Call {
+    labels: MethodLabels,
+    started: Instant,
+    // Held, not read: dropping it takes the stream off the gauge.
+    _stream_open: Option<GaugeGuard>,
+}
+
+impl Call {
+    fn finish(self, code: tonic::Code) {
+        let l = &self.labels;
+        let code_name = code_label(code);
+        GRPC_HANDLED.inc(&[l.kind, &l.service, &l.method, code_name]);
+        GRPC_HANDLING.observe(&[l.kind, &l.service, &l.method], self.started.elapsed());
+        if l.gateway_stream && code != tonic::Code::Ok {
+            let reason = match code {
+                tonic::Code::ResourceExhausted => "slow_consumer",
+                tonic::Code::Unavailable => "unavailable",
+                tonic::Code::Cancelled => "client_gone",
+                _ => code_name,
+            };
+            STREAMS_CUT.inc(&[reason]);
+        }
+    }
+}
+
+/// Counts whole gRPC messages in the response bytes (5-byte prefix: flag, big-endian
+/// length), however the encoder chunked them into frames.
+#[derive(Debug, Default)]
+struct Framing {
+    header: [u8; 5],
+    header_len: usize,
+    body_left: usize,
+}
+
+impl Framing {
+    /// Returns how many messages completed in `data`.
+    fn feed(&mut self, mut data: &[u8]) -> u64 {
+        let mut done = 0;
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(data.len());
+                self.body_left -= n;
+                data = &data[n..];
+                if self.body_left == 0 {
+                    done += 1;
+                }
+                continue;
+            }
+            let n = (5 - self.header_len).min(data.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&data[..n]);
+            self.header_len += n;
+            data = &data[n..];
+            if self.header_len == 5 {
+                self.header_len = 0;
+                let len = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]) as usize;
+                if len == 0 {
+                    done += 1;
+                } else {
+                    self.body_left = len;
+                }
+            }
+        }
+        done
+    }
+}
+
+/// A response body that reports the RPC's final status when it ends: from the trailers,
+/// or `CANCELLED` when it is dropped unfinished (the client went away), as grpc-go does.
+pub struct ObservedBody<B> {
+    inner: B,
+    call: Option<Call>,
+    code: Option<tonic::Code>,
+    framing: Framing,
+}
+
+impl<B> ObservedBody<B> {
+    fn finish(&mut self, code: tonic::Code) {
+        if let Some(call) = self.call.take() {
+            call.finish(code);
+        }
+    }
+}
+
+impl<B> Body for ObservedBody<B>
+where
+    B: Body + Unpin,
+    B::Data: AsRef<[u8]>,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Some(call) = &this.call {
+                        let sent = this.framing.feed(data.as_ref());
+                        for _ in 0..sent {
+                            let l = &call.labels;
+                            GRPC_MSG_SENT.inc(&[l.kind, &l.service, &l.method]);
+                        }
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    let code = grpc_status(trailers).unwrap_or(tonic::Code::Unknown);
+                    this.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(tonic::Code::Internal),
+            Poll::Ready(None) => {
+                let code = this.code.unwrap_or(tonic::Code::Unknown);
+                this.finish(code);
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for ObservedBody<B> {
+    fn drop(&mut self) {
+        let code = self.code.unwrap_or(tonic::Code::Cancelled);
+        self.finish(code);
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?;
+    Some(tonic::Code::from(value.parse::<i32>().ok()?))
+}
+
+/// go-grpc-prometheus's `grpc_code` values: the Go names of the codes.
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "Canceled",
+        Unknown => "Unknown",
+        InvalidArgument => "InvalidArgument",
+        DeadlineExceeded => "DeadlineExceeded",
+        NotFound => "NotFound",
+        AlreadyExists => "AlreadyExists",
+        PermissionDenied => "PermissionDenied",
+        ResourceExhausted => "ResourceExhausted",
+        FailedPrecondition => "FailedPrecondition",
+        Aborted => "Aborted",
+        OutOfRange => "OutOfRange",
+        Unimplemented => "Unimplemented",
+        Internal => "Internal",
+        Unavailable => "Unavailable",
+        DataLoss => "DataLoss",
+        Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(|| async {
+            (
+                [(
+                    http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                render(),
+            )
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "metrics server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_counts_messages_across_chunks() {
+        let mut f = Framing::default();
+        let msg = |len: u32| {
+            let mut v = vec![0u8];
+            v.extend(len.to_be_bytes());
+            v.extend(std::iter::repeat_n(7u8, len as usize));
+            v
+        };
+        let mut all = msg(3);
+        all.extend(msg(0));
+        all.extend(msg(10));
+        assert_eq!(f.feed(&all[..2]), 0);
+        assert_eq!(f.feed(&all[2..9]), 1);
+        assert_eq!(f.feed(&all[9..20]), 1);
+        assert_eq!(f.feed(&all[20..]), 1);
+    }
+
+    #[test]
+    fn renders_text_format() {
+        static C: Counter = Counter::new("t_total", "help", &["a"]);
+        static H: Histogram = Histogram::new("t_seconds", "help", &["a"]);
+        C.inc(&["x\"y"]);
+        H.observe(&["x"], Duration::from_millis(20));
+        let mut out = String::new();
+        render_counter(&mut out, &C);
+        render_histogram(&mut out, &H);
+        assert!(out.contains("# TYPE t_total counter\nt_total{a=\"x\\\"y\"} 1\n"));
+        assert!(out.contains("t_seconds_bucket{a=\"x\",le=\"0.01\"} 0\n"));
+        assert!(out.contains("t_seconds_bucket{a=\"x\",le=\"0.025\"} 1\n"));
+        assert!(out.contains("t_seconds_bucket{a=\"x\",le=\"+Inf\"} 1\n"));
+        assert!(out.contains("t_seconds_count{a=\"x\"} 1\n"));
+    }
+}
