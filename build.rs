@@ -12,12 +12,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let include = protoc_bin_vendored::include_path()?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let protos = [PathBuf::from("proto/gws/sms/v1/sms_session.proto")];
+    let includes = [PathBuf::from("proto"), include];
+    // The messages and the server, with the gateway's codec: a request that is not valid
+    // protobuf is the caller's error (INVALID_ARGUMENT), not the server's.
     tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path("crate::grpc::codec::RequestCodec")
         .file_descriptor_set_path(out.join("gws_sms_v1_descriptor.bin"))
-        .compile_protos(
-            &[PathBuf::from("proto/gws/sms/v1/sms_session.proto")],
-            &[PathBuf::from("proto"), include],
-        )?;
+        .compile_protos(&protos, &includes)?;
+    // The client, with prost's own codec (a response that does not decode is not the
+    // caller's fault), over the messages generated above.
+    let client_out = out.join("client");
+    std::fs::create_dir_all(&client_out)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .out_dir(&client_out)
+        .extern_path(".gws.sms.v1", "crate::proto")
+        .compile_protos(&protos, &includes)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -111,9 +111,10 @@ pub struct ServeArgs {
     /// Forget an agent's upstream state after this long unused.
     #[arg(long, env = "GATEWAY_AGENT_IDLE_TTL", default_value = "10m", value_parser = parse_duration)]
     pub agent_idle_ttl: Duration,
-    /// Events kept per agent for resume.
-    #[arg(long, env = "GATEWAY_REPLAY_MAX_EVENTS", default_value_t = 1000)]
-    pub replay_max_events: usize,
+    /// Events kept per agent for resume [default: 4 x --stream-buffer]. At least
+    /// --stream-buffer, so everything a stream has queued can be resumed.
+    #[arg(long, env = "GATEWAY_REPLAY_MAX_EVENTS")]
+    pub replay_max_events: Option<usize>,
     /// Encoded size of the events kept per agent for resume, in MiB.
     #[arg(long, env = "GATEWAY_REPLAY_MAX_MIB", default_value_t = 16)]
     pub replay_max_mib: usize,
@@ -141,6 +142,14 @@ pub struct ServeArgs {
     /// Listen address of the embedded simulator (`demo` only; loopback only).
     #[arg(long, env = "SIMULATOR_LISTEN", default_value = "127.0.0.1:0")]
     pub simulator_listen: SocketAddr,
+}
+
+impl ServeArgs {
+    /// `--replay-max-events`, or its default: four stream buffers.
+    pub fn replay_max_events(&self) -> usize {
+        self.replay_max_events
+            .unwrap_or_else(|| self.stream_buffer.saturating_mul(4))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -487,13 +496,23 @@ impl ServeConfig {
         }
         for (name, value) in [
             ("--max-agents", args.max_agents),
-            ("--replay-max-events", args.replay_max_events),
             ("--stream-buffer", args.stream_buffer),
             ("--max-outcome-waits", args.max_outcome_waits),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
             }
+        }
+        // The honest-resume rule: a client that disconnects with a full queue resumes from
+        // up to --stream-buffer events back, so the buffer must hold at least that many
+        // (a stream cut for being slow is pinned on top of this).
+        if args.replay_max_events() < args.stream_buffer {
+            return Err(format!(
+                "--replay-max-events ({}) must be at least --stream-buffer ({}): a stream's \
+                 queued events must stay resumable",
+                args.replay_max_events(),
+                args.stream_buffer
+            ));
         }
         if args.upstream_timeout.is_zero() {
             return Err("--upstream-timeout must be more than 0".into());
@@ -681,6 +700,17 @@ mod tests {
         assert!(serve(&["--gws-ca", "/nonexistent/ca.pem"]).is_err());
         assert!(serve(&["--gws-client-cert", "/nonexistent/c.pem"]).is_err());
         assert!(serve(&["--otlp-endpoint", "collector:4317"]).is_err());
+    }
+
+    #[test]
+    fn the_replay_buffer_is_sized_from_the_stream_buffer() {
+        let defaults = serve(&[]).unwrap();
+        assert_eq!(defaults.args.replay_max_events(), 1024);
+        let sized = serve(&["--stream-buffer", "100"]).unwrap();
+        assert_eq!(sized.args.replay_max_events(), 400);
+        let err = serve(&["--stream-buffer", "100", "--replay-max-events", "99"]).unwrap_err();
+        assert!(err.contains("at least --stream-buffer"), "{err}");
+        assert!(serve(&["--stream-buffer", "100", "--replay-max-events", "100"]).is_ok());
     }
 
     #[test]

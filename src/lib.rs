@@ -8,6 +8,8 @@
 //! - [`bayeux`]: the Bayeux (CometD long-polling) client.
 //! - [`mapping`]: GWS notification JSON -> proto, lossless and total.
 //! - [`events`]: the per-agent hub: one upstream CometD session, fan-out, replay, resume.
+//! - [`json`]: bounded JSON from upstream: no recursion limit, no stack overflow, values a
+//!   `serde_json::Value` cannot hold kept as their exact JSON text.
 //! - [`simulator`]: the GWS simulator (REST + CometD + control API) for demos and tests.
 //! - [`client`]: the built-in command-line client.
 //!
@@ -20,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod events;
 pub mod grpc;
+pub mod json;
 pub mod mapping;
 pub mod metrics;
 pub mod server;
@@ -32,6 +35,11 @@ pub mod upstream;
 pub mod proto {
     #![allow(clippy::all, clippy::pedantic)]
     tonic::include_proto!("gws.sms.v1");
+    pub use client::sms_session_service_client;
+
+    mod client {
+        include!(concat!(env!("OUT_DIR"), "/client/gws.sms.v1.rs"));
+    }
 
     /// The encoded file descriptor set, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -171,7 +171,7 @@ pub static GRPC_HANDLING: Histogram = Histogram::new(
 );
 pub static UPSTREAM_REQUESTS: Counter = Counter::new(
     "gws_gateway_upstream_requests_total",
-    "GWS REST requests by operation and outcome (ok, gws_status_<statusCode>, http_<status>, timeout, transport, bad_body).",
+    "GWS REST requests by operation and outcome (ok, gws_status_<statusCode>, http_<status>, timeout, deadline_too_short (none sent), transport, bad_body).",
     &["operation", "outcome"],
 );
 pub static UPSTREAM_SECONDS: Histogram = Histogram::new(
@@ -331,7 +331,8 @@ pub fn upstream_request<T>(
         Err(E::Gws { .. }) => "gws_status_other".to_string(),
         Err(E::Http { http_status, .. }) => format!("http_{http_status}"),
         Err(E::BadBody { .. } | E::Unmappable(_)) => "bad_body".to_string(),
-        Err(E::Timeout(_)) => "timeout".to_string(),
+        Err(E::Timeout(_) | E::TimeoutAfterSend(_)) => "timeout".to_string(),
+        Err(E::DeadlineTooShort(_)) => "deadline_too_short".to_string(),
         Err(_) => "transport".to_string(),
     };
     UPSTREAM_REQUESTS.inc(&[operation, &outcome]);

@@ -90,7 +90,7 @@ pub async fn serve_on(
     let gws = GwsClient::new(gws_url.clone(), agents.clone());
     let mut events_config =
         EventsConfig::new(config.notifications_url(&gws_url), args.channels.clone());
-    events_config.replay_max_events = args.replay_max_events;
+    events_config.replay_max_events = args.replay_max_events();
     events_config.replay_max_age = args.replay_max_age;
     events_config.replay_max_bytes = args.replay_max_mib.saturating_mul(1024 * 1024);
     events_config.stream_buffer = args.stream_buffer;

@@ -69,7 +69,7 @@ impl Message {
     }
 }
 
-/// Why a response body could not be understood.
+/// Why a response body could not be understood at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     #[error("response is not JSON")]
@@ -80,23 +80,48 @@ pub enum ParseError {
     BadElement(usize),
 }
 
+/// A response body: the messages understood, in order (events may precede the meta reply
+/// they travel with), and the elements that were skipped, with why.
+#[derive(Debug, Default, PartialEq)]
+pub struct Parsed {
+    pub messages: Vec<Message>,
+    pub skipped: Vec<(usize, String)>,
+}
+
 /// Parses a response body: a JSON array of messages, or a lone message object.
-/// Order is preserved (events may precede the meta reply they travel with).
-/// Any malformed element fails the whole response: with the acknowledgement
-/// extension the batch is then redelivered rather than half-processed.
-pub fn parse_response(body: &[u8]) -> Result<Vec<Message>, ParseError> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| ParseError::NotJson)?;
-    match &value {
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| Message::from_value(v).ok_or(ParseError::BadElement(i)))
-            .collect(),
-        Value::Object(_) => Message::from_value(&value)
-            .map(|m| vec![m])
-            .ok_or(ParseError::BadElement(0)),
-        _ => Err(ParseError::NotMessages),
+///
+/// Each element of an array is parsed on its own ([`crate::json`]: no recursion limit, no
+/// stack overflow, values too deep or too large kept as raw text): an element that is not a
+/// message is skipped and reported in [`Parsed::skipped`], and the others are delivered, so
+/// one bad message never costs its neighbours (with the acknowledgement extension the batch
+/// is still acknowledged: redelivering it would only fail again). Only a body that is not
+/// JSON at all, or a lone object that is not a message, fails the whole response.
+pub fn parse_response(body: &[u8]) -> Result<Parsed, ParseError> {
+    let Some(elements) = crate::json::elements(body).map_err(|_| ParseError::NotJson)? else {
+        let value = crate::json::parse(body).map_err(|_| ParseError::NotJson)?;
+        if !value.is_object() {
+            return Err(ParseError::NotMessages);
+        }
+        return Message::from_value(&value)
+            .map(|m| Parsed {
+                messages: vec![m],
+                skipped: Vec::new(),
+            })
+            .ok_or(ParseError::BadElement(0));
+    };
+    let mut parsed = Parsed::default();
+    for (i, element) in elements.into_iter().enumerate() {
+        match crate::json::parse(element) {
+            Ok(value) => match Message::from_value(&value) {
+                Some(m) => parsed.messages.push(m),
+                None => parsed
+                    .skipped
+                    .push((i, "not a message object with a channel".into())),
+            },
+            Err(e) => parsed.skipped.push((i, e.to_string())),
+        }
     }
+    Ok(parsed)
 }
 
 /// Whether a handshake reply's `ext.ack` says the server supports acknowledgements:
@@ -183,7 +208,7 @@ mod tests {
         let body = br#"[{"channel":"/a","data":{"n":1}},
             {"channel":"/meta/connect","id":"7","successful":true,"ext":{"ack":3},
              "advice":{"reconnect":"retry","timeout":2000}}]"#;
-        let msgs = parse_response(body).unwrap();
+        let msgs = parse_response(body).unwrap().messages;
         assert_eq!(msgs.len(), 2);
         assert_eq!(msgs[0].channel, "/a");
         assert!(!msgs[0].is_meta());
@@ -202,7 +227,8 @@ mod tests {
         let msgs = parse_response(
             br#"{"channel":"/meta/handshake","id":1,"successful":true,"clientId":"c"}"#,
         )
-        .unwrap();
+        .unwrap()
+        .messages;
         assert_eq!(msgs.len(), 1);
         assert_eq!(msgs[0].id.as_deref(), Some("1"));
         assert_eq!(msgs[0].client_id.as_deref(), Some("c"));
@@ -216,11 +242,7 @@ mod tests {
         );
         assert_eq!(parse_response(b""), Err(ParseError::NotJson));
         assert_eq!(parse_response(b"42"), Err(ParseError::NotMessages));
-        assert_eq!(parse_response(b"[1]"), Err(ParseError::BadElement(0)));
-        assert_eq!(
-            parse_response(br#"[{"channel":"/a"},{"channel":5}]"#),
-            Err(ParseError::BadElement(1))
-        );
+        assert_eq!(parse_response(b"[1,"), Err(ParseError::NotJson));
         assert_eq!(
             parse_response(br#"{"data":1}"#),
             Err(ParseError::BadElement(0))
@@ -228,11 +250,30 @@ mod tests {
     }
 
     #[test]
+    fn one_bad_message_never_costs_its_neighbours() {
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let body = format!(
+            r#"[{{"channel":"/a","data":{{"n":1}}}}, 1, {{"channel":5}},
+                {{"channel":"/b","data":{{"deep":{deep}}}}}, ["\ud800"],
+                {{"channel":"/meta/connect","successful":true,"ext":{{"ack":4}}}}]"#
+        );
+        let parsed = parse_response(body.as_bytes()).unwrap();
+        let channels: Vec<_> = parsed.messages.iter().map(|m| m.channel.as_str()).collect();
+        assert_eq!(channels, ["/a", "/b", "/meta/connect"]);
+        let skipped: Vec<usize> = parsed.skipped.iter().map(|(i, _)| *i).collect();
+        assert_eq!(skipped, [1, 2, 4]);
+        // The deep message keeps its data, exactly, beyond the parse depth as raw text.
+        let data = parsed.messages[1].data.as_ref().unwrap();
+        assert_eq!(crate::json::to_text(&data["deep"]), deep);
+    }
+
+    #[test]
     fn mistyped_optional_fields_are_ignored() {
         let msgs = parse_response(
             br#"[{"channel":"/meta/connect","successful":"yes","clientId":3,"advice":"x","ext":7,"id":null}]"#,
         )
-        .unwrap();
+        .unwrap()
+        .messages;
         let m = &msgs[0];
         assert!(!m.successful);
         assert_eq!(m.client_id, None);

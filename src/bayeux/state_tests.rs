@@ -18,7 +18,7 @@ fn config(channels: &[&str]) -> BayeuxConfig {
 }
 
 fn msgs(v: Value) -> Vec<Message> {
-    parse_response(v.to_string().as_bytes()).unwrap()
+    parse_response(v.to_string().as_bytes()).unwrap().messages
 }
 
 fn ok(kind: Kind, v: Value) -> Input {

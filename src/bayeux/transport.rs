@@ -108,7 +108,13 @@ async fn execute(
         }
         buf.extend_from_slice(&chunk);
     }
-    parse_response(&buf).map_err(|e| RequestError::Malformed(e.to_string()))
+    let parsed = parse_response(&buf).map_err(|e| RequestError::Malformed(e.to_string()))?;
+    for (index, why) in &parsed.skipped {
+        // Skipped alone: the rest of the batch is delivered and acknowledged.
+        crate::metrics::NOTIFICATIONS_UNMAPPED.inc(&[]);
+        tracing::warn!(index, %why, "bayeux: skipped a message that could not be parsed");
+    }
+    Ok(parsed.messages)
 }
 
 /// A short, credential-free description of a reqwest failure (its Display would

@@ -49,6 +49,8 @@ struct Slot {
     /// While a snapshot is read after a restore, this subscriber's live items wait here, so
     /// the snapshot is delivered first (bounded like its queue).
     held: Option<Vec<Item>>,
+    /// The position of the last item queued: where the stream resumes if it is cut.
+    last_seq: u64,
 }
 
 pub struct FeedState {
@@ -123,6 +125,7 @@ impl Feed {
     ) -> u64 {
         let id = state.next_slot;
         state.next_slot += 1;
+        let last_seq = state.replay.last_seq();
         state.slots.insert(
             id,
             Slot {
@@ -130,13 +133,24 @@ impl Feed {
                 filter,
                 end,
                 held: None,
+                last_seq,
             },
         );
         id
     }
 
+    /// The subscriber's stream is gone. If it was cut for being slow, its resume position
+    /// stays pinned for the resume window from now.
     pub fn remove_slot(&self, id: u64) {
-        self.lock().slots.remove(&id);
+        let mut state = self.lock();
+        state.slots.remove(&id);
+        state.replay.release(id, Instant::now());
+    }
+
+    /// Whether a stream resuming from `token` now would get everything after it.
+    pub fn resumable(&self, token: &str) -> bool {
+        Token::parse(token)
+            .is_some_and(|t| t.epoch == self.epoch && self.lock().replay.holds(t.seq))
     }
 
     /// The error that ended this feed, if it has ended.
@@ -265,10 +279,11 @@ impl Feed {
 
     /// Queues a stored item for every subscriber that wants it; full queues are cut off.
     fn fan_out(state: &mut FeedState, stored: &Stored) {
+        let replay = &mut state.replay;
         state
             .slots
-            .retain(|_, slot| match slot.filter.select(stored) {
-                Some(item) => deliver(slot, &item),
+            .retain(|id, slot| match slot.filter.select(stored) {
+                Some(item) => deliver(slot, &item, stored.seq) || cut(replay, *id, slot),
                 None => true,
             });
     }
@@ -309,7 +324,9 @@ impl Feed {
                 self.token(state.replay.last_seq()),
             )
         });
-        state.slots.retain(|_, slot| {
+        let state = &mut *state;
+        let replay = &mut state.replay;
+        state.slots.retain(|id, slot| {
             let Some(held) = slot.held.take() else {
                 return true;
             };
@@ -320,23 +337,47 @@ impl Feed {
             first
                 .iter()
                 .chain(held.iter())
-                .all(|item| offer(slot, item))
+                .all(|item| offer(slot, item, seq_of(item)))
+                || cut(replay, *id, slot)
         });
     }
 
     /// Sends a notice to every subscriber.
     fn notify(&self, kind: NoticeKind, detail: &str) {
         let mut state = self.lock();
-        let response = notice(kind, detail, self.token(state.replay.last_seq()));
-        state.slots.retain(|_, slot| deliver(slot, &response));
+        let seq = state.replay.last_seq();
+        let response = notice(kind, detail, self.token(seq));
+        let state = &mut *state;
+        let replay = &mut state.replay;
+        state
+            .slots
+            .retain(|id, slot| deliver(slot, &response, seq) || cut(replay, *id, slot));
     }
 }
 
-/// Queues `item` for one subscriber, or holds it while a resync is under way; never waits.
-/// False drops the slot (its queue, or what it may hold, is full).
-fn deliver(slot: &mut Slot, item: &Item) -> bool {
+/// The position an item stands at (its resume token's sequence number).
+fn seq_of(item: &Item) -> u64 {
+    Token::parse(&item.resume_token).map_or(0, |t| t.seq)
+}
+
+/// A subscriber is dropped for a full queue: if it was cut for being slow, pin its resume
+/// position so the promise in its RESOURCE_EXHAUSTED holds. Always false (drop the slot).
+fn cut(replay: &mut ReplayBuffer, id: u64, slot: &Slot) -> bool {
+    let slow = matches!(
+        *slot.end.lock().unwrap_or_else(|e| e.into_inner()),
+        Some(EventsError::SlowConsumer { .. })
+    );
+    if slow {
+        replay.pin(id, slot.last_seq);
+    }
+    false
+}
+
+/// Queues `item` (standing at `seq`) for one subscriber, or holds it while a resync is under
+/// way; never waits. False drops the slot (its queue, or what it may hold, is full).
+fn deliver(slot: &mut Slot, item: &Item, seq: u64) -> bool {
     match &mut slot.held {
-        None => offer(slot, item),
+        None => offer(slot, item, seq),
         Some(held) if held.len() < slot.tx.max_capacity() => {
             held.push(item.clone());
             true
@@ -344,6 +385,7 @@ fn deliver(slot: &mut Slot, item: &Item) -> bool {
         Some(_) => {
             *slot.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(EventsError::SlowConsumer {
                 last_resume_token: String::new(),
+                resumable: false,
             });
             false
         }
@@ -351,13 +393,17 @@ fn deliver(slot: &mut Slot, item: &Item) -> bool {
 }
 
 /// Queues `item` for one subscriber without waiting; false drops the slot.
-fn offer(slot: &Slot, item: &Item) -> bool {
+fn offer(slot: &mut Slot, item: &Item, seq: u64) -> bool {
     match slot.tx.try_send(item.clone()) {
-        Ok(()) => true,
+        Ok(()) => {
+            slot.last_seq = seq;
+            true
+        }
         Err(mpsc::error::TrySendError::Full(_)) => {
             // The stream fills in its own last delivered token when it reports this.
             *slot.end.lock().unwrap_or_else(|e| e.into_inner()) = Some(EventsError::SlowConsumer {
                 last_resume_token: String::new(),
+                resumable: false,
             });
             false
         }

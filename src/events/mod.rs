@@ -13,7 +13,7 @@ mod stream;
 pub use feed::Upstream;
 pub use filter::Filter;
 pub use outcome::{Expect, Outcome};
-pub use replay::Token;
+pub use replay::{RESUME_WINDOW, Token};
 pub use stream::EventStream;
 
 use crate::bayeux::BayeuxConfig;
@@ -33,8 +33,13 @@ use tokio_util::task::TaskTracker;
 /// Why a stream could not start or had to end.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EventsError {
+    /// `resumable`: whether resuming from the token replays everything after it (checked
+    /// when the stream ends; its position is pinned for the resume window).
     #[error("stream consumer too slow; resume from {last_resume_token:?}")]
-    SlowConsumer { last_resume_token: String },
+    SlowConsumer {
+        last_resume_token: String,
+        resumable: bool,
+    },
     #[error("gateway shutting down")]
     ShuttingDown,
     #[error("upstream notifications ended: {0}")]

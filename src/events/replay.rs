@@ -5,6 +5,12 @@
 //! by count, encoded bytes and age, and remembers its `floor`: every event of this agent with a sequence
 //! number above the floor is still held. A token is honoured when it is from this process
 //! and not below the floor; then exactly the held events after it are replayed.
+//!
+//! A subscriber cut off for being slow is told to resume from its last delivered token; so
+//! that this is a promise kept, the buffer *pins* that position: while the cut stream drains
+//! and for [`RESUME_WINDOW`] after it ends, the count bound does not evict events after a
+//! pinned position (the byte and age bounds still do, and the cut stream's message says so
+//! honestly if they did).
 
 use super::feed::Item;
 use crate::proto::NotificationType;
@@ -14,6 +20,24 @@ use std::time::{Duration, Instant};
 
 /// Longest resume token accepted; anything longer is not one of ours.
 pub const MAX_TOKEN_LEN: usize = 64;
+
+/// How long after a cut stream ends its position stays pinned: time for the client to
+/// reconnect and resume.
+pub const RESUME_WINDOW: Duration = Duration::from_secs(60);
+
+/// Most pins held at once per agent; beyond, the oldest is dropped (its resume may then meet
+/// the count bound). Streams per agent are bounded too, so this is rarely reached.
+const MAX_PINS: usize = 1024;
+
+/// A cut subscriber's resume position.
+#[derive(Debug)]
+struct Pin {
+    /// The subscriber slot it belongs to.
+    slot: u64,
+    seq: u64,
+    /// `None` while the cut stream still drains; then the end of the resume window.
+    until: Option<Instant>,
+}
 
 /// One delivered event as the buffer keeps it: the shared item and what filters need.
 #[derive(Debug)]
@@ -71,6 +95,7 @@ pub struct ReplayBuffer {
     max_age: Duration,
     bytes: usize,
     floor: u64,
+    pins: Vec<Pin>,
 }
 
 impl ReplayBuffer {
@@ -84,7 +109,32 @@ impl ReplayBuffer {
             max_age,
             bytes: 0,
             floor,
+            pins: Vec::new(),
         }
+    }
+
+    /// Holds everything after `seq` for the cut subscriber `slot` (see the module notes).
+    pub fn pin(&mut self, slot: u64, seq: u64) {
+        if self.pins.len() >= MAX_PINS {
+            self.pins.remove(0);
+        }
+        self.pins.push(Pin {
+            slot,
+            seq,
+            until: None,
+        });
+    }
+
+    /// The cut stream of `slot` ended: its pin lasts [`RESUME_WINDOW`] more.
+    pub fn release(&mut self, slot: u64, now: Instant) {
+        for pin in self.pins.iter_mut().filter(|p| p.slot == slot) {
+            pin.until.get_or_insert(now + RESUME_WINDOW);
+        }
+    }
+
+    /// Whether a resume from `seq` would replay without a gap now.
+    pub fn holds(&self, seq: u64) -> bool {
+        seq >= self.floor
     }
 
     pub fn push(&mut self, stored: Arc<Stored>) {
@@ -107,10 +157,16 @@ impl ReplayBuffer {
     }
 
     fn expire(&mut self, now: Instant) {
+        self.pins
+            .retain(|p| p.until.is_none_or(|until| until > now));
+        let pinned = self.pins.iter().map(|p| p.seq).min();
         while let Some(front) = self.events.front() {
-            let too_many = self.events.len() > self.max_events || self.bytes > self.max_bytes;
+            // Evicting `front` breaks a pin at `p` only if `front` comes after it.
+            let held_for_a_pin = pinned.is_some_and(|p| front.seq > p);
+            let too_many = self.events.len() > self.max_events && !held_for_a_pin;
+            let too_big = self.bytes > self.max_bytes;
             let too_old = now.saturating_duration_since(front.at) > self.max_age;
-            if !(too_many || too_old) {
+            if !(too_many || too_big || too_old) {
                 break;
             }
             self.floor = front.seq;
@@ -172,6 +228,42 @@ mod tests {
             Resume::Replay(v) => v.iter().map(|s| s.seq).collect(),
             Resume::Gap(why) => panic!("unexpected gap: {why}"),
         }
+    }
+
+    #[test]
+    fn a_pin_holds_what_came_after_it_beyond_the_count_bound_for_a_while() {
+        let now = Instant::now();
+        let mut buf = ReplayBuffer::new(3, usize::MAX, Duration::from_secs(600), 0);
+        for seq in 1..=3 {
+            buf.push(stored(seq, now));
+        }
+        buf.pin(7, 2);
+        for seq in 4..=100 {
+            buf.push(stored(seq, now));
+        }
+        assert!(buf.holds(2));
+        assert_eq!(
+            seqs(buf.resume(Token { epoch: 1, seq: 2 }, 1, 100)),
+            (3..=100).collect::<Vec<_>>()
+        );
+        // The stream ended; after the resume window the pin goes and the count bound is back.
+        buf.release(7, now - RESUME_WINDOW - Duration::from_secs(1));
+        buf.push(stored(101, now));
+        assert_eq!(buf.len(), 3);
+        assert!(!buf.holds(2));
+    }
+
+    #[test]
+    fn a_pin_never_defeats_the_byte_bound() {
+        let now = Instant::now();
+        let mut buf = ReplayBuffer::new(2, 500, Duration::from_secs(600), 0);
+        buf.push(sized(1, now, 100));
+        buf.pin(1, 1);
+        for seq in 2..=10 {
+            buf.push(sized(seq, now, 100));
+        }
+        assert_eq!(buf.len(), 5);
+        assert!(!buf.holds(1));
     }
 
     #[test]

@@ -35,7 +35,7 @@ struct StreamState {
     shutdown: CancellationToken,
     last_token: String,
     done: bool,
-    _guard: SlotGuard,
+    guard: SlotGuard,
 }
 
 pub(super) fn new(
@@ -54,7 +54,7 @@ pub(super) fn new(
         shutdown,
         last_token: String::new(),
         done: false,
-        _guard: SlotGuard {
+        guard: SlotGuard {
             feed,
             slot,
             _interest: interest,
@@ -89,6 +89,7 @@ pub(super) fn new(
                 let reason = st.end.lock().unwrap_or_else(|e| e.into_inner()).take();
                 let error = match reason {
                     Some(EventsError::SlowConsumer { .. }) => EventsError::SlowConsumer {
+                        resumable: st.guard.feed.resumable(&st.last_token),
                         last_resume_token: st.last_token.clone(),
                     },
                     Some(other) => other,

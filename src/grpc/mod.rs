@@ -3,6 +3,7 @@
 //! and the one place where errors become `tonic::Status` ([`status`]).
 
 pub mod auth;
+pub mod codec;
 pub mod deadline;
 pub mod service;
 pub mod status;

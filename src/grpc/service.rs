@@ -8,7 +8,7 @@ use super::status::Error;
 use super::validate::{OperationRequest, ReadRequest};
 use super::{auth, deadline, validate};
 use crate::events::{EventStream, EventsHub, Expect, Outcome};
-use crate::mapping::{self, MappingError};
+use crate::mapping::{self, MappingError, ReferenceId};
 use crate::proto::sms_session_service_server::SmsSessionService;
 use crate::proto::*;
 use crate::upstream::{Agent, Credential, GwsClient, UpstreamError};
@@ -38,9 +38,9 @@ pub struct SmsSessionApi {
     outcome_timeout: Duration,
 }
 
-/// The response of every operation RPC: `{ reference_id, outcome }`.
+/// The response of every operation RPC: `{ reference_id, outcome, reference_id_json }`.
 pub trait OperationResponse {
-    fn new(reference_id: Option<i64>, outcome: Option<OperationOutcome>) -> Self;
+    fn new(reference: ReferenceId, outcome: Option<OperationOutcome>) -> Self;
 }
 
 /// The response of a read, built from the GWS reply by the one mapper the events use too.
@@ -141,7 +141,7 @@ impl SmsSessionApi {
             let Some(pending) = pending else {
                 return Ok((accepted, None));
             };
-            pending.arm(accepted.reference_id);
+            pending.arm(accepted.reference.id);
             // The wait is bounded by the caller's deadline and `--outcome-timeout`, not by
             // the upstream timeout (which bounds the POST only).
             let by_config = Instant::now() + self.outcome_timeout;
@@ -160,7 +160,7 @@ impl SmsSessionApi {
                 Outcome::Failed(message) => {
                     return Err(Error::OperationFailed {
                         message,
-                        reference_id: accepted.reference_id,
+                        reference_id: accepted.reference.id,
                         domain: host.to_string(),
                     });
                 }
@@ -172,9 +172,9 @@ impl SmsSessionApi {
         match result {
             Ok((accepted, outcome)) => {
                 let outcome_status = outcome.as_ref().map(|o| o.status().as_str_name());
-                tracing::info!(reference_id = ?accepted.reference_id, outcome = ?outcome_status,
+                tracing::info!(reference_id = ?accepted.reference.id, outcome = ?outcome_status,
                     "operation accepted");
-                Ok(Response::new(S::new(accepted.reference_id, outcome)))
+                Ok(Response::new(S::new(accepted.reference, outcome)))
             }
             Err(error) => {
                 tracing::info!(%error, "operation failed");
@@ -247,8 +247,12 @@ macro_rules! service {
     ) => {
         $(
             impl OperationResponse for $op_resp {
-                fn new(reference_id: Option<i64>, outcome: Option<OperationOutcome>) -> Self {
-                    Self { reference_id, outcome }
+                fn new(reference: ReferenceId, outcome: Option<OperationOutcome>) -> Self {
+                    Self {
+                        reference_id: reference.id,
+                        reference_id_json: reference.json,
+                        outcome,
+                    }
                 }
             }
         )*

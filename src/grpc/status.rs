@@ -115,9 +115,22 @@ pub fn to_status(err: &Error) -> Status {
 
 fn events_status(error: &EventsError, domain: &str) -> Status {
     match error {
-        EventsError::SlowConsumer { last_resume_token } => Status::resource_exhausted(format!(
+        EventsError::SlowConsumer {
+            last_resume_token,
+            resumable: true,
+        } => Status::resource_exhausted(format!(
             "stream consumer too slow: its buffer filled and the stream was ended; \
-             reconnect with resume_token \"{last_resume_token}\" to resume without loss"
+             reconnect with resume_token \"{last_resume_token}\" within {} s to resume \
+             without loss (the gateway holds the events after it until then)",
+            crate::events::RESUME_WINDOW.as_secs()
+        )),
+        EventsError::SlowConsumer {
+            last_resume_token,
+            resumable: false,
+        } => Status::resource_exhausted(format!(
+            "stream consumer too slow: its buffer filled and the stream was ended; events \
+             after resume_token \"{last_resume_token}\" are no longer held (replay byte or \
+             age limit), so resuming from it starts with a GAP notice"
         )),
         EventsError::ShuttingDown => {
             Status::unavailable("gateway is shutting down; reconnect to another instance or retry")
@@ -200,10 +213,43 @@ fn upstream_status(error: &UpstreamError, domain: &str) -> Status {
             format!("GWS answered with data the gateway cannot map: {why}"),
             info("GWS_BAD_REPLY".into(), &[]),
         ),
+        // Whether the operation may have been applied decides what a caller does next (retry
+        // freely, or read the session first): say it in every DEADLINE_EXCEEDED.
         UpstreamError::Timeout(after) => Status::with_error_details(
             Code::DeadlineExceeded,
-            format!("GWS did not answer within {} ms", after.as_millis()),
-            info("UPSTREAM_TIMEOUT".into(), &[]),
+            format!(
+                "GWS did not answer within {} ms; nothing was applied",
+                after.as_millis()
+            ),
+            info(
+                "UPSTREAM_TIMEOUT".into(),
+                &[("may_have_been_applied", "false".into())],
+            ),
+        ),
+        UpstreamError::TimeoutAfterSend(after) => Status::with_error_details(
+            Code::DeadlineExceeded,
+            format!(
+                "GWS did not answer within {} ms; the operation was sent and may have been \
+                 applied: read the session before retrying",
+                after.as_millis()
+            ),
+            info(
+                "UPSTREAM_TIMEOUT".into(),
+                &[("may_have_been_applied", "true".into())],
+            ),
+        ),
+        UpstreamError::DeadlineTooShort(left) => Status::with_error_details(
+            Code::DeadlineExceeded,
+            format!(
+                "only {} ms of the deadline were left (at least {} ms are needed); no request \
+                 was sent to GWS",
+                left.as_millis(),
+                crate::upstream::MIN_UPSTREAM_BUDGET.as_millis()
+            ),
+            info(
+                "DEADLINE_TOO_SHORT".into(),
+                &[("may_have_been_applied", "false".into())],
+            ),
         ),
         UpstreamError::Unreachable(why) => Status::with_error_details(
             Code::Unavailable,
@@ -313,10 +359,30 @@ mod tests {
             "{}",
             s.message()
         );
-        assert_eq!(
-            up(UpstreamError::Timeout(Duration::from_secs(1))).code(),
-            Code::DeadlineExceeded
-        );
+        // Every DEADLINE_EXCEEDED says whether the operation may have been applied.
+        for (error, reason, applied) in [
+            (
+                UpstreamError::Timeout(Duration::from_secs(1)),
+                "UPSTREAM_TIMEOUT",
+                "false",
+            ),
+            (
+                UpstreamError::TimeoutAfterSend(Duration::from_secs(1)),
+                "UPSTREAM_TIMEOUT",
+                "true",
+            ),
+            (
+                UpstreamError::DeadlineTooShort(Duration::from_millis(1)),
+                "DEADLINE_TOO_SHORT",
+                "false",
+            ),
+        ] {
+            let s = up(error);
+            assert_eq!(s.code(), Code::DeadlineExceeded);
+            let info = s.get_details_error_info().unwrap();
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.metadata["may_have_been_applied"], applied);
+        }
         assert_eq!(
             up(UpstreamError::Unreachable("connection failed")).code(),
             Code::Unavailable
@@ -357,9 +423,16 @@ mod tests {
         let ev = |e| to_status(&Error::events(e, "h"));
         let s = ev(EventsError::SlowConsumer {
             last_resume_token: "tok-1".into(),
+            resumable: true,
         });
         assert_eq!(s.code(), Code::ResourceExhausted);
-        assert!(s.message().contains("tok-1"));
+        assert!(s.message().contains("tok-1") && s.message().contains("without loss"));
+        let s = ev(EventsError::SlowConsumer {
+            last_resume_token: "tok-2".into(),
+            resumable: false,
+        });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("tok-2") && s.message().contains("GAP"));
         assert_eq!(ev(EventsError::ShuttingDown).code(), Code::Unavailable);
         assert_eq!(
             ev(EventsError::Ended("none".into())).code(),

@@ -214,6 +214,9 @@ fn check_value(v: &proto::UserDataValue, depth: usize) -> Result<(), String> {
     use proto::user_data_value::Kind;
     match &v.kind {
         None => Err("value has no kind set; use null_value for JSON null".into()),
+        Some(Kind::RawJson(_)) => {
+            Err("raw_json is output only (what upstream sent that no other kind holds)".into())
+        }
         Some(Kind::DoubleValue(d)) if !d.is_finite() => {
             Err("double_value must be finite (JSON has no NaN or infinity)".into())
         }

@@ -30,7 +30,39 @@ pub const STATE_CHANGE_MESSAGE_TYPE: &str = "SMSsessionStateChangeMessage";
 /// `data.messageType` of a transcript notification.
 pub const MESSAGE_LOG_MESSAGE_TYPE: &str = "MessageLogUpdated";
 
+/// Upstream's `referenceId`, never silently absent: an `int64` when it is one (a string
+/// holding one counts, as some GWS builds quote ids), else its exact JSON text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReferenceId {
+    pub id: Option<i64>,
+    /// Set instead of `id` when upstream sent something `int64` cannot hold.
+    pub json: String,
+}
+
+impl ReferenceId {
+    /// From the `referenceId` field of a reply or notification (absent or null: neither).
+    pub fn of(value: Option<&serde_json::Value>) -> Self {
+        use serde_json::Value;
+        match value {
+            None | Some(Value::Null) => Self::default(),
+            Some(v) => match json::as_i64(v, "referenceId") {
+                Ok(id) => Self {
+                    id: Some(id),
+                    json: String::new(),
+                },
+                Err(_) => Self {
+                    id: None,
+                    json: crate::json::to_text(v),
+                },
+            },
+        }
+    }
+}
+
 /// One mapped GWS notification.
+// One per notification, moved once into its stream item: boxing the larger variant would
+// add an allocation and buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notification {
     /// `messageType: SMSsessionStateChangeMessage`.

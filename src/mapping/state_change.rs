@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::MappingError;
 use super::json::{self, first, kind, opt_i64, opt_object, opt_str, path, req_str, string_list};
 use super::message_log;
-use super::user_data::{MAX_USER_DATA_DEPTH, depth_exceeds, user_data_map};
+use super::user_data::user_data_map;
 use crate::proto::{
     NotificationType, Participant, ParticipantType, SessionState, SessionStateChange, SmsSession,
 };
@@ -61,10 +61,12 @@ pub(crate) fn map(obj: &Map<String, Value>) -> Result<SessionStateChange, Mappin
         String::new()
     };
 
+    let reference = super::ReferenceId::of(obj.get("referenceId"));
     Ok(SessionStateChange {
         notification_type: notification_type as i32,
         notification_type_name: type_name,
-        reference_id: opt_i64(obj, "", "referenceId")?,
+        reference_id: reference.id,
+        reference_id_json: reference.json,
         session,
         error_message,
     })
@@ -118,18 +120,8 @@ pub(crate) fn session(s: &Map<String, Value>, at: &str) -> Result<SmsSession, Ma
     let state_name = opt_str(s, at, "state")?;
     let user_data = match opt_object(s, at, "userData")? {
         None => Default::default(),
-        Some(fields) => {
-            if let Some((key, _)) = fields
-                .iter()
-                .find(|(_, v)| depth_exceeds(v, MAX_USER_DATA_DEPTH))
-            {
-                return Err(MappingError::Invalid {
-                    path: format!("{}.{}", path(at, "userData"), json::excerpt(key)),
-                    reason: format!("nested more than {MAX_USER_DATA_DEPTH} levels deep"),
-                });
-            }
-            user_data_map(fields)
-        }
+        // Never refused for depth or size: what a UserDataValue cannot hold is raw_json.
+        Some(fields) => user_data_map(fields),
     };
     let participants_at = path(at, "participants");
     let participants = json::opt_array(s, at, "participants")?

@@ -264,17 +264,25 @@ fn reference_id_forms() {
     assert_eq!(state_change(&v).reference_id, None);
     v["referenceId"] = json!(9_000_000_000_i64);
     assert_eq!(state_change(&v).reference_id, Some(9_000_000_000));
-    for bad in [
-        json!(1.5),
-        json!("x"),
-        json!(true),
-        json!([1]),
-        json!(u64::MAX),
+    // What int64 cannot hold is never silently absent, nor a reason to drop the
+    // notification: it is kept as its JSON text.
+    for (odd, text) in [
+        (json!(1.5), "1.5"),
+        (json!("x"), "\"x\""),
+        (json!(true), "true"),
+        (json!([1]), "[1]"),
+        (json!(u64::MAX), "18446744073709551615"),
     ] {
-        v["referenceId"] = bad.clone();
-        let err = map_notification(&v).expect_err("bad referenceId");
-        assert!(err.to_string().contains("referenceId"), "{bad}: {err}");
+        v["referenceId"] = odd.clone();
+        let sc = state_change(&v);
+        assert_eq!(sc.reference_id, None, "{odd}");
+        assert_eq!(sc.reference_id_json, text);
     }
+    // 2^63 as upstream sends it, through the body parser.
+    let text = r#"{"messageType":"SMSsessionStateChangeMessage","notificationType":"PropertiesUpdated","referenceId":9223372036854775808,"smssession":{"id":"S1","state":"Chatting"}}"#;
+    let sc = state_change(&crate::json::parse(text.as_bytes()).unwrap());
+    assert_eq!(sc.reference_id, None);
+    assert_eq!(sc.reference_id_json, "9223372036854775808");
 }
 
 #[test]
@@ -453,12 +461,24 @@ fn user_data_keeps_every_json_kind() {
         assert_eq!(kind_of(&mapped), &expected, "{v}");
         assert_eq!(user_data_to_json(&mapped), v, "round trip of {v}");
     }
-    // The one lossy case, by decision: u64 above i64::MAX becomes the nearest double.
+    // What int64 and double cannot hold exactly is its exact JSON text, never rounded.
     let big = json!(u64::MAX);
     assert_eq!(
         kind_of(&user_data_value(&big)),
-        &Kind::DoubleValue(u64::MAX as f64)
+        &Kind::RawJson("18446744073709551615".into())
     );
+    let text = r#"{"a":123456789012345678901234567890,"b":-9223372036854775809,"c":1e999}"#;
+    let parsed = crate::json::parse(text.as_bytes()).unwrap();
+    for (key, raw) in [
+        ("a", "123456789012345678901234567890"),
+        ("b", "-9223372036854775809"),
+        ("c", "1e999"),
+    ] {
+        assert_eq!(
+            kind_of(&user_data_value(&parsed[key])),
+            &Kind::RawJson(raw.into())
+        );
+    }
 }
 
 #[test]
@@ -503,9 +523,42 @@ fn user_data_nesting_is_bounded() {
         map_notification(&v).is_ok(),
         "{MAX_USER_DATA_DEPTH} levels are accepted"
     );
-    v["smssession"]["userData"] = json!({"k": [deep]});
-    let err = map_notification(&v).expect_err("one level too deep");
-    assert!(err.to_string().contains("smssession.userData.k"), "{err}");
+    // One level more: still delivered; the 31st level is its exact JSON text.
+    v["smssession"]["userData"] = json!({"k": [deep.clone()], "other": 1});
+    let sc = state_change(&v);
+    let ud = &sc.session.as_ref().unwrap().user_data;
+    assert_eq!(kind_of(&ud["other"]), &Kind::IntValue(1));
+    let mut at = &ud["k"];
+    for _ in 0..MAX_USER_DATA_DEPTH {
+        match kind_of(at) {
+            Kind::ListValue(l) => at = &l.values[0],
+            other => panic!("expected a list, got {other:?}"),
+        }
+    }
+    assert_eq!(kind_of(at), &Kind::RawJson("[1]".into()));
+    // Far deeper than serde_json's recursion limit, as it comes off the wire: delivered.
+    let levels = 100_000;
+    let text = format!(
+        r#"{{"messageType":"SMSsessionStateChangeMessage","notificationType":"PropertiesUpdated","smssession":{{"id":"S1","state":"Chatting","userData":{{"deep":{}1{},"ok":"yes"}}}}}}"#,
+        "[".repeat(levels),
+        "]".repeat(levels)
+    );
+    let sc = state_change(&crate::json::parse(text.as_bytes()).unwrap());
+    let ud = &sc.session.as_ref().unwrap().user_data;
+    assert_eq!(kind_of(&ud["ok"]), &Kind::StringValue("yes".into()));
+    let mut at = &ud["deep"];
+    for _ in 0..MAX_USER_DATA_DEPTH {
+        match kind_of(at) {
+            Kind::ListValue(l) => at = &l.values[0],
+            other => panic!("expected a list, got {other:?}"),
+        }
+    }
+    let want = format!(
+        "{}1{}",
+        "[".repeat(levels - MAX_USER_DATA_DEPTH),
+        "]".repeat(levels - MAX_USER_DATA_DEPTH)
+    );
+    assert_eq!(kind_of(at), &Kind::RawJson(want));
 }
 
 #[test]

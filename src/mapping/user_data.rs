@@ -2,11 +2,12 @@
 //! the integer `3` stay different, integers beyond 2^31 stay integers, null stays null,
 //! objects and arrays nest.
 //!
-//! The one JSON value `int64` cannot hold is an unsigned integer above `i64::MAX`; it maps
-//! to the nearest `double`, the same number every JSON consumer outside Rust (JavaScript,
-//! Python's `json` with floats, Go's `float64`) would read. Mapping it to a string instead
-//! would break the rule that strings and numbers never mix. GWS key-value lists carry
-//! 32-bit integers, so this is a theoretical case; it is the only lossy one.
+//! What the other kinds cannot hold exactly becomes `raw_json`, the value's exact JSON text:
+//! an integer outside `i64`, a number outside `f64`'s range, and an object or array nested
+//! deeper than [`MAX_USER_DATA_DEPTH`] levels (from that level down). So no notification is
+//! ever dropped, and no value altered, because of what it holds. The body parser
+//! ([`crate::json`]) hands such values over as raw markers; a `Value` built elsewhere (tests)
+//! gets the same treatment here.
 
 use std::collections::HashMap;
 
@@ -15,26 +16,42 @@ use serde_json::{Map, Number, Value};
 
 use crate::proto::{UserDataList, UserDataMap, UserDataValue, user_data_value::Kind};
 
-/// Deepest nesting of objects/arrays in one `userData` value that
-/// [`super::map_notification`] accepts. Each JSON level costs two or three protobuf
-/// levels (`UserDataValue` -> `UserDataMap` -> map entry), below five levels of envelope,
-/// and prost-based receivers refuse messages nested deeper than 100: deeper data would
-/// encode here but fail to decode at the caller.
+/// Deepest nesting of objects/arrays in one `userData` value that maps structurally; the
+/// level below becomes `raw_json`. Each JSON level costs two or three protobuf levels
+/// (`UserDataValue` -> `UserDataMap` -> map entry), below five levels of envelope, and
+/// prost-based receivers refuse messages nested deeper than 100: deeper data would encode
+/// here but fail to decode at the caller.
 pub const MAX_USER_DATA_DEPTH: usize = 30;
 
-/// Maps one JSON value to a [`UserDataValue`], losslessly (see the module notes for the
-/// one exception, unsigned integers above `i64::MAX`).
+/// Maps one JSON value to a [`UserDataValue`], losslessly (see the module notes).
 pub fn user_data_value(v: &Value) -> UserDataValue {
+    value_at(v, MAX_USER_DATA_DEPTH)
+}
+
+/// `levels` is how many more levels of containers may map structurally.
+fn value_at(v: &Value, levels: usize) -> UserDataValue {
+    let raw = |text: String| UserDataValue {
+        kind: Some(Kind::RawJson(text)),
+    };
+    if let Some(text) = crate::json::raw_text(v) {
+        return raw(text.to_owned());
+    }
     let kind = match v {
+        Value::Array(_) | Value::Object(_) if levels == 0 => {
+            return raw(crate::json::to_text(v));
+        }
         Value::Null => Kind::NullValue(NullValue::NullValue as i32),
         Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => number(n),
+        Value::Number(n) => match number(n) {
+            Some(kind) => kind,
+            None => return raw(n.to_string()),
+        },
         Value::String(s) => Kind::StringValue(s.clone()),
         Value::Array(items) => Kind::ListValue(UserDataList {
-            values: items.iter().map(user_data_value).collect(),
+            values: items.iter().map(|c| value_at(c, levels - 1)).collect(),
         }),
         Value::Object(fields) => Kind::MapValue(UserDataMap {
-            fields: user_data_map(fields),
+            fields: map_at(fields, levels - 1),
         }),
     };
     UserDataValue { kind: Some(kind) }
@@ -42,23 +59,26 @@ pub fn user_data_value(v: &Value) -> UserDataValue {
 
 /// Maps a JSON object to the proto's `map<string, UserDataValue>`.
 pub(crate) fn user_data_map(fields: &Map<String, Value>) -> HashMap<String, UserDataValue> {
+    map_at(fields, MAX_USER_DATA_DEPTH)
+}
+
+fn map_at(fields: &Map<String, Value>, levels: usize) -> HashMap<String, UserDataValue> {
     fields
         .iter()
-        .map(|(k, v)| (k.clone(), user_data_value(v)))
+        .map(|(k, v)| (k.clone(), value_at(v, levels)))
         .collect()
 }
 
-fn number(n: &Number) -> Kind {
-    // An integer in the JSON text stays an integer; only a fraction or exponent makes a
-    // double. serde_json keeps that distinction in `Number`, so test the integer forms first.
+/// An integer in the JSON text stays an integer; only a fraction or exponent makes a double.
+/// `None` for an unsigned integer above `i64::MAX` (raw_json).
+fn number(n: &Number) -> Option<Kind> {
     if let Some(i) = n.as_i64() {
-        Kind::IntValue(i)
+        Some(Kind::IntValue(i))
     } else if n.is_u64() {
-        // Above i64::MAX: the documented lossy case.
-        Kind::DoubleValue(n.as_f64().unwrap_or(f64::MAX))
+        None
     } else {
         // Finite by construction: serde_json never holds NaN or infinities.
-        Kind::DoubleValue(n.as_f64().unwrap_or(0.0))
+        Some(Kind::DoubleValue(n.as_f64().unwrap_or(0.0)))
     }
 }
 
@@ -78,6 +98,9 @@ pub fn user_data_to_json(v: &UserDataValue) -> Value {
             Value::Array(list.values.iter().map(user_data_to_json).collect())
         }
         Some(Kind::MapValue(map)) => Value::Object(user_data_map_to_json(&map.fields)),
+        // The nearest JSON a `Value` can hold (requests refuse raw_json, so this only
+        // serves display).
+        Some(Kind::RawJson(text)) => Value::String(text.clone()),
     }
 }
 
@@ -87,18 +110,4 @@ pub fn user_data_map_to_json(fields: &HashMap<String, UserDataValue>) -> Map<Str
         .iter()
         .map(|(k, v)| (k.clone(), user_data_to_json(v)))
         .collect()
-}
-
-/// Whether `v` nests objects and arrays more than `limit` levels deep (a scalar is 0
-/// levels, `[1]` is 1). Stops at the first branch past the limit, so a hostile value
-/// costs little.
-pub(crate) fn depth_exceeds(v: &Value, limit: usize) -> bool {
-    let Some(rest) = limit.checked_sub(1) else {
-        return matches!(v, Value::Array(_) | Value::Object(_));
-    };
-    match v {
-        Value::Array(items) => items.iter().any(|c| depth_exceeds(c, rest)),
-        Value::Object(fields) => fields.values().any(|c| depth_exceeds(c, rest)),
-        _ => false,
-    }
 }

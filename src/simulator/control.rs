@@ -38,6 +38,10 @@ pub fn router(sim: Simulator) -> Router {
             get(|| async { axum::Json(json!({"status": "ok"})) }),
         )
         .route("/simulator/agents/{user}/notifications", post(inject))
+        .route(
+            "/simulator/agents/{user}/notifications/raw",
+            post(inject_raw),
+        )
         .route("/simulator/agents/{user}/cometd/drop", post(drop_sessions))
         .route("/simulator/agents/{user}/cometd", get(cometd_stats))
         .route("/simulator/agents/{user}/smssessions", post(create_session))
@@ -107,8 +111,18 @@ async fn inject(
     Query(query): Query<HashMap<String, String>>,
     axum::Json(data): axum::Json<Value>,
 ) -> Response {
-    if !sim.state().has_agent(&user) {
-        return unknown_agent(&user);
+    publish_repeated(&sim, &user, &query, data)
+}
+
+/// Publishes `data` on `?channel=` (the SMS channel by default) `?repeat=` times (1-10,000).
+fn publish_repeated(
+    sim: &Simulator,
+    user: &str,
+    query: &HashMap<String, String>,
+    data: Value,
+) -> Response {
+    if !sim.state().has_agent(user) {
+        return unknown_agent(user);
     }
     let channel = query
         .get("channel")
@@ -120,9 +134,21 @@ async fn inject(
         .unwrap_or(1)
         .clamp(1, 10_000);
     let delivered: usize = (0..repeat)
-        .map(|_| sim.hub().publish(&user, channel, data.clone()))
+        .map(|_| sim.hub().publish(user, channel, data.clone()))
         .sum();
     axum::Json(json!({ "delivered": delivered })).into_response()
+}
+
+/// Publishes the body exactly as sent, as the `data` of one CometD event (repeatable):
+/// nesting serde_json would refuse, integers beyond 64 bits, or text that is not JSON at
+/// all, to try what the gateway does with a hostile GWS.
+async fn inject_raw(
+    State(sim): State<Simulator>,
+    Path(user): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    body: String,
+) -> Response {
+    publish_repeated(&sim, &user, &query, crate::json::raw(body))
 }
 
 async fn drop_sessions(State(sim): State<Simulator>, Path(user): Path<String>) -> Response {

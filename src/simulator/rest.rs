@@ -117,7 +117,11 @@ async fn notifications(State(sim): State<Simulator>, headers: HeaderMap, body: B
     }
     let messages = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
     let reply = sim.hub().handle(&auth.agent, messages).await;
-    with_cookie((StatusCode::OK, axum::Json(reply)).into_response(), &auth)
+    // Written with raw markers expanded: notifications published raw (deep, huge numbers,
+    // malformed) go out exactly as given.
+    let body = crate::json::to_text(&reply);
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    with_cookie((StatusCode::OK, json, body).into_response(), &auth)
 }
 
 /// The 403 GWS answers a POST without the HTTP session's CSRF token, if it must.

@@ -21,9 +21,16 @@ pub enum UpstreamError {
     /// A GWS reply with `statusCode` 0 whose data cannot be mapped to the proto.
     #[error("GWS answered with data the gateway cannot map: {0}")]
     Unmappable(String),
-    /// The caller's deadline or the configured upstream timeout passed.
+    /// The caller's deadline or the configured upstream timeout passed before an operation
+    /// was sent (or during a read): nothing was applied.
     #[error("GWS did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    /// The deadline passed after the operation was sent: GWS may have applied it.
+    #[error("GWS did not answer within {0:?}; the operation was sent and may have been applied")]
+    TimeoutAfterSend(std::time::Duration),
+    /// Too little of the deadline was left to make a request at all; none was made.
+    #[error("only {0:?} of the deadline was left; no request was sent to GWS")]
+    DeadlineTooShort(std::time::Duration),
     /// Connection refused, reset, DNS failure, TLS failure: GWS could not be reached.
     #[error("GWS is unreachable: {0}")]
     Unreachable(&'static str),

@@ -9,6 +9,7 @@ use super::agents::Csrf;
 use super::error::excerpt;
 use super::operation::Operation;
 use super::{Agent, AgentRegistry, UpstreamError};
+use crate::mapping::ReferenceId;
 use http::{HeaderName, HeaderValue, StatusCode};
 use serde_json::{Map, Value};
 use std::time::Duration;
@@ -17,19 +18,24 @@ use std::time::Duration;
 /// long transcript, many sessions) are the large ones; 4 MiB of JSON maps to less than the
 /// 4 MiB gRPC clients accept by default.
 const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Below this much of its deadline left, a call sends nothing upstream: an answer could not
+/// come back in time, and an operation sent anyway might be applied while the caller is told
+/// it failed. Loopback round trips take well under a millisecond; a real GWS takes tens.
+pub const MIN_UPSTREAM_BUDGET: Duration = Duration::from_millis(10);
 /// How much of an unexpected body goes into an error message.
 const EXCERPT_CHARS: usize = 120;
 
 /// GWS accepted an operation (`statusCode` 0). The outcome follows as a notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperationAccepted {
-    pub reference_id: Option<i64>,
+    /// The reply's `referenceId`, as an int64 or (when it is none) its JSON text.
+    pub reference: ReferenceId,
 }
 
 impl OperationAccepted {
     fn from_reply(reply: &Map<String, Value>) -> Self {
         Self {
-            reference_id: reply.get("referenceId").and_then(Value::as_i64),
+            reference: ReferenceId::of(reply.get("referenceId")),
         }
     }
 }
@@ -110,10 +116,16 @@ impl GwsClient {
         operation: &Operation,
         timeout: Duration,
     ) -> Result<OperationAccepted, UpstreamError> {
+        if timeout < MIN_UPSTREAM_BUDGET {
+            return Err(UpstreamError::DeadlineTooShort(timeout));
+        }
         let url = self.url(&["api", "v2", "me", "smssessions", session_id]);
         let body = operation.to_body();
+        // Set once the POST leaves: from then on a timeout may hide an applied operation.
+        let sent = std::sync::atomic::AtomicBool::new(false);
         let work = async {
             let token = self.csrf_token(agent, false, timeout).await?;
+            sent.store(true, std::sync::atomic::Ordering::Relaxed);
             let (status, reply) = self.post(agent, &url, &body, token, timeout).await?;
             let (status, reply) = if is_csrf_rejection(status, &reply) {
                 // The token dies with the HTTP session: learn the new one and retry once.
@@ -129,6 +141,12 @@ impl GwsClient {
         let result = tokio::time::timeout(timeout, work)
             .await
             .unwrap_or(Err(UpstreamError::Timeout(timeout)));
+        let result = match result {
+            Err(UpstreamError::Timeout(_)) if sent.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(UpstreamError::TimeoutAfterSend(timeout))
+            }
+            other => other,
+        };
         crate::metrics::upstream_request(operation.name(), started, &result);
         result
     }
@@ -141,6 +159,9 @@ impl GwsClient {
         read: &Read,
         timeout: Duration,
     ) -> Result<Map<String, Value>, UpstreamError> {
+        if timeout < MIN_UPSTREAM_BUDGET {
+            return Err(UpstreamError::DeadlineTooShort(timeout));
+        }
         let url = match read {
             Read::Sessions => {
                 let mut url = self.url(&["api", "v2", "me", "smssessions"]);
@@ -293,7 +314,9 @@ async fn read_reply(
 /// `statusCode` 0 gives the reply's JSON object.
 pub fn interpret(status: StatusCode, body: &[u8]) -> Result<Map<String, Value>, UpstreamError> {
     let http_status = status.as_u16();
-    let parsed: Option<Map<String, Value>> = match serde_json::from_slice(body) {
+    // Bounded parse: deep or huge values inside a valid reply are kept as raw text rather
+    // than making the whole reply "not JSON".
+    let parsed: Option<Map<String, Value>> = match crate::json::parse(body) {
         Ok(Value::Object(map)) => Some(map),
         _ => None,
     };
@@ -330,9 +353,21 @@ mod tests {
     #[test]
     fn interprets_gws_bodies_first() {
         let ok = interpret(StatusCode::OK, br#"{"statusCode":0,"referenceId":15}"#).unwrap();
-        assert_eq!(OperationAccepted::from_reply(&ok).reference_id, Some(15));
+        assert_eq!(OperationAccepted::from_reply(&ok).reference.id, Some(15));
         let ok = interpret(StatusCode::OK, br#"{"statusCode":0}"#).unwrap();
-        assert_eq!(OperationAccepted::from_reply(&ok).reference_id, None);
+        assert_eq!(
+            OperationAccepted::from_reply(&ok).reference,
+            ReferenceId::default()
+        );
+        // Beyond int64: never silently absent, kept as its exact text.
+        let ok = interpret(
+            StatusCode::OK,
+            br#"{"statusCode":0,"referenceId":9223372036854775808}"#,
+        )
+        .unwrap();
+        let reference = OperationAccepted::from_reply(&ok).reference;
+        assert_eq!(reference.id, None);
+        assert_eq!(reference.json, "9223372036854775808");
         let err = interpret(
             StatusCode::BAD_REQUEST,
             br#"{"statusCode":6,"statusMessage":"not found"}"#,

@@ -11,5 +11,5 @@ pub mod operation;
 pub use agents::{Agent, AgentRegistry, AgentsConfig};
 pub use credential::{AgentKey, Credential, CredentialError};
 pub use error::UpstreamError;
-pub use gws::{GwsClient, OperationAccepted, Read};
+pub use gws::{GwsClient, MIN_UPSTREAM_BUDGET, OperationAccepted, Read};
 pub use operation::{Confirmation, Operation, PartyTarget, TransferTarget};

@@ -171,6 +171,23 @@ impl Harness {
         v["delivered"].as_u64().unwrap_or(0)
     }
 
+    /// Publishes `text` verbatim as the `data` of `repeat` CometD events to `agent`: JSON a
+    /// `serde_json::Value` could not hold, or no JSON at all. How many were delivered.
+    pub async fn inject_raw(&self, agent: &str, text: &str, repeat: usize) -> u64 {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/simulator/agents/{agent}/notifications/raw?repeat={repeat}",
+                self.sim_url
+            ))
+            .body(text.to_string())
+            .send()
+            .await
+            .expect("control API answers");
+        let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap_or(Value::Null);
+        v["delivered"].as_u64().unwrap_or(0)
+    }
+
     pub async fn cometd_stats(&self, agent: &str) -> Value {
         self.control(
             reqwest::Method::GET,
