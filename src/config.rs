@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "GATEWAY_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Also serve gRPC health (grpc.health.v1 only) in plaintext on this address: for probes
+    /// that cannot speak TLS (the kubelet's gRPC probe) when --tls-cert is set.
+    #[arg(long, env = "GATEWAY_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// Export spans over OTLP/gRPC to this collector, e.g. http://otel-collector:4317.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_parser = parse_endpoint)]
     pub otlp_endpoint: Option<reqwest::Url>,
@@ -118,6 +122,10 @@ pub struct ServeArgs {
     /// Encoded size of the events kept per agent for resume, in MiB.
     #[arg(long, env = "GATEWAY_REPLAY_MAX_MIB", default_value_t = 16)]
     pub replay_max_mib: usize,
+    /// Encoded size of the events kept for resume by all agents together, in MiB; shared
+    /// fairly (an agent over its share gives first). Resident memory is several times this.
+    #[arg(long, env = "GATEWAY_REPLAY_BUDGET_MIB", default_value_t = 256)]
+    pub replay_budget_mib: usize,
     /// Age after which events leave the replay buffer.
     #[arg(long, env = "GATEWAY_REPLAY_MAX_AGE", default_value = "5m", value_parser = parse_duration)]
     pub replay_max_age: Duration,
@@ -469,13 +477,26 @@ impl ServeConfig {
                 args.simulator_listen
             ));
         }
-        if let Some(metrics) = args.metrics_listen
+        for (name, extra) in [
+            ("--metrics-listen", args.metrics_listen),
+            ("--health-listen", args.health_listen),
+        ] {
+            if let Some(extra) = extra
+                && extra.port() != 0
+                && extra.port() == args.listen.port()
+            {
+                return Err(format!(
+                    "{name} {extra} uses the port of --listen {}",
+                    args.listen
+                ));
+            }
+        }
+        if let (Some(metrics), Some(health)) = (args.metrics_listen, args.health_listen)
             && metrics.port() != 0
-            && metrics.port() == args.listen.port()
+            && metrics.port() == health.port()
         {
             return Err(format!(
-                "--metrics-listen {metrics} uses the port of --listen {}",
-                args.listen
+                "--health-listen {health} uses the port of --metrics-listen {metrics}"
             ));
         }
         if !args.notifications_path.starts_with('/') {
@@ -497,6 +518,7 @@ impl ServeConfig {
         for (name, value) in [
             ("--max-agents", args.max_agents),
             ("--stream-buffer", args.stream_buffer),
+            ("--replay-budget-mib", args.replay_budget_mib),
             ("--max-outcome-waits", args.max_outcome_waits),
         ] {
             if value == 0 {

@@ -106,7 +106,7 @@ async fn serve(config: ServeConfig) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(EX_DRAIN_TIMED_OUT)
         }
-        Err(e @ ServerError::MetricsListen { .. }) => {
+        Err(e @ ServerError::Listen { .. }) => {
             eprintln!("error: {e}");
             ExitCode::from(EX_UNAVAILABLE)
         }

@@ -32,8 +32,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("cannot listen on {addr} for metrics: {source}")]
-    MetricsListen {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
@@ -44,31 +44,62 @@ pub enum ServerError {
     DrainTimedOut(Duration),
 }
 
-/// Runs the gateway on `listener` (and metrics on `--metrics-listen`, bound here) until
-/// `shutdown` completes, then drains.
+/// The sockets the gateway serves on, already bound.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC API (TLS when configured).
+    pub grpc: TcpListener,
+    /// `GET /metrics`.
+    pub metrics: Option<TcpListener>,
+    /// Plaintext gRPC health only, for probes that cannot speak TLS.
+    pub health: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub fn grpc(grpc: TcpListener) -> Self {
+        Self {
+            grpc,
+            metrics: None,
+            health: None,
+        }
+    }
+}
+
+/// Runs the gateway on `listener` (and metrics and health on `--metrics-listen` and
+/// `--health-listen`, bound here) until `shutdown` completes, then drains.
 pub async fn run(
     config: ServeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let metrics = match config.args.metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
+    let bind = |addr: Option<std::net::SocketAddr>| async move {
+        match addr {
+            Some(addr) => TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServerError::MetricsListen { addr, source })?,
-        ),
-        None => None,
+                .map(Some)
+                .map_err(|source| ServerError::Listen { addr, source }),
+            None => Ok(None),
+        }
     };
-    serve_on(config, listener, metrics, shutdown).await
+    let listeners = Listeners {
+        grpc: listener,
+        metrics: bind(config.args.metrics_listen).await?,
+        health: bind(config.args.health_listen).await?,
+    };
+    serve_on(config, listeners, shutdown).await
 }
 
 /// Runs the gateway on already bound listeners until `shutdown` completes, then drains.
 pub async fn serve_on(
     config: ServeConfig,
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    let Listeners {
+        grpc: listener,
+        metrics: metrics_listener,
+        health: health_listener,
+    } = listeners;
     let args = &config.args;
     let (gws_url, embedded) = match (&args.gws_url, config.mode) {
         (Some(url), _) => (url.clone(), None),
@@ -93,6 +124,7 @@ pub async fn serve_on(
     events_config.replay_max_events = args.replay_max_events();
     events_config.replay_max_age = args.replay_max_age;
     events_config.replay_max_bytes = args.replay_max_mib.saturating_mul(1024 * 1024);
+    events_config.replay_budget_bytes = args.replay_budget_mib.saturating_mul(1024 * 1024);
     events_config.stream_buffer = args.stream_buffer;
     events_config.linger = args.linger;
     events_config.subscribe_timeout = args.subscribe_timeout;
@@ -148,10 +180,25 @@ pub async fn serve_on(
             std::future::pending(),
         )))
     });
-    let _reloader = config
-        .server_tls
-        .clone()
-        .map(|tls| background(tokio::spawn(crate::tls::reload_on_sighup(tls))));
+    // Always watch SIGHUP: without TLS there is nothing to reload, but the signal's default
+    // action would kill the gateway without a drain.
+    let _reloader = background(tokio::spawn(crate::tls::reload_on_sighup(
+        config.server_tls.clone(),
+    )));
+    // Health alone, in plaintext, for probes: it reports what the main listener's health
+    // reports (the same reporter), and carries no credentials.
+    let _health_server = health_listener.map(|l| {
+        let service = health_service.clone();
+        background(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(crate::tls::plain_incoming(l))
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "health listener failed");
+            }
+        }))
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)

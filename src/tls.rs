@@ -142,8 +142,9 @@ impl ReloadableTls {
     }
 }
 
-/// Reloads `tls` on every SIGHUP, logging the outcome, until the task is dropped.
-pub async fn reload_on_sighup(tls: ReloadableTls) {
+/// Reloads `tls` on every SIGHUP, logging the outcome, until the task is dropped. Without TLS
+/// the signal is only logged (its default action would end the process undrained).
+pub async fn reload_on_sighup(tls: Option<ReloadableTls>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -155,6 +156,10 @@ pub async fn reload_on_sighup(tls: ReloadableTls) {
             }
         };
         while hup.recv().await.is_some() {
+            let Some(tls) = &tls else {
+                tracing::info!("SIGHUP: no TLS files to reload");
+                continue;
+            };
             match tls.reload() {
                 Ok(()) => tracing::info!(cert = %tls.files().cert.display(),
                     "SIGHUP: TLS certificate reloaded; new connections use it"),

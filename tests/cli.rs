@@ -167,6 +167,14 @@ fn no_subcommand_is_demo_with_a_banner() {
     let (mut server, out) = spawn_with_env(&[], &[("GATEWAY_LISTEN", "127.0.0.1:0")]);
     wait_for(&out, "DEMO MODE");
     wait_for(&out, "started the embedded GWS simulator");
+    // SIGHUP without TLS: nothing to reload, and the gateway keeps running (the signal's
+    // default action would have ended it undrained).
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_for(&out, "SIGHUP: no TLS files to reload");
     let kill = Command::new("kill")
         .args(["-TERM", &server.0.id().to_string()])
         .status()

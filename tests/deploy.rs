@@ -49,6 +49,16 @@ fn manifests_wire_probes_security_tls_and_metrics() {
     assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(2));
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
     let container = &pod["containers"][0];
+    let args = strings(&container["args"]);
+    // The kubelet's gRPC probe has no TLS: with --tls-cert on the API, the probes must go
+    // to the plaintext --health-listen port.
+    assert!(args.iter().any(|a| a.starts_with("--tls-cert=")));
+    let health_port: u64 = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--health-listen="))
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("--health-listen is set");
     for probe in ["livenessProbe", "readinessProbe"] {
         assert_eq!(
             container[probe]["grpc"]["service"].as_str(),
@@ -57,7 +67,7 @@ fn manifests_wire_probes_security_tls_and_metrics() {
         );
         assert_eq!(
             container[probe]["grpc"]["port"].as_u64(),
-            Some(50051),
+            Some(health_port),
             "{probe}"
         );
     }
@@ -68,7 +78,6 @@ fn manifests_wire_probes_security_tls_and_metrics() {
     assert!(container["resources"]["requests"]["memory"].is_string());
     assert!(container["resources"]["limits"]["memory"].is_string());
 
-    let args = strings(&container["args"]);
     assert_eq!(args[0], "serve");
     let ports: Vec<(String, u64)> = container["ports"]
         .as_sequence()

@@ -74,6 +74,8 @@ async fn deep_and_unparseable_notifications_never_cost_the_others() {
             "9223372036854775808",
             r#"{"big":18446744073709551616}"#,
         ),
+        // Deeper than the proto mapping's 30 levels, within the parser's: the mapper's cut.
+        notification("s1", "4", &format!("{{\"deep\":{}}}", nested(50))),
     ];
     for i in 0..50 {
         if i == 25 {
@@ -85,7 +87,7 @@ async fn deep_and_unparseable_notifications_never_cost_the_others() {
         assert_eq!(h.inject_raw("agent1", &valid, 1).await, 1);
     }
     let mut seen = Vec::new();
-    while seen.len() < 53 {
+    while seen.len() < 54 {
         seen.push(next(&mut stream).await.expect("no stream error"));
     }
     // Nothing but state changes: no UPSTREAM_LOST, the session never failed.
@@ -116,6 +118,8 @@ async fn deep_and_unparseable_notifications_never_cost_the_others() {
         user_data(&seen[27])["big"].kind,
         Some(Kind::RawJson("18446744073709551616".into()))
     );
+    let bottom = descend(&user_data(&seen[28])["deep"], 30);
+    assert_eq!(bottom.kind, Some(Kind::RawJson(nested(20))));
     assert_eq!(
         h.cometd_stats("agent1").await["handshakes"].as_u64(),
         before,

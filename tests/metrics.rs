@@ -29,9 +29,17 @@ async fn metrics_count_every_rpc_to_its_final_code() {
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, metrics_addr) = (grpc.local_addr().unwrap(), metrics.local_addr().unwrap());
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve_on(config, grpc, Some(metrics), async {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(server::serve_on(
+        config,
+        server::Listeners {
+            grpc,
+            metrics: Some(metrics),
+            health: None,
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let channel = Channel::from_shared(format!("http://{grpc_addr}"))
         .unwrap()
         .connect()

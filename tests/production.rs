@@ -33,9 +33,13 @@ async fn start(config: ServeConfig) -> (SocketAddr, tokio::sync::oneshot::Sender
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::serve_on(config, listener, None, async {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(server::serve_on(
+        config,
+        server::Listeners::grpc(listener),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     (addr, stop)
 }
 
@@ -104,6 +108,50 @@ async fn tls_listener_serves_refuses_plaintext_and_reloads_certificates() {
     let error = tls.reload().unwrap_err().to_string();
     assert!(error.contains("tls.crt"), "{error}");
     assert!(healthy(tls_channel(addr, &ca2, None).await).await);
+}
+
+#[tokio::test]
+async fn probes_get_plaintext_health_beside_a_tls_listener() {
+    // The kubelet's gRPC probe speaks no TLS: --health-listen serves health alone, in
+    // plaintext, while the API stays TLS only.
+    let dir = TempDir::new("health");
+    let ca = Ca::new("probe CA");
+    let leaf = ca.server("gateway");
+    let cert = dir.write("tls.crt", &leaf.cert_pem);
+    let key = dir.write("tls.key", &leaf.key_pem);
+    let config = serve_config(
+        "http://127.0.0.1:9",
+        &["--tls-cert", &cert, "--tls-key", &key],
+    );
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, health_addr) = (grpc.local_addr().unwrap(), health.local_addr().unwrap());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listeners = server::Listeners {
+        grpc,
+        metrics: None,
+        health: Some(health),
+    };
+    tokio::spawn(server::serve_on(config, listeners, async {
+        let _ = stopped.await;
+    }));
+    assert!(healthy(tls_channel(addr, &ca, None).await).await);
+    let probe = Channel::from_shared(format!("http://{health_addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    assert!(healthy(probe).await, "the probe port answers in plaintext");
+    // Only health: the API is not reachable there.
+    let channel = Channel::from_shared(format!("http://{health_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = SmsSessionServiceClient::new(channel)
+        .delete_user_data(authed(delete_request(), AGENT1))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ mod stream;
 pub use feed::Upstream;
 pub use filter::Filter;
 pub use outcome::{Expect, Outcome};
-pub use replay::{RESUME_WINDOW, Token};
+pub use replay::{RESUME_WINDOW, ReplayBudget, Token};
 pub use stream::EventStream;
 
 use crate::bayeux::BayeuxConfig;
@@ -63,6 +63,8 @@ pub struct EventsConfig {
     pub replay_max_events: usize,
     /// Encoded bytes of events kept per agent for resume.
     pub replay_max_bytes: usize,
+    /// Encoded bytes of events kept for resume by all agents together.
+    pub replay_budget_bytes: usize,
     pub replay_max_age: Duration,
     /// Items queued per stream before it is cut off as too slow.
     pub stream_buffer: usize,
@@ -84,6 +86,7 @@ impl EventsConfig {
             channels,
             replay_max_events: 1000,
             replay_max_bytes: 16 * 1024 * 1024,
+            replay_budget_bytes: 256 * 1024 * 1024,
             replay_max_age: Duration::from_secs(300),
             stream_buffer: 256,
             linger: Duration::from_secs(5),
@@ -110,6 +113,8 @@ struct Inner {
     epoch: u64,
     seq: Arc<AtomicU64>,
     feeds: Mutex<HashMap<AgentKey, Arc<Feed>>>,
+    /// Shared by every agent's replay buffer: memory bounded for the whole process.
+    replay_budget: ReplayBudget,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -197,6 +202,7 @@ impl Inner {
 impl EventsHub {
     pub fn new(config: EventsConfig, gws: GwsClient) -> Self {
         let bayeux = BayeuxConfig::new(config.notifications_url.clone(), config.channels.clone());
+        let replay_budget = ReplayBudget::new(config.replay_budget_bytes);
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -205,6 +211,7 @@ impl EventsHub {
                 epoch: rand::rng().random(),
                 seq: Arc::new(AtomicU64::new(0)),
                 feeds: Mutex::new(HashMap::new()),
+                replay_budget,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),
@@ -227,6 +234,7 @@ impl EventsHub {
                     self.inner.config.replay_max_bytes,
                     self.inner.config.replay_max_age,
                     floor,
+                    self.inner.replay_budget.clone(),
                 );
                 let feed = Arc::new(Feed::new(agent.clone(), self.inner.epoch, self.inner.seq.clone(), replay));
                 let hub = Arc::downgrade(&self.inner);

@@ -16,6 +16,7 @@ use super::feed::Item;
 use crate::proto::NotificationType;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Longest resume token accepted; anything longer is not one of ours.
@@ -87,6 +88,48 @@ pub enum Resume {
     Gap(&'static str),
 }
 
+/// The process-wide budget all agents' replay buffers draw from (encoded bytes), so memory is
+/// bounded for the whole gateway and not only per agent. Shared fairly: when the budget is
+/// exceeded, a buffer holding more than its fair share (budget / buffers alive) evicts its
+/// oldest events as it takes new ones; one under its share keeps what it has. A cloneable
+/// handle.
+#[derive(Debug, Clone)]
+pub struct ReplayBudget {
+    inner: Arc<BudgetInner>,
+}
+
+#[derive(Debug)]
+struct BudgetInner {
+    max_bytes: usize,
+    used: AtomicUsize,
+    buffers: AtomicUsize,
+}
+
+impl ReplayBudget {
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            inner: Arc::new(BudgetInner {
+                max_bytes,
+                used: AtomicUsize::new(0),
+                buffers: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Encoded bytes held by every buffer together.
+    pub fn used(&self) -> usize {
+        self.inner.used.load(Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.used() > self.inner.max_bytes
+    }
+
+    fn fair_share(&self) -> usize {
+        self.inner.max_bytes / self.inner.buffers.load(Ordering::Relaxed).max(1)
+    }
+}
+
 #[derive(Debug)]
 pub struct ReplayBuffer {
     events: VecDeque<Arc<Stored>>,
@@ -96,12 +139,28 @@ pub struct ReplayBuffer {
     bytes: usize,
     floor: u64,
     pins: Vec<Pin>,
+    budget: ReplayBudget,
+}
+
+impl Drop for ReplayBuffer {
+    fn drop(&mut self) {
+        let budget = &self.budget.inner;
+        budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+        budget.buffers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ReplayBuffer {
     /// `floor` is the sequence number current when the buffer starts: nothing of this agent
-    /// at or below it is held.
-    pub fn new(max_events: usize, max_bytes: usize, max_age: Duration, floor: u64) -> Self {
+    /// at or below it is held. The buffer draws on `budget` with every other agent's.
+    pub fn new(
+        max_events: usize,
+        max_bytes: usize,
+        max_age: Duration,
+        floor: u64,
+        budget: ReplayBudget,
+    ) -> Self {
+        budget.inner.buffers.fetch_add(1, Ordering::Relaxed);
         Self {
             events: VecDeque::new(),
             max_events,
@@ -110,6 +169,7 @@ impl ReplayBuffer {
             bytes: 0,
             floor,
             pins: Vec::new(),
+            budget,
         }
     }
 
@@ -139,6 +199,10 @@ impl ReplayBuffer {
 
     pub fn push(&mut self, stored: Arc<Stored>) {
         self.bytes += stored.bytes;
+        self.budget
+            .inner
+            .used
+            .fetch_add(stored.bytes, Ordering::Relaxed);
         self.events.push_back(stored);
         self.expire(Instant::now());
     }
@@ -164,13 +228,19 @@ impl ReplayBuffer {
             // Evicting `front` breaks a pin at `p` only if `front` comes after it.
             let held_for_a_pin = pinned.is_some_and(|p| front.seq > p);
             let too_many = self.events.len() > self.max_events && !held_for_a_pin;
-            let too_big = self.bytes > self.max_bytes;
+            // The process-wide budget: over it, whoever holds more than a fair share gives.
+            let too_big = self.bytes > self.max_bytes
+                || (self.budget.over() && self.bytes > self.budget.fair_share());
             let too_old = now.saturating_duration_since(front.at) > self.max_age;
             if !(too_many || too_big || too_old) {
                 break;
             }
             self.floor = front.seq;
             self.bytes -= front.bytes;
+            self.budget
+                .inner
+                .used
+                .fetch_sub(front.bytes, Ordering::Relaxed);
             self.events.pop_front();
         }
     }
@@ -208,6 +278,33 @@ mod tests {
     use super::*;
     use crate::proto::SessionEventsResponse;
 
+    fn unlimited() -> ReplayBudget {
+        ReplayBudget::new(usize::MAX)
+    }
+
+    #[test]
+    fn the_process_budget_is_shared_fairly_and_accounted_exactly() {
+        let now = Instant::now();
+        let budget = ReplayBudget::new(1000);
+        let mut quiet =
+            ReplayBuffer::new(100, usize::MAX, Duration::from_secs(600), 0, budget.clone());
+        let mut busy =
+            ReplayBuffer::new(100, usize::MAX, Duration::from_secs(600), 0, budget.clone());
+        for seq in 1..=3 {
+            quiet.push(sized(seq, now, 100));
+        }
+        for seq in 10..=40 {
+            busy.push(sized(seq, now, 100));
+        }
+        // Over budget, the busy one gives down to its fair share (500); the quiet one keeps all.
+        assert_eq!(quiet.len(), 3);
+        assert!(busy.len() <= 7, "{}", busy.len());
+        assert!(budget.used() <= 1000, "{}", budget.used());
+        assert_eq!(budget.used(), (quiet.len() + busy.len()) * 100);
+        drop(busy);
+        assert_eq!(budget.used(), 300, "a dropped buffer returns what it held");
+    }
+
     fn stored(seq: u64, at: Instant) -> Arc<Stored> {
         sized(seq, at, 100)
     }
@@ -233,7 +330,7 @@ mod tests {
     #[test]
     fn a_pin_holds_what_came_after_it_beyond_the_count_bound_for_a_while() {
         let now = Instant::now();
-        let mut buf = ReplayBuffer::new(3, usize::MAX, Duration::from_secs(600), 0);
+        let mut buf = ReplayBuffer::new(3, usize::MAX, Duration::from_secs(600), 0, unlimited());
         for seq in 1..=3 {
             buf.push(stored(seq, now));
         }
@@ -256,7 +353,7 @@ mod tests {
     #[test]
     fn a_pin_never_defeats_the_byte_bound() {
         let now = Instant::now();
-        let mut buf = ReplayBuffer::new(2, 500, Duration::from_secs(600), 0);
+        let mut buf = ReplayBuffer::new(2, 500, Duration::from_secs(600), 0, unlimited());
         buf.push(sized(1, now, 100));
         buf.pin(1, 1);
         for seq in 2..=10 {
@@ -288,7 +385,7 @@ mod tests {
     #[test]
     fn replays_after_token_within_bounds() {
         let now = Instant::now();
-        let mut buf = ReplayBuffer::new(3, usize::MAX, Duration::from_secs(60), 10);
+        let mut buf = ReplayBuffer::new(3, usize::MAX, Duration::from_secs(60), 10, unlimited());
         for seq in [11, 12, 15, 20] {
             buf.push(stored(seq, now));
         }
@@ -319,7 +416,7 @@ mod tests {
 
     #[test]
     fn a_token_never_issued_is_a_gap() {
-        let mut buf = ReplayBuffer::new(10, usize::MAX, Duration::from_secs(60), 0);
+        let mut buf = ReplayBuffer::new(10, usize::MAX, Duration::from_secs(60), 0, unlimited());
         buf.push(stored(1, Instant::now()));
         assert!(matches!(
             buf.resume(Token { epoch: 1, seq: 99 }, 1, 1),
@@ -334,7 +431,7 @@ mod tests {
     #[test]
     fn byte_budget_moves_the_floor() {
         let now = Instant::now();
-        let mut buf = ReplayBuffer::new(100, 250, Duration::from_secs(60), 0);
+        let mut buf = ReplayBuffer::new(100, 250, Duration::from_secs(60), 0, unlimited());
         for seq in 1..=3 {
             buf.push(sized(seq, now, 100));
         }
@@ -356,7 +453,7 @@ mod tests {
     #[test]
     fn age_bound_moves_the_floor() {
         let old = Instant::now() - Duration::from_secs(120);
-        let mut buf = ReplayBuffer::new(100, usize::MAX, Duration::from_secs(60), 0);
+        let mut buf = ReplayBuffer::new(100, usize::MAX, Duration::from_secs(60), 0, unlimited());
         buf.push(stored(1, old));
         buf.push(stored(2, Instant::now()));
         assert_eq!(buf.len(), 1);
