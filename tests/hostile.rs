@@ -207,8 +207,9 @@ async fn tokens_of(stream: &mut Stream, n: usize) -> Vec<String> {
 async fn a_consumer_cut_after_a_5000_event_burst_resumes_without_gap_or_loss() {
     const BURST: usize = 5000;
     const STEPS: usize = 10;
-    // Default buffers: 256 items per stream, 1,024 events (4 stream buffers) per agent.
-    let h = Harness::with_defaults().await;
+    // Default buffers: 256 items per stream, 1,024 events (4 stream buffers) per agent. No
+    // linger: the feed would close as soon as its last stream goes, but for the pin.
+    let h = Harness::start(Default::default(), &["--linger", "0s"]).await;
     let mut slow_client = stalling_client(&h).await;
     let mut slow = slow_client
         .session_events(authed(SessionEventsRequest::default(), AGENT1))
@@ -260,6 +261,15 @@ async fn a_consumer_cut_after_a_5000_event_burst_resumes_without_gap_or_loss() {
         "{}",
         status.message()
     );
+    // Every stream gone: the pinned position keeps the feed and its upstream session, so
+    // what happens meanwhile is held too.
+    drop(fast);
+    drop(slow);
+    let meanwhile = h.inject_raw("agent1", &text, 10).await;
+    assert_eq!(
+        meanwhile, 10,
+        "the agent's CometD session outlived its streams"
+    );
     // The promise is kept: resuming replays every event after the token, no GAP.
     let resume = SessionEventsRequest {
         resume_token: last,
@@ -269,6 +279,13 @@ async fn a_consumer_cut_after_a_5000_event_burst_resumes_without_gap_or_loss() {
     for expected in &tokens[got..] {
         let item = next(&mut again).await.unwrap();
         assert_eq!(&item.resume_token, expected, "{item:?}");
+    }
+    for _ in 0..10 {
+        let item = next(&mut again).await.unwrap();
+        assert!(
+            matches!(item.event, Some(Event::StateChange(_))),
+            "{item:?}"
+        );
     }
 }
 

@@ -25,7 +25,7 @@ use replay::{ReplayBuffer, Resume};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -145,6 +145,15 @@ impl Drop for Interest {
                 let linger = hub.config.linger;
                 rt.spawn(async move {
                     tokio::time::sleep(linger).await;
+                    // A stream cut for being slow was told it can resume: the feed (its
+                    // upstream session and replay buffer) stays while that pin lasts.
+                    loop {
+                        let until = feed.lock().replay.pinned_until(Instant::now());
+                        match until {
+                            Some(until) => tokio::time::sleep_until(until.into()).await,
+                            None => break,
+                        }
+                    }
                     hub.remove(&feed, true);
                 });
             }

@@ -192,6 +192,16 @@ impl ReplayBuffer {
         }
     }
 
+    /// The end of the latest resume window still open, if any (a pin whose stream is still
+    /// draining counts as open for a full window from `now`).
+    pub fn pinned_until(&self, now: Instant) -> Option<Instant> {
+        self.pins
+            .iter()
+            .map(|p| p.until.unwrap_or(now + RESUME_WINDOW))
+            .filter(|until| *until > now)
+            .max()
+    }
+
     /// Whether a resume from `seq` would replay without a gap now.
     pub fn holds(&self, seq: u64) -> bool {
         seq >= self.floor
@@ -339,6 +349,10 @@ mod tests {
             buf.push(stored(seq, now));
         }
         assert!(buf.holds(2));
+        assert!(
+            buf.pinned_until(now).is_some(),
+            "a draining stream's pin is open"
+        );
         assert_eq!(
             seqs(buf.resume(Token { epoch: 1, seq: 2 }, 1, 100)),
             (3..=100).collect::<Vec<_>>()
@@ -348,6 +362,7 @@ mod tests {
         buf.push(stored(101, now));
         assert_eq!(buf.len(), 3);
         assert!(!buf.holds(2));
+        assert_eq!(buf.pinned_until(now), None);
     }
 
     #[test]
