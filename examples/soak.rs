@@ -289,6 +289,12 @@ async fn main() {
     let mut next_report = started + Duration::from_secs(o.report_every);
     let mut n: u64 = 0;
     let mut rss_samples = Vec::new();
+    // Reads the gateway's RSS, keeps it, and prints where the run stands.
+    let sample = |samples: &mut Vec<u64>| {
+        let rss = rss_kib(pid);
+        samples.push(rss);
+        report(&counters, &streams_per_agent, &drops, started, rss, &warnings);
+    };
     while Instant::now() < end {
         tick.tick().await;
         n += 1;
@@ -350,32 +356,14 @@ async fn main() {
         });
         if Instant::now() >= next_report {
             next_report += Duration::from_secs(o.report_every);
-            let rss = rss_kib(pid);
-            rss_samples.push(rss);
-            report(
-                &counters,
-                &streams_per_agent,
-                &drops,
-                started,
-                rss,
-                &warnings,
-            );
+            sample(&mut rss_samples);
         }
     }
     // Let in-flight calls and their notifications land.
     let _ = in_flight.acquire_many(256).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = rss_kib(pid);
-    rss_samples.push(rss);
     println!("--- final");
-    report(
-        &counters,
-        &streams_per_agent,
-        &drops,
-        started,
-        rss,
-        &warnings,
-    );
+    sample(&mut rss_samples);
     println!(
         "RSS samples (KiB): {:?}; min {} max {}",
         rss_samples,
