@@ -278,12 +278,11 @@ impl State {
     pub fn saw_connection(&mut self, peer: std::net::SocketAddr, user: &str) {
         let known = self.peers.len();
         match self.peers.get_mut(&peer) {
-            Some(seen) => {
-                if !seen.shared && seen.first != user {
-                    seen.shared = true;
-                    self.stats.shared_connections += 1;
-                }
+            Some(seen) if !seen.shared && seen.first != user => {
+                seen.shared = true;
+                self.stats.shared_connections += 1;
             }
+            Some(_) => {}
             None if known < MAX_PEERS => {
                 self.stats.connections += 1;
                 self.peers.insert(
