@@ -22,6 +22,7 @@ use http::{HeaderName, HeaderValue};
 use reqwest::cookie::CookieStore as _;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -96,7 +97,19 @@ pub struct Agent {
     /// This agent's cookies (`JSESSIONID`); never installed on the shared client.
     jar: reqwest::cookie::Jar,
     csrf: Mutex<Csrf>,
-    last_used: Mutex<Instant>,
+    /// When last handed out, in milliseconds since [`origin`]: an atomic, so the hot path
+    /// takes no lock for it.
+    last_used: AtomicU64,
+}
+
+/// The instant `last_used` counts from.
+fn origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn millis_since_origin(at: Instant) -> u64 {
+    at.saturating_duration_since(origin()).as_millis() as u64
 }
 
 // By hand: the jar is not `Debug`, and neither the credential nor the cookies may be printed.
@@ -118,7 +131,7 @@ impl Agent {
             authorization,
             jar: reqwest::cookie::Jar::default(),
             csrf: Mutex::new(Csrf::Unknown),
-            last_used: Mutex::new(Instant::now()),
+            last_used: AtomicU64::new(millis_since_origin(Instant::now())),
         })
     }
 
@@ -147,8 +160,11 @@ impl Agent {
 
     /// Stores the reply's `Set-Cookie` headers in this agent's jar.
     pub fn absorb(&self, response: &reqwest::Response) {
-        let mut set = response.headers().get_all(http::header::SET_COOKIE).iter();
-        self.jar.set_cookies(&mut set, response.url());
+        let set = response.headers().get_all(http::header::SET_COOKIE);
+        // Most replies set nothing: spare them the jar's write lock.
+        if set.iter().next().is_some() {
+            self.jar.set_cookies(&mut set.iter(), response.url());
+        }
     }
 
     pub fn csrf(&self) -> Csrf {
@@ -160,11 +176,13 @@ impl Agent {
     }
 
     fn touch(&self) {
-        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.last_used
+            .store(millis_since_origin(Instant::now()), Ordering::Relaxed);
     }
 
     fn idle_for(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(*self.last_used.lock().unwrap_or_else(|e| e.into_inner()))
+        let last = self.last_used.load(Ordering::Relaxed);
+        Duration::from_millis(millis_since_origin(now).saturating_sub(last))
     }
 }
 
@@ -500,7 +518,7 @@ impl AgentRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     fn cred(user: &str) -> Credential {
         Credential::new(user, "pw").unwrap()
