@@ -88,8 +88,10 @@ async fn run_gateway(extra: &[String]) {
     let config = ServeConfig::from_args(serve_args).expect("gateway config");
     // As `main` does: text logs at `info` unless RUST_LOG says otherwise (stderr is
     // discarded by the orchestrator, but every line is still formatted).
-    let _telemetry =
-        gws_sms_gateway::telemetry::Telemetry::init(cli.log_format, "info", None).unwrap();
+    // SCALE_NO_TELEMETRY=1 installs no subscriber at all (to measure what tracing costs).
+    let _telemetry = std::env::var_os("SCALE_NO_TELEMETRY").is_none().then(|| {
+        gws_sms_gateway::telemetry::Telemetry::init(cli.log_format, "info", None).unwrap()
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     println!("LISTEN http://{}", listener.local_addr().unwrap());
     gws_sms_gateway::server::run(config, listener, std::future::pending())
@@ -563,16 +565,18 @@ async fn orchestrate() {
         gw_args.extend_from_slice(&FAST_ADMISSION);
         let gateway = Proc::start(&gw_args, &[]);
         let gateway_quiet = Proc::start(&gw_args, &[("RUST_LOG", "warn")]);
+        let gateway_bare = Proc::start(&gw_args, &[("SCALE_NO_TELEMETRY", "1")]);
         let relay = Proc::start(&["relay", &sim.url], &[]);
         let one = vec![auth(0)];
         let thousand: Vec<_> = (0..1000).map(auth).collect();
-        for server in [&gateway, &gateway_quiet, &relay] {
+        for server in [&gateway, &gateway_quiet, &gateway_bare, &relay] {
             let failed = touch_all(&server.url, &thousand, 64).await;
             assert_eq!(failed, 0, "warm-up calls failed");
         }
         let servers = [
             ("gateway (info logs)", &gateway),
             ("gateway (RUST_LOG=warn)", &gateway_quiet),
+            ("gateway (no tracing subscriber)", &gateway_bare),
             ("relay", &relay),
         ];
         for (label, auths) in [
@@ -595,7 +599,11 @@ async fn orchestrate() {
                 }
             }
             let relay = &best["relay"];
-            for name in ["gateway (info logs)", "gateway (RUST_LOG=warn)"] {
+            for name in [
+                "gateway (info logs)",
+                "gateway (RUST_LOG=warn)",
+                "gateway (no tracing subscriber)",
+            ] {
                 let g = &best[name];
                 println!(
                     "{label}: {name} {:.0} calls/s at {:.1} µs CPU/call; relay {:.0} calls/s at {:.1} µs CPU/call \
