@@ -8,6 +8,8 @@
 //! without counting the load generator or the upstream:
 //! - `sim N`: the built-in GWS simulator with agents `a0..aN` (password `pw`), CSRF on;
 //! - `gateway ARGS...`: the gateway (`server::run`, as `serve` runs it) with ARGS;
+//! - `open URL N`: opens and holds one stream for each of agents `a0..aN` (for profiling
+//!   a gateway by hand, e.g. under `valgrind --tool=dhat`);
 //! - `relay URL`: a minimal relay built from the same crates: a tonic server with only
 //!   DeleteUserData, one shared reqwest client, a serde_json body, the same upstream; per
 //!   agent it keeps a cookie and a CSRF token learnt with one `GET /api/v2/me`.
@@ -58,6 +60,13 @@ async fn main() {
         Some("sim") => run_sim(args[1].parse().expect("agent count")).await,
         Some("gateway") => run_gateway(&args[1..]).await,
         Some("relay") => run_relay(&args[1]).await,
+        // For heap profiling by hand: opens a stream for agents a0..aN and holds them.
+        Some("open") => {
+            let auths: Vec<_> = (0..args[2].parse().unwrap()).map(auth).collect();
+            let (streams, failed) = open_streams(&args[1], &auths, 4, 50).await;
+            println!("OPEN {} {failed}", streams.len());
+            std::future::pending::<()>().await;
+        }
         _ => orchestrate().await,
     }
 }
