@@ -199,6 +199,36 @@ async fn refused_credentials_over_grpc_are_unauthenticated_and_first_reads_cost_
 }
 
 #[tokio::test]
+async fn a_first_read_answered_without_a_gws_body_is_settled_by_get_me() {
+    let h = Harness::with_defaults().await;
+    // The first read gets a bare 404 (as a disabled feature answers): that says nothing
+    // about the credential, so GET /api/v2/me decides, and the agent is admitted.
+    h.faults(
+        serde_json::json!({"fail": {"http_status": 404, "body": "<html>Not Found</html>",
+        "content_type": "text/html", "times": 1}}),
+    )
+    .await;
+    let mut client = h.client().await;
+    let err = client
+        .list_sessions(authed(ListSessionsRequest::default(), AGENT1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let stats = h.stats().await;
+    assert_eq!(
+        (stat(&stats, "rest_requests"), stat(&stats, "me_requests")),
+        (2, 1),
+        "{stats}"
+    );
+    // Admitted: the next read is not a check (no GET /me).
+    client
+        .list_sessions(authed(ListSessionsRequest::default(), AGENT1))
+        .await
+        .unwrap();
+    assert_eq!(stat(&h.stats().await, "me_requests"), 1);
+}
+
+#[tokio::test]
 async fn new_agents_beyond_the_rate_get_unavailable_with_retry_info_and_nothing_upstream() {
     let h = Harness::start(
         SimulatorConfig::default(),

@@ -121,7 +121,9 @@ impl GwsClient {
 
     /// A read as `credential`'s agent. For an unknown credential the read itself is the
     /// check (a GET that proves the credential as well as `GET /api/v2/me` does), so the
-    /// first read costs one request, not two. Returns the agent and the read's result.
+    /// first read costs one request, not two; only when its answer says nothing about the
+    /// credential (an HTTP error without a GWS body) does `GET /api/v2/me` decide. Returns
+    /// the agent and the read's result.
     pub async fn read_as(
         &self,
         key: AgentKey,
@@ -131,13 +133,23 @@ impl GwsClient {
     ) -> Result<(Arc<Agent>, Result<Map<String, Value>, UpstreamError>), UpstreamError> {
         let started = tokio::time::Instant::now();
         let check = self.agents.admit(key, credential, |agent| async move {
-            self.read(&agent, read, timeout).await
+            let result = self.read(&agent, read, timeout).await;
+            match result {
+                // An HTTP error without a GWS body says nothing about the credential
+                // (a disabled feature answers 404): `GET /api/v2/me` decides.
+                Err(UpstreamError::Http { .. } | UpstreamError::BadBody { .. }) => self
+                    .csrf_header(&agent, true, timeout)
+                    .await
+                    .map(|_| result),
+                // Otherwise the read's own answer is the verdict.
+                other => other.map(Ok),
+            }
         });
         let (agent, first) = tokio::time::timeout(timeout, check)
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))??;
         let result = match first {
-            Some(result) => result,
+            Some(result) => result.and_then(|read| read),
             None => {
                 let left = timeout.saturating_sub(started.elapsed());
                 self.read(&agent, read, left).await
