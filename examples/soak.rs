@@ -293,7 +293,14 @@ async fn main() {
     let sample = |samples: &mut Vec<u64>| {
         let rss = rss_kib(pid);
         samples.push(rss);
-        report(&counters, &streams_per_agent, &drops, started, rss, &warnings);
+        report(
+            &counters,
+            &streams_per_agent,
+            &drops,
+            started,
+            rss,
+            &warnings,
+        );
     };
     while Instant::now() < end {
         tick.tick().await;

@@ -109,9 +109,24 @@ pub struct ServeArgs {
     /// Password of --default-user.
     #[arg(long, env = "GATEWAY_DEFAULT_PASSWORD", hide_env_values = true)]
     pub default_password: Option<String>,
-    /// Most agents whose upstream state is kept at once.
-    #[arg(long, env = "GATEWAY_MAX_AGENTS", default_value_t = 1000)]
+    /// Most agents whose upstream state is kept at once (an agent's state is a few KiB;
+    /// beyond it, unused agents are evicted, and with none unused new agents get
+    /// RESOURCE_EXHAUSTED).
+    #[arg(long, env = "GATEWAY_MAX_AGENTS", default_value_t = 10_000)]
     pub max_agents: usize,
+    /// First-time credential checks (`GET /api/v2/me` for a credential not seen yet) started
+    /// per second on average; beyond it and --new-agent-burst, calls of new credentials get
+    /// UNAVAILABLE with a RetryInfo, and nothing is sent to GWS. Known agents are not limited.
+    #[arg(long, env = "GATEWAY_NEW_AGENT_RATE", default_value_t = 50.0)]
+    pub new_agent_rate: f64,
+    /// First-time credential checks that may start at once after a quiet period (the token
+    /// bucket's size).
+    #[arg(long, env = "GATEWAY_NEW_AGENT_BURST", default_value_t = 100)]
+    pub new_agent_burst: u32,
+    /// SessionEvents streams one agent may hold open at once (all share one upstream CometD
+    /// session); beyond, RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GATEWAY_MAX_STREAMS_PER_AGENT", default_value_t = 10_000)]
+    pub max_streams_per_agent: usize,
     /// Forget an agent's upstream state after this long unused.
     #[arg(long, env = "GATEWAY_AGENT_IDLE_TTL", default_value = "10m", value_parser = parse_duration)]
     pub agent_idle_ttl: Duration,
@@ -520,6 +535,8 @@ impl ServeConfig {
             ("--stream-buffer", args.stream_buffer),
             ("--replay-budget-mib", args.replay_budget_mib),
             ("--max-outcome-waits", args.max_outcome_waits),
+            ("--max-streams-per-agent", args.max_streams_per_agent),
+            ("--new-agent-burst", args.new_agent_burst as usize),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
@@ -535,6 +552,9 @@ impl ServeConfig {
                 args.replay_max_events(),
                 args.stream_buffer
             ));
+        }
+        if !(args.new_agent_rate.is_finite() && args.new_agent_rate > 0.0) {
+            return Err("--new-agent-rate must be a number of checks per second above 0".into());
         }
         if args.upstream_timeout.is_zero() {
             return Err("--upstream-timeout must be more than 0".into());
@@ -761,6 +781,16 @@ mod tests {
         assert!(serve(&["--channel", "/meta/connect"]).is_err());
         assert!(serve(&["--default-user", "a"]).is_err());
         assert!(serve(&["--stream-buffer", "0"]).is_err());
+        assert!(serve(&["--new-agent-rate", "0"]).is_err());
+        assert!(serve(&["--new-agent-rate", "NaN"]).is_err());
+        assert!(serve(&["--new-agent-burst", "0"]).is_err());
+        assert!(serve(&["--max-streams-per-agent", "0"]).is_err());
+        let d = serve(&[]).unwrap();
+        assert_eq!(
+            (d.args.max_agents, d.args.max_streams_per_agent),
+            (10_000, 10_000)
+        );
+        assert_eq!((d.args.new_agent_rate, d.args.new_agent_burst), (50.0, 100));
         let d = serve(&["--default-user", "a", "--default-password", "b"]).unwrap();
         assert_eq!(d.default_credential.unwrap().user(), "a");
     }

@@ -37,6 +37,8 @@ pub enum ServerError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    UpstreamClient(#[from] crate::upstream::ClientError),
     #[error("no --gws-url: only `demo` runs the embedded simulator")]
     NoUpstream,
     /// Calls were still in flight when the drain time ran out; they were cut.
@@ -116,8 +118,12 @@ pub async fn serve_on(
         max_agents: args.max_agents,
         idle_ttl: args.agent_idle_ttl,
         tls: config.upstream_tls.clone(),
+        plain_http: gws_url.scheme() == "http",
+        new_agent_rate: args.new_agent_rate,
+        new_agent_burst: args.new_agent_burst,
+        trusted: config.default_credential.clone(),
         ..AgentsConfig::default()
-    });
+    })?;
     let gws = GwsClient::new(gws_url.clone(), agents.clone());
     let mut events_config =
         EventsConfig::new(config.notifications_url(&gws_url), args.channels.clone());
@@ -129,6 +135,7 @@ pub async fn serve_on(
     events_config.linger = args.linger;
     events_config.subscribe_timeout = args.subscribe_timeout;
     events_config.max_outcome_waits = args.max_outcome_waits;
+    events_config.max_streams_per_agent = args.max_streams_per_agent;
     events_config.read_timeout = args.upstream_timeout;
     let events = EventsHub::new(events_config, gws.clone());
     let api = SmsSessionApi::new(

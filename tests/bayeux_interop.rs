@@ -14,6 +14,7 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use gws_sms_gateway::bayeux::{self, BayeuxConfig, BayeuxEvent};
+use gws_sms_gateway::upstream::{Agent, Credential};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -39,17 +40,19 @@ struct Client {
 impl Client {
     fn start(url: reqwest::Url, channels: &[&str]) -> Self {
         let http = reqwest::Client::builder()
-            .cookie_store(true)
             .no_proxy()
             .build()
             .expect("reqwest client");
+        // The agent's own jar keeps the server's cookies, as in the gateway.
+        let credential = Credential::new("interop", "x").expect("credential");
+        let agent = std::sync::Arc::new(Agent::new(&credential).expect("agent"));
         let mut config = BayeuxConfig::new(url, channels.iter().map(|c| (*c).to_owned()).collect());
         config.network_allowance = Duration::from_secs(2);
         config.request_timeout = Duration::from_secs(5);
         config.max_backoff = Duration::from_secs(2);
         let (tx, events) = mpsc::channel(16);
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(bayeux::run(http, config, tx, cancel.clone()));
+        let task = tokio::spawn(bayeux::run(http, agent, config, tx, cancel.clone()));
         Self {
             events,
             cancel,

@@ -2,7 +2,9 @@
 //! with reqwest and tokio timers, feeds the outcomes back, and watches the
 //! cancellation token and the listener throughout. No protocol decision is made
 //! here; the only policy is turning HTTP into [`RequestError`]s without ever
-//! exposing headers (the client carries the agent's credentials).
+//! exposing headers (they carry the agent's credentials). Requests go out on the
+//! gateway's one shared client, built by the agent (its credentials and cookies), and
+//! every reply's cookies go back into the agent's jar.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -13,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::message::{Message, parse_response};
 use super::state::{Action, Input, Request, RequestError, State};
 use super::{BayeuxConfig, BayeuxEvent};
+use crate::upstream::Agent;
 
 /// Largest response body accepted; a connect reply carries a batch of events, which
 /// for one agent stays far below this.
@@ -23,6 +26,7 @@ const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 /// Stops quietly if `events` is closed (nobody listens any more).
 pub async fn run(
     http: reqwest::Client,
+    agent: std::sync::Arc<Agent>,
     config: BayeuxConfig,
     events: mpsc::Sender<BayeuxEvent>,
     cancel: CancellationToken,
@@ -60,7 +64,7 @@ pub async fn run(
                     biased;
                     () = cancel.cancelled() => break,
                     () = events.closed() => break,
-                    result = execute(&http, &config, &request) => Input::Reply {
+                    result = execute(&http, &agent, &config, &request) => Input::Reply {
                         kind: request.kind,
                         result,
                     },
@@ -72,7 +76,7 @@ pub async fn run(
     // Cancelled or nobody listening: release the server session (and its parked
     // connect, which the select above has already dropped) if there is one.
     if let Some(request) = state.disconnect_request() {
-        let outcome = execute(&http, &config, &request).await;
+        let outcome = execute(&http, &agent, &config, &request).await;
         tracing::debug!(ok = outcome.is_ok(), "bayeux: disconnect sent");
     }
 }
@@ -80,13 +84,14 @@ pub async fn run(
 /// POSTs the request's messages as a JSON array and parses the reply.
 async fn execute(
     http: &reqwest::Client,
+    agent: &Agent,
     config: &BayeuxConfig,
     request: &Request,
 ) -> Result<Vec<Message>, RequestError> {
     let body = serde_json::to_vec(&request.messages)
         .map_err(|_| RequestError::Malformed("request not serializable".into()))?;
-    let mut response = http
-        .post(config.url.clone())
+    let mut response = agent
+        .request(http, reqwest::Method::POST, config.url.clone())
         .headers(config.headers.clone())
         .header(
             reqwest::header::CONTENT_TYPE,
@@ -97,6 +102,7 @@ async fn execute(
         .send()
         .await
         .map_err(classify)?;
+    agent.absorb(&response);
     let status = response.status();
     if !status.is_success() {
         return Err(RequestError::Http(status.as_u16()));

@@ -491,7 +491,8 @@ pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig, gws: GwsClient, read_ti
         session.headers.extend(crate::telemetry::trace_headers());
         let (tx, mut rx) = mpsc::channel(256);
         let client = tokio::spawn(bayeux::run(
-            feed.agent.http().clone(),
+            gws.http().clone(),
+            feed.agent.clone(),
             session,
             tx,
             feed.cancel.clone(),

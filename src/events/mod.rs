@@ -91,7 +91,7 @@ impl EventsConfig {
             stream_buffer: 256,
             linger: Duration::from_secs(5),
             subscribe_timeout: Duration::from_secs(15),
-            max_streams_per_agent: 1000,
+            max_streams_per_agent: 10_000,
             max_outcome_waits: 1000,
             read_timeout: Duration::from_secs(10),
         }

@@ -100,10 +100,12 @@ impl SmsSessionApi {
         Ok((credential, limits, request.into_inner()))
     }
 
-    fn agent(&self, credential: &Credential) -> Result<Arc<Agent>, Error> {
+    /// The caller's agent; an unknown credential is checked upstream first (once, however
+    /// many of its calls arrive together), within `budget`.
+    async fn agent(&self, credential: &Credential, budget: Duration) -> Result<Arc<Agent>, Error> {
         self.gws
-            .agents()
-            .agent(credential)
+            .agent(credential.key(), credential, budget)
+            .await
             .map_err(|e| Error::upstream(e, self.gws.host()))
     }
 
@@ -120,7 +122,7 @@ impl SmsSessionApi {
         let budget = limits.budget;
         let deadline = Instant::now() + budget;
         let op = message.validate().map_err(Error::InvalidArgument)?;
-        let agent = self.agent(&credential)?;
+        let agent = self.agent(&credential, budget).await?;
         let span = tracing::info_span!("operation", operation = op.operation.name(),
             agent = ?agent.key(), session_id = %op.session_id, wait = op.wait_for_outcome);
         let host = self.gws.host();
@@ -192,14 +194,16 @@ impl SmsSessionApi {
         let (credential, limits, message) = self.begin(request)?;
         let budget = limits.budget;
         let read = message.validate().map_err(Error::InvalidArgument)?;
-        let agent = self.agent(&credential)?;
-        let span = tracing::info_span!("read", read = read.name(), agent = ?agent.key(),
+        let key = credential.key();
+        let span = tracing::info_span!("read", read = read.name(), agent = ?key,
             session_id = %read.session_id());
+        // For an unknown credential the read itself is its check: one request, not two.
         let result = self
             .gws
-            .read(&agent, &read, budget)
+            .read_as(key, &credential, &read, budget)
             .instrument(span.clone())
             .await
+            .and_then(|(_, reply)| reply)
             .and_then(|reply| {
                 S::from_reply(&reply).map_err(|e| UpstreamError::Unmappable(e.to_string()))
             });
@@ -220,10 +224,10 @@ impl SmsSessionApi {
         &self,
         request: Request<SessionEventsRequest>,
     ) -> Result<Response<SessionEventsStream>, Status> {
-        let (credential, _, message) = self.begin(request)?;
+        let (credential, limits, message) = self.begin(request)?;
         let req = validate::session_events(message).map_err(Error::InvalidArgument)?;
         let host = self.gws.host().to_string();
-        let agent = self.agent(&credential)?;
+        let agent = self.agent(&credential, limits.budget).await?;
         let stream: EventStream = self
             .events
             .subscribe(agent, req.filter, req.resume)

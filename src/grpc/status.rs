@@ -144,7 +144,8 @@ fn events_status(error: &EventsError, domain: &str) -> Status {
         )),
         EventsError::Upstream(e) => upstream_status(e, domain),
         EventsError::TooManySubscribers(max) => Status::resource_exhausted(format!(
-            "too many SessionEvents streams for this agent (at most {max})"
+            "too many SessionEvents streams for this agent (at most {max}, \
+             --max-streams-per-agent); close one or share a stream"
         )),
         EventsError::TooManyWaits(max) => Status::resource_exhausted(format!(
             "too many calls of this agent are waiting for their outcome (at most {max}); \
@@ -258,6 +259,18 @@ fn upstream_status(error: &UpstreamError, domain: &str) -> Status {
         ),
         UpstreamError::TooManyAgents => {
             Status::resource_exhausted("too many agents are active on this gateway; retry later")
+        }
+        UpstreamError::RateLimited { retry_after } => {
+            let mut details = ErrorDetails::with_retry_info(Some(*retry_after));
+            details.set_error_info("NEW_AGENT_RATE_LIMITED", domain, HashMap::new());
+            Status::with_error_details(
+                Code::Unavailable,
+                format!(
+                    "too many first-time credentials are being checked; retry in {} ms",
+                    retry_after.as_millis().max(1)
+                ),
+                details,
+            )
         }
     }
 }
@@ -390,6 +403,17 @@ mod tests {
         assert_eq!(
             up(UpstreamError::TooManyAgents).code(),
             Code::ResourceExhausted
+        );
+        let s = up(UpstreamError::RateLimited {
+            retry_after: Duration::from_millis(1500),
+        });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.message().contains("1500 ms"), "{}", s.message());
+        let retry = s.get_details_retry_info().expect("RetryInfo");
+        assert_eq!(retry.retry_delay, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            s.get_details_error_info().unwrap().reason,
+            "NEW_AGENT_RATE_LIMITED"
         );
         let s = up(UpstreamError::Unmappable("field `x` is missing".into()));
         assert_eq!(s.code(), Code::Unavailable);

@@ -109,9 +109,26 @@ impl Simulator {
             .layer(axum::middleware::from_fn(
                 move |request: axum::extract::Request, next: axum::middleware::Next| {
                     sim.record_traceparent(request.headers());
+                    sim.record_connection(&request);
                     next.run(request)
                 },
             ))
+    }
+
+    /// Which agent (by its Basic user) used which connection, when served with connection
+    /// info ([`serve`] does).
+    fn record_connection(&self, request: &axum::extract::Request) {
+        let peer = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>();
+        let user = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| crate::upstream::Credential::from_authorization(v).ok());
+        if let (Some(peer), Some(user)) = (peer, user) {
+            self.state().saw_connection(peer.0, user.user());
+        }
     }
 
     fn record_traceparent(&self, headers: &axum::http::HeaderMap) {
@@ -207,9 +224,12 @@ pub async fn serve(
         // Parked CometD connects would otherwise hold the graceful shutdown for `timeout`.
         hub.shutdown();
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
     {
         tracing::error!(error = %e, "simulator server failed");
     }

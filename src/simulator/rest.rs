@@ -36,6 +36,7 @@ pub fn router(sim: Simulator) -> Router {
 }
 
 async fn me(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
+    sim.state().stats.me_requests += 1;
     read(&sim, &headers, |state, agent| state.me(agent)).await
 }
 

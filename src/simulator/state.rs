@@ -19,6 +19,8 @@ use std::time::Duration;
 
 /// Bound on HTTP sessions kept; the oldest is forgotten beyond it (the client re-logs in).
 const MAX_HTTP_SESSIONS: usize = 10_000;
+/// Connections remembered for the connection-sharing counters.
+const MAX_PEERS: usize = 100_000;
 /// Bound on SMS sessions per agent, seeds included; creating more is refused.
 pub const MAX_SESSIONS_PER_AGENT: usize = 10_000;
 /// Bound on recorded POST bodies (all agents together); the oldest is forgotten beyond it.
@@ -90,6 +92,13 @@ impl Faults {
     }
 }
 
+/// The first agent seen on a connection, and whether another one followed.
+#[derive(Debug)]
+struct PeerSeen {
+    first: String,
+    shared: bool,
+}
+
 #[derive(Debug)]
 struct HttpSession {
     agent: String,
@@ -150,6 +159,7 @@ pub struct State {
     next_reference_id: i64,
     base_url: String,
     requests: VecDeque<RecordedRequest>,
+    peers: HashMap<std::net::SocketAddr, PeerSeen>,
     pub csrf: bool,
     pub faults: Faults,
     pub stats: Stats,
@@ -164,6 +174,17 @@ pub struct Stats {
     pub csrf_rejections: u64,
     /// Session operations accepted (answered `statusCode` 0).
     pub operations_accepted: u64,
+    /// `GET /api/v2/me` requests received, whatever their outcome.
+    pub me_requests: u64,
+    /// HTTP sessions (`JSESSIONID`s) handed out.
+    pub http_sessions_created: u64,
+    /// Requests that presented the `JSESSIONID` of another agent's HTTP session (ignored
+    /// for authentication; a client leaking cookies between agents shows here).
+    pub foreign_cookies: u64,
+    /// TCP connections that carried authenticated-looking requests (with Basic credentials).
+    pub connections: u64,
+    /// Of those, connections that carried requests of more than one agent (a shared pool).
+    pub shared_connections: u64,
 }
 
 /// The outcome of authenticating a request.
@@ -191,6 +212,7 @@ impl State {
             next_reference_id: 15,
             base_url: base_url.to_string(),
             requests: VecDeque::new(),
+            peers: HashMap::new(),
             csrf,
             faults: Faults::default(),
             stats: Stats::default(),
@@ -213,14 +235,18 @@ impl State {
             return None;
         }
         if let Some(id) = cookie
-            && self.http_sessions.get(id).is_some_and(|s| s.agent == user)
+            && let Some(session) = self.http_sessions.get(id)
         {
-            return Some(Authenticated {
-                agent: user.to_string(),
-                new_session_id: None,
-                session_id: id.to_string(),
-            });
+            if session.agent == user {
+                return Some(Authenticated {
+                    agent: user.to_string(),
+                    new_session_id: None,
+                    session_id: id.to_string(),
+                });
+            }
+            self.stats.foreign_cookies += 1;
         }
+        self.stats.http_sessions_created += 1;
         if self.http_sessions.len() >= MAX_HTTP_SESSIONS
             && let Some(oldest) = self
                 .http_sessions
@@ -245,6 +271,30 @@ impl State {
             new_session_id: Some(id.clone()),
             session_id: id,
         })
+    }
+
+    /// Notes that `user`'s request came over the connection from `peer` (for the
+    /// connection-sharing counters; at most [`MAX_PEERS`] connections are remembered).
+    pub fn saw_connection(&mut self, peer: std::net::SocketAddr, user: &str) {
+        let known = self.peers.len();
+        match self.peers.get_mut(&peer) {
+            Some(seen) if !seen.shared && seen.first != user => {
+                seen.shared = true;
+                self.stats.shared_connections += 1;
+            }
+            Some(_) => {}
+            None if known < MAX_PEERS => {
+                self.stats.connections += 1;
+                self.peers.insert(
+                    peer,
+                    PeerSeen {
+                        first: user.to_string(),
+                        shared: false,
+                    },
+                );
+            }
+            None => {}
+        }
     }
 
     /// Forgets every HTTP session, as a GWS restart would: clients' cookies and CSRF tokens

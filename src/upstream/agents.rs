@@ -1,16 +1,45 @@
-//! Per-agent upstream state: each distinct credential gets its own HTTP client with its own
-//! cookie jar (`JSESSIONID`), its own CSRF token and its own default `authorization` header,
-//! so nothing of one agent's state can ever serve another agent's request: there is no
-//! shared jar to leak through. States are keyed by [`AgentKey`] (a hash, never the
-//! credential in clear), bounded in number, and evicted when idle and unused.
+//! Per-agent upstream state over one shared HTTP client.
+//!
+//! One `reqwest::Client` (one connection pool, one TLS configuration) carries every agent's
+//! requests, REST and CometD. What belongs to an agent travels in headers it adds itself:
+//! its Basic `authorization` (marked sensitive), and the `Cookie` header built from its own
+//! cookie jar, into which each of its replies' `Set-Cookie` is stored back
+//! ([`Agent::request`], [`Agent::absorb`]). The client has no cookie store, so a pooled
+//! connection carries no state from one agent's request to the next: isolation holds by
+//! construction, since an agent's jar is reachable only through its [`Agent`], which the
+//! registry hands out only for its key.
+//!
+//! An agent's state exists only once GWS accepted its credential (or for the configured
+//! default agent): the first call of an unknown credential runs a check upstream (a probe,
+//! e.g. `GET /api/v2/me`) on a provisional state that is inserted only when the probe shows
+//! GWS authenticated it. Concurrent first calls of one credential share one check. New
+//! checks are rate limited by a token bucket, and states are bounded in number and evicted
+//! when idle and unused. States are keyed by [`AgentKey`] (a hash, never the credential in
+//! clear).
 
 use super::{AgentKey, Credential, UpstreamError};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
+use reqwest::cookie::CookieStore as _;
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
-/// Limits of the agent registry and of each agent's HTTP client.
+/// Idle connections kept per upstream host. One busy agent runs up to 32 concurrent calls
+/// and every CometD session parks one long-poll; 256 idle connections keep a burst of a
+/// few busy agents from closing and reopening connections, at a few KiB each.
+const POOL_MAX_IDLE_PER_HOST: usize = 256;
+/// An idle pooled connection is closed after this. Below the usual 60 s idle timeouts of
+/// load balancers and servlet containers in front of GWS, so the gateway closes first and
+/// never writes into a connection the far side is closing.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// TCP keep-alive probes on upstream sockets, so a long-poll parked on a dead path (NAT
+/// or firewall dropped it) is noticed even between CometD timeouts.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
+/// Limits of the agent registry and settings of the shared HTTP client.
 #[derive(Debug, Clone)]
 pub struct AgentsConfig {
     /// Most agents whose state is kept at once.
@@ -21,15 +50,27 @@ pub struct AgentsConfig {
     pub connect_timeout: Duration,
     /// Extra trust roots and client identity for an HTTPS GWS.
     pub tls: crate::tls::UpstreamTls,
+    /// GWS is reached over plain `http://`: the client then loads no TLS trust roots at all.
+    pub plain_http: bool,
+    /// First-time credential checks started per second, on average.
+    pub new_agent_rate: f64,
+    /// First-time credential checks that may start at once after a quiet period.
+    pub new_agent_burst: u32,
+    /// Trusted without a check (the operator's default agent); kept for the whole run.
+    pub trusted: Option<Credential>,
 }
 
 impl Default for AgentsConfig {
     fn default() -> Self {
         Self {
-            max_agents: 1000,
+            max_agents: 10_000,
             idle_ttl: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
             tls: crate::tls::UpstreamTls::default(),
+            plain_http: false,
+            new_agent_rate: 50.0,
+            new_agent_burst: 100,
+            trusted: None,
         }
     }
 }
@@ -49,39 +90,48 @@ pub enum Csrf {
 }
 
 /// One agent's upstream state. Shared as `Arc<Agent>`; whoever holds one keeps it alive.
-#[derive(Debug)]
 pub struct Agent {
     key: AgentKey,
-    http: reqwest::Client,
+    /// `Basic ...`, marked sensitive: hyper and reqwest never print it.
+    authorization: HeaderValue,
+    /// This agent's cookies (`JSESSIONID`); never installed on the shared client.
+    jar: reqwest::cookie::Jar,
     csrf: Mutex<Csrf>,
-    last_used: Mutex<Instant>,
+    /// When last handed out, in milliseconds since [`origin`]: an atomic, so the hot path
+    /// takes no lock for it.
+    last_used: AtomicU64,
+}
+
+/// The instant `last_used` counts from.
+fn origin() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn millis_since_origin(at: Instant) -> u64 {
+    at.saturating_duration_since(origin()).as_millis() as u64
+}
+
+// By hand: the jar is not `Debug`, and neither the credential nor the cookies may be printed.
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("key", &self.key).finish()
+    }
 }
 
 impl Agent {
-    fn new(credential: &Credential, config: &AgentsConfig) -> Result<Self, UpstreamError> {
-        let mut auth = HeaderValue::from_str(&credential.authorization())
+    /// A fresh state for `credential`, outside any registry (the registry makes its own
+    /// after the credential's check; tools and tests use this directly).
+    pub fn new(credential: &Credential) -> Result<Self, UpstreamError> {
+        let mut authorization = HeaderValue::from_str(&credential.authorization())
             .map_err(|_| UpstreamError::Unreachable("credentials cannot be sent as a header"))?;
-        // Sensitive: hyper and reqwest then never print it in debug output.
-        auth.set_sensitive(true);
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::AUTHORIZATION, auth);
-        let http = config
-            .tls
-            .apply(reqwest::Client::builder())
-            .cookie_provider(Arc::new(reqwest::cookie::Jar::default()))
-            .default_headers(headers)
-            // A redirect could carry the Basic credentials to another host: never follow.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(8)
-            .build()
-            .map_err(|_| UpstreamError::Unreachable("could not build the HTTP client"))?;
+        authorization.set_sensitive(true);
         Ok(Self {
             key: credential.key(),
-            http,
+            authorization,
+            jar: reqwest::cookie::Jar::default(),
             csrf: Mutex::new(Csrf::Unknown),
-            last_used: Mutex::new(Instant::now()),
+            last_used: AtomicU64::new(millis_since_origin(Instant::now())),
         })
     }
 
@@ -89,9 +139,32 @@ impl Agent {
         self.key
     }
 
-    /// This agent's HTTP client: its cookie jar and Basic credentials ride on every request.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
+    /// A request on the shared `client` carrying this agent's credentials and cookies. Pass
+    /// its reply to [`Agent::absorb`].
+    pub fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        url: reqwest::Url,
+    ) -> reqwest::RequestBuilder {
+        let cookies = self.jar.cookies(&url);
+        let mut request = client
+            .request(method, url)
+            .header(http::header::AUTHORIZATION, self.authorization.clone());
+        if let Some(mut cookies) = cookies {
+            cookies.set_sensitive(true);
+            request = request.header(http::header::COOKIE, cookies);
+        }
+        request
+    }
+
+    /// Stores the reply's `Set-Cookie` headers in this agent's jar.
+    pub fn absorb(&self, response: &reqwest::Response) {
+        let set = response.headers().get_all(http::header::SET_COOKIE);
+        // Most replies set nothing: spare them the jar's write lock.
+        if set.iter().next().is_some() {
+            self.jar.set_cookies(&mut set.iter(), response.url());
+        }
     }
 
     pub fn csrf(&self) -> Csrf {
@@ -103,15 +176,86 @@ impl Agent {
     }
 
     fn touch(&self) {
-        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.last_used
+            .store(millis_since_origin(Instant::now()), Ordering::Relaxed);
     }
 
     fn idle_for(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(*self.last_used.lock().unwrap_or_else(|e| e.into_inner()))
+        let last = self.last_used.load(Ordering::Relaxed);
+        Duration::from_millis(millis_since_origin(now).saturating_sub(last))
     }
 }
 
-/// All agents' states. A cloneable handle.
+/// What a probe's result says about the credential it was sent with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// GWS authenticated the request (whatever it then answered).
+    Accepted,
+    /// GWS refused the credential.
+    Refused,
+    /// No answer that says either way (GWS unreachable, timed out, a proxy's error page).
+    Unknown,
+}
+
+impl Verdict {
+    pub fn of<T>(result: &Result<T, UpstreamError>) -> Self {
+        match result {
+            Ok(_) => Verdict::Accepted,
+            Err(UpstreamError::Gws {
+                status_code: 20, ..
+            })
+            | Err(UpstreamError::Gws {
+                http_status: 401, ..
+            })
+            | Err(UpstreamError::Http {
+                http_status: 401, ..
+            }) => Verdict::Refused,
+            // A GWS status body past authentication (not found, forbidden operation, ...).
+            Err(UpstreamError::Gws { .. }) | Err(UpstreamError::Unmappable(_)) => Verdict::Accepted,
+            Err(_) => Verdict::Unknown,
+        }
+    }
+}
+
+/// A token bucket: `burst` tokens, refilled at `rate` per second.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            rate: rate.max(f64::MIN_POSITIVE),
+            burst,
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = ((1.0 - self.tokens) / self.rate).min(3600.0);
+            Err(Duration::from_secs_f64(wait).max(Duration::from_millis(1)))
+        }
+    }
+}
+
+/// The outcome of a shared check, as followers see it.
+type Shared = Option<Result<Arc<Agent>, UpstreamError>>;
+
+/// All agents' states and the one HTTP client they share. A cloneable handle.
 #[derive(Debug, Clone)]
 pub struct AgentRegistry {
     inner: Arc<Inner>,
@@ -120,58 +264,236 @@ pub struct AgentRegistry {
 #[derive(Debug)]
 struct Inner {
     config: AgentsConfig,
-    agents: Mutex<HashMap<AgentKey, Arc<Agent>>>,
+    http: reqwest::Client,
+    maps: Mutex<Maps>,
+    /// The trusted default agent, held here so it is never evicted.
+    _pinned: Option<Arc<Agent>>,
+}
+
+#[derive(Debug)]
+struct Maps {
+    agents: HashMap<AgentKey, Arc<Agent>>,
+    /// Checks under way: followers wait for the leader's outcome. The entry (and with it the
+    /// sender) goes when the leader ends, however it ends: a follower whose leader was
+    /// cancelled sees the channel closed and starts over.
+    checks: HashMap<AgentKey, watch::Receiver<Shared>>,
+    bucket: TokenBucket,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let held = self.agents.get_mut().map_or(0, |a| a.len());
+        let held = self.maps.get_mut().map_or(0, |m| m.agents.len());
         crate::metrics::AGENTS.add(-(held as i64));
     }
 }
 
+/// Why the shared HTTP client could not be built (at start-up, before serving).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the upstream HTTP client: {0}")]
+pub struct ClientError(String);
+
+/// The one upstream HTTP client: every agent's REST and CometD requests share its pool.
+pub fn build_client(config: &AgentsConfig) -> Result<reqwest::Client, ClientError> {
+    let builder = reqwest::Client::builder();
+    let builder = if config.plain_http {
+        // No trust roots to load: the system store is never read for a plain-HTTP GWS.
+        builder.tls_certs_only(std::iter::empty())
+    } else {
+        config.tls.apply(builder)
+    };
+    builder
+        // A redirect could carry the Basic credentials to another host: never follow.
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.connect_timeout)
+        // Small request bodies and latency-bound replies: Nagle would only delay them.
+        .tcp_nodelay(true)
+        .tcp_keepalive(TCP_KEEPALIVE)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .build()
+        .map_err(|e| ClientError(e.to_string()))
+}
+
 impl AgentRegistry {
-    pub fn new(config: AgentsConfig) -> Self {
-        Self {
+    pub fn new(config: AgentsConfig) -> Result<Self, ClientError> {
+        let http = build_client(&config)?;
+        let mut agents = HashMap::new();
+        let pinned = match &config.trusted {
+            Some(credential) => {
+                let agent = Arc::new(
+                    Agent::new(credential)
+                        .map_err(|e| ClientError(format!("default agent: {e}")))?,
+                );
+                agents.insert(agent.key(), agent.clone());
+                crate::metrics::AGENTS.add(1);
+                Some(agent)
+            }
+            None => None,
+        };
+        let bucket = TokenBucket::new(
+            config.new_agent_rate,
+            config.new_agent_burst,
+            Instant::now(),
+        );
+        Ok(Self {
             inner: Arc::new(Inner {
                 config,
-                agents: Mutex::new(HashMap::new()),
+                http,
+                maps: Mutex::new(Maps {
+                    agents,
+                    checks: HashMap::new(),
+                    bucket,
+                }),
+                _pinned: pinned,
             }),
+        })
+    }
+
+    /// The shared HTTP client. Requests on it carry no agent's state: build them with
+    /// [`Agent::request`].
+    pub fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.inner.maps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The known agent under `key`, if any.
+    pub fn get(&self, key: &AgentKey) -> Option<Arc<Agent>> {
+        let maps = self.maps();
+        let agent = maps.agents.get(key)?;
+        agent.touch();
+        Some(agent.clone())
+    }
+
+    /// The state of `credential`'s agent (`key` is its key). A known agent is returned at
+    /// once, with `None`. An unknown one is checked first: `probe` runs on a provisional
+    /// state, which joins the registry only if the probe's result shows GWS accepted the
+    /// credential; the caller that ran it gets the probe's result back (its first request is
+    /// done). Concurrent callers of the same credential wait for that one check. A refused
+    /// credential leaves nothing behind. Fails without any upstream request when the
+    /// registry is full or the rate of new checks is exceeded.
+    pub async fn admit<T, F, Fut>(
+        &self,
+        key: AgentKey,
+        credential: &Credential,
+        probe: F,
+    ) -> Result<(Arc<Agent>, Option<Result<T, UpstreamError>>), UpstreamError>
+    where
+        F: FnOnce(Arc<Agent>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        let mut probe = Some(probe);
+        loop {
+            let sender = {
+                let mut maps = self.maps();
+                if let Some(agent) = maps.agents.get(&key) {
+                    agent.touch();
+                    return Ok((agent.clone(), None));
+                }
+                match maps.checks.get(&key) {
+                    Some(rx) => Err(rx.clone()),
+                    None => {
+                        self.make_room(&mut maps)?;
+                        maps.bucket
+                            .take(Instant::now())
+                            .map_err(|retry_after| UpstreamError::RateLimited { retry_after })?;
+                        let (tx, rx) = watch::channel(None);
+                        maps.checks.insert(key, rx);
+                        Ok(tx)
+                    }
+                }
+            };
+            match sender {
+                Ok(tx) => {
+                    let probe = probe.take().expect("one leader per call");
+                    return self.lead(key, credential, tx, probe).await;
+                }
+                Err(mut rx) => {
+                    // Followed: the leader's verdict is ours. A closed channel without one
+                    // means the leader was cancelled: start over.
+                    if let Ok(outcome) = rx.wait_for(Option::is_some).await
+                        && let Some(outcome) = outcome.clone()
+                    {
+                        return outcome.map(|agent| (agent, None));
+                    }
+                }
+            }
         }
     }
 
-    /// The state of `credential`'s agent, created on first use.
-    pub fn agent(&self, credential: &Credential) -> Result<Arc<Agent>, UpstreamError> {
-        let key = credential.key();
-        let mut agents = self.inner.agents.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(agent) = agents.get(&key) {
-            agent.touch();
-            return Ok(agent.clone());
+    /// Runs the check for `key` and publishes its outcome to the followers.
+    async fn lead<T, F, Fut>(
+        &self,
+        key: AgentKey,
+        credential: &Credential,
+        tx: watch::Sender<Shared>,
+        probe: F,
+    ) -> Result<(Arc<Agent>, Option<Result<T, UpstreamError>>), UpstreamError>
+    where
+        F: FnOnce(Arc<Agent>) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        /// Removes the check's entry however the leader ends (cancellation included).
+        struct Done<'a>(&'a AgentRegistry, AgentKey);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.maps().checks.remove(&self.1);
+            }
         }
-        if agents.len() >= self.inner.config.max_agents {
-            Self::evict(&mut agents, Duration::ZERO);
-            if agents.len() >= self.inner.config.max_agents {
+        let _done = Done(self, key);
+        let agent = Arc::new(Agent::new(credential)?);
+        let result = probe(agent.clone()).await;
+        let outcome = match Verdict::of(&result) {
+            Verdict::Accepted => self.insert(agent),
+            Verdict::Refused | Verdict::Unknown => {
+                tracing::debug!(agent = ?key, "first-time credential check did not admit the agent");
+                Err(result
+                    .as_ref()
+                    .err()
+                    .cloned()
+                    .unwrap_or(UpstreamError::Unreachable("credential check failed")))
+            }
+        };
+        tx.send_replace(Some(outcome.clone()));
+        outcome.map(|agent| (agent, Some(result)))
+    }
+
+    fn insert(&self, agent: Arc<Agent>) -> Result<Arc<Agent>, UpstreamError> {
+        let mut maps = self.maps();
+        if maps.agents.len() >= self.inner.config.max_agents {
+            Self::evict(&mut maps.agents, Duration::ZERO);
+            if maps.agents.len() >= self.inner.config.max_agents {
                 return Err(UpstreamError::TooManyAgents);
             }
         }
-        let agent = Arc::new(Agent::new(credential, &self.inner.config)?);
-        agents.insert(key, agent.clone());
+        maps.agents.insert(agent.key(), agent.clone());
         crate::metrics::AGENTS.add(1);
         Ok(agent)
     }
 
+    /// Fails when the known agents and the checks under way fill the registry, after
+    /// evicting unused agents.
+    fn make_room(&self, maps: &mut Maps) -> Result<(), UpstreamError> {
+        let max = self.inner.config.max_agents;
+        if maps.agents.len() + maps.checks.len() >= max {
+            Self::evict(&mut maps.agents, Duration::ZERO);
+            if maps.agents.len() + maps.checks.len() >= max {
+                return Err(UpstreamError::TooManyAgents);
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets agents idle longer than the configured TTL that nobody holds.
     pub fn sweep(&self) -> usize {
-        let mut agents = self.inner.agents.lock().unwrap_or_else(|e| e.into_inner());
-        Self::evict(&mut agents, self.inner.config.idle_ttl)
+        let ttl = self.inner.config.idle_ttl;
+        Self::evict(&mut self.maps().agents, ttl)
     }
 
     pub fn len(&self) -> usize {
-        self.inner
-            .agents
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.maps().agents.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -196,54 +518,240 @@ impl AgentRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     fn cred(user: &str) -> Credential {
         Credential::new(user, "pw").unwrap()
     }
 
-    #[test]
-    fn same_credential_same_state_different_credential_different_state() {
-        let reg = AgentRegistry::new(AgentsConfig::default());
-        let a1 = reg.agent(&cred("a")).unwrap();
-        let a2 = reg.agent(&cred("a")).unwrap();
-        let b = reg.agent(&cred("b")).unwrap();
-        assert!(Arc::ptr_eq(&a1, &a2));
+    fn registry(config: AgentsConfig) -> AgentRegistry {
+        AgentRegistry::new(AgentsConfig {
+            plain_http: true,
+            ..config
+        })
+        .unwrap()
+    }
+
+    /// Admits `user` with a probe that answers `answer`.
+    async fn admit(
+        reg: &AgentRegistry,
+        user: &str,
+        answer: Result<(), UpstreamError>,
+    ) -> Result<Arc<Agent>, UpstreamError> {
+        let c = cred(user);
+        reg.admit(c.key(), &c, |_| async move { answer })
+            .await
+            .map(|(agent, _)| agent)
+    }
+
+    fn refused() -> UpstreamError {
+        UpstreamError::Gws {
+            status_code: 20,
+            status_message: "Not authenticated".into(),
+            http_status: 401,
+        }
+    }
+
+    #[tokio::test]
+    async fn same_credential_same_state_different_credential_different_state() {
+        let reg = registry(AgentsConfig::default());
+        let a1 = admit(&reg, "a", Ok(())).await.unwrap();
+        let a2 = admit(&reg, "a", Err(refused())).await.unwrap();
+        let b = admit(&reg, "b", Ok(())).await.unwrap();
+        assert!(Arc::ptr_eq(&a1, &a2), "a known agent is not probed again");
         assert!(!Arc::ptr_eq(&a1, &b));
         a1.set_csrf(Csrf::Disabled);
         assert_eq!(b.csrf(), Csrf::Unknown, "CSRF state is per agent");
     }
 
-    #[test]
-    fn bounded_and_evicts_only_unused_agents() {
-        let reg = AgentRegistry::new(AgentsConfig {
-            max_agents: 2,
+    #[tokio::test]
+    async fn refused_or_unanswered_credentials_leave_nothing() {
+        let reg = registry(AgentsConfig::default());
+        assert_eq!(
+            admit(&reg, "a", Err(refused())).await.unwrap_err(),
+            refused()
+        );
+        let down = UpstreamError::Unreachable("connection failed");
+        assert_eq!(admit(&reg, "b", Err(down.clone())).await.unwrap_err(), down);
+        assert!(reg.is_empty());
+        // Past authentication, an error still admits the agent; the leader gets it back.
+        let c = cred("c");
+        let not_found = UpstreamError::Gws {
+            status_code: 6,
+            status_message: String::new(),
+            http_status: 404,
+        };
+        let (_, first) = reg
+            .admit(c.key(), &c, |_| async { Err::<(), _>(not_found.clone()) })
+            .await
+            .unwrap();
+        assert_eq!(first, Some(Err(not_found.clone())));
+        assert_eq!(reg.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_calls_share_one_check() {
+        let reg = registry(AgentsConfig::default());
+        let probes = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let c = cred("a");
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let (reg, c, probes) = (reg.clone(), c.clone(), probes.clone());
+                let mut released = released.clone();
+                tokio::spawn(async move {
+                    reg.admit(c.key(), &c, |_| async move {
+                        probes.fetch_add(1, Ordering::SeqCst);
+                        let _ = released.wait_for(|r| *r).await;
+                        Ok(())
+                    })
+                    .await
+                    .map(|(agent, _)| agent)
+                })
+            })
+            .collect();
+        // Wait until the one leader is inside its probe, then let it answer.
+        while probes.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        release.send_replace(true);
+        let mut agents = Vec::new();
+        for call in calls {
+            agents.push(call.await.unwrap().unwrap());
+        }
+        assert_eq!(probes.load(Ordering::SeqCst), 1);
+        assert!(agents.iter().all(|a| Arc::ptr_eq(a, &agents[0])));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_leader_hands_the_check_over() {
+        let reg = registry(AgentsConfig::default());
+        let c = cred("a");
+        let leader = {
+            let (reg, c) = (reg.clone(), c.clone());
+            tokio::spawn(async move {
+                reg.admit(c.key(), &c, |_| std::future::pending::<Result<(), _>>())
+                    .await
+            })
+        };
+        while reg.maps().checks.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let follower = {
+            let (reg, c) = (reg.clone(), c.clone());
+            tokio::spawn(async move { admit(&reg, c.user(), Ok(())).await })
+        };
+        tokio::task::yield_now().await;
+        leader.abort();
+        assert!(follower.await.unwrap().is_ok());
+        assert_eq!(reg.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn new_checks_are_rate_limited_before_any_probe() {
+        let reg = registry(AgentsConfig {
+            new_agent_rate: 0.001,
+            new_agent_burst: 2,
             ..AgentsConfig::default()
         });
-        let held = reg.agent(&cred("a")).unwrap();
-        let held_b = reg.agent(&cred("b")).unwrap();
-        assert_eq!(
-            reg.agent(&cred("c")).unwrap_err(),
-            UpstreamError::TooManyAgents
-        );
-        drop(held_b);
-        // "b" is no longer held by anyone: it makes room for "c"; "a" stays.
-        let _c = reg.agent(&cred("c")).unwrap();
-        assert_eq!(reg.len(), 2);
-        assert!(Arc::ptr_eq(&held, &reg.agent(&cred("a")).unwrap()));
+        admit(&reg, "a", Ok(())).await.unwrap();
+        admit(&reg, "b", Err(refused())).await.unwrap_err();
+        let c = cred("c");
+        let err = reg
+            .admit(c.key(), &c, |_| async {
+                panic!("no probe beyond the rate")
+            })
+            .await
+            .map(|(_, r): (_, Option<Result<(), _>>)| r)
+            .unwrap_err();
+        let UpstreamError::RateLimited { retry_after } = err else {
+            panic!("{err:?}")
+        };
+        assert!(retry_after > Duration::from_secs(60), "{retry_after:?}");
+        // Known agents are not checked, so not limited.
+        admit(&reg, "a", Ok(())).await.unwrap();
     }
 
     #[test]
-    fn sweep_forgets_idle_agents() {
-        let reg = AgentRegistry::new(AgentsConfig {
-            idle_ttl: Duration::ZERO,
+    fn token_bucket_refills_at_its_rate_up_to_its_burst() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(10.0, 2, t0);
+        assert!(bucket.take(t0).is_ok());
+        assert!(bucket.take(t0).is_ok());
+        let wait = bucket.take(t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 0.01, "{wait:?}");
+        assert!(bucket.take(t0 + Duration::from_millis(100)).is_ok());
+        // A long pause refills to the burst, not beyond.
+        let later = t0 + Duration::from_secs(60);
+        assert!(bucket.take(later).is_ok());
+        assert!(bucket.take(later).is_ok());
+        assert!(bucket.take(later).is_err());
+    }
+
+    #[tokio::test]
+    async fn bounded_and_evicts_only_unused_agents() {
+        let reg = registry(AgentsConfig {
+            max_agents: 2,
             ..AgentsConfig::default()
         });
-        let held = reg.agent(&cred("a")).unwrap();
-        drop(reg.agent(&cred("b")).unwrap());
+        let held = admit(&reg, "a", Ok(())).await.unwrap();
+        let held_b = admit(&reg, "b", Ok(())).await.unwrap();
+        let c = cred("c");
+        let full = reg
+            .admit(c.key(), &c, |_| async { panic!("no probe when full") })
+            .await
+            .map(|(_, r): (_, Option<Result<(), _>>)| r);
+        assert_eq!(full.unwrap_err(), UpstreamError::TooManyAgents);
+        drop(held_b);
+        // "b" is no longer held by anyone: it makes room for "c"; "a" stays.
+        let _c = admit(&reg, "c", Ok(())).await.unwrap();
+        assert_eq!(reg.len(), 2);
+        assert!(Arc::ptr_eq(&held, &reg.get(&cred("a").key()).unwrap()));
+    }
+
+    #[tokio::test]
+    async fn sweep_forgets_idle_agents_but_never_the_trusted_one() {
+        let reg = registry(AgentsConfig {
+            idle_ttl: Duration::ZERO,
+            trusted: Some(cred("default")),
+            ..AgentsConfig::default()
+        });
+        assert!(
+            reg.get(&cred("default").key()).is_some(),
+            "trusted: no check"
+        );
+        let held = admit(&reg, "a", Ok(())).await.unwrap();
+        drop(admit(&reg, "b", Ok(())).await.unwrap());
         assert_eq!(reg.sweep(), 1);
-        assert_eq!(reg.len(), 1);
+        assert_eq!(reg.len(), 2);
         drop(held);
         assert_eq!(reg.sweep(), 1);
-        assert!(reg.is_empty());
+        assert_eq!(reg.len(), 1, "the default agent stays");
+    }
+
+    #[test]
+    fn requests_carry_the_agents_own_cookies_and_sensitive_credentials() {
+        let reg = registry(AgentsConfig::default());
+        let a = Agent::new(&cred("a")).unwrap();
+        let b = Agent::new(&cred("b")).unwrap();
+        let url: reqwest::Url = "http://gws:8080/api/v2/me".parse().unwrap();
+        let set = HeaderValue::from_static("JSESSIONID=aaa; Path=/; HttpOnly");
+        a.jar.set_cookies(&mut std::iter::once(&set), &url);
+        let req = a
+            .request(reg.http(), reqwest::Method::GET, url.clone())
+            .build()
+            .unwrap();
+        assert_eq!(req.headers()[http::header::COOKIE], "JSESSIONID=aaa");
+        assert!(req.headers()[http::header::COOKIE].is_sensitive());
+        assert!(req.headers()[http::header::AUTHORIZATION].is_sensitive());
+        let req = b
+            .request(reg.http(), reqwest::Method::GET, url)
+            .build()
+            .unwrap();
+        assert!(req.headers().get(http::header::COOKIE).is_none());
+        assert_eq!(
+            req.headers()[http::header::AUTHORIZATION],
+            cred("b").authorization().as_str()
+        );
     }
 }

@@ -37,6 +37,10 @@ pub enum UpstreamError {
     /// The gateway holds as many agents' states as it is allowed to, all in use.
     #[error("too many agents are active on this gateway")]
     TooManyAgents,
+    /// First-time credential checks arrive faster than `--new-agent-rate` allows; nothing
+    /// was sent upstream.
+    #[error("too many new agents at once; retry in {retry_after:?}")]
+    RateLimited { retry_after: std::time::Duration },
 }
 
 impl UpstreamError {

@@ -3,15 +3,19 @@
 //! and on a 403 "Missing or invalid Csrf token" fetch it again and retry once.
 //!
 //! Every call is bounded by one timeout covering all its round trips, and every reply
-//! body is read up to a size limit.
+//! body is read up to a size limit. Requests go out on the one shared client, built by the
+//! agent ([`Agent::request`]: its credentials and cookies), and every reply's cookies go
+//! back into that agent's jar.
 
 use super::agents::Csrf;
 use super::error::excerpt;
 use super::operation::Operation;
-use super::{Agent, AgentRegistry, UpstreamError};
+use super::{Agent, AgentKey, AgentRegistry, Credential, UpstreamError};
 use crate::mapping::ReferenceId;
 use http::{HeaderName, HeaderValue, StatusCode};
+use reqwest::Method;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The largest reply body read from GWS; a larger one is treated as garbage. Reads (a
@@ -98,6 +102,79 @@ impl GwsClient {
         &self.agents
     }
 
+    /// The one HTTP client all agents' requests share.
+    pub fn http(&self) -> &reqwest::Client {
+        self.agents.http()
+    }
+
+    /// `credential`'s agent (`key` is its key). An unknown credential is checked first with
+    /// `GET /api/v2/me`, the read the CSRF logic needs anyway: its token and cookie serve the
+    /// first write, so a first operation costs no extra round trip. Bounded by `timeout`.
+    pub async fn agent(
+        &self,
+        key: AgentKey,
+        credential: &Credential,
+        timeout: Duration,
+    ) -> Result<Arc<Agent>, UpstreamError> {
+        // Too little time to check a credential upstream: send nothing (a known agent needs
+        // no check; its call then meets the same rule before its own request).
+        if timeout < MIN_UPSTREAM_BUDGET {
+            return self
+                .agents
+                .get(&key)
+                .ok_or(UpstreamError::DeadlineTooShort(timeout));
+        }
+        let check = self.agents.admit(key, credential, |agent| async move {
+            self.csrf_header(&agent, true, timeout).await
+        });
+        let (agent, _) = tokio::time::timeout(timeout, check)
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))??;
+        Ok(agent)
+    }
+
+    /// A read as `credential`'s agent. For an unknown credential the read itself is the
+    /// check (a GET that proves the credential as well as `GET /api/v2/me` does), so the
+    /// first read costs one request, not two; only when its answer says nothing about the
+    /// credential (an HTTP error without a GWS body) does `GET /api/v2/me` decide. Returns
+    /// the agent and the read's result.
+    pub async fn read_as(
+        &self,
+        key: AgentKey,
+        credential: &Credential,
+        read: &Read,
+        timeout: Duration,
+    ) -> Result<(Arc<Agent>, Result<Map<String, Value>, UpstreamError>), UpstreamError> {
+        if timeout < MIN_UPSTREAM_BUDGET {
+            return Err(UpstreamError::DeadlineTooShort(timeout));
+        }
+        let started = tokio::time::Instant::now();
+        let check = self.agents.admit(key, credential, |agent| async move {
+            let result = self.read(&agent, read, timeout).await;
+            match result {
+                // An HTTP error without a GWS body says nothing about the credential
+                // (a disabled feature answers 404): `GET /api/v2/me` decides.
+                Err(UpstreamError::Http { .. } | UpstreamError::BadBody { .. }) => self
+                    .csrf_header(&agent, true, timeout)
+                    .await
+                    .map(|_| result),
+                // Otherwise the read's own answer is the verdict.
+                other => other.map(Ok),
+            }
+        });
+        let (agent, first) = tokio::time::timeout(timeout, check)
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout))??;
+        let result = match first {
+            Some(result) => result.and_then(|read| read),
+            None => {
+                let left = timeout.saturating_sub(started.elapsed());
+                self.read(&agent, read, left).await
+            }
+        };
+        Ok((agent, result))
+    }
+
     /// `base` + the given path segments, each percent-encoded as one segment.
     pub fn url(&self, segments: &[&str]) -> reqwest::Url {
         let mut url = self.base.clone();
@@ -172,13 +249,9 @@ impl GwsClient {
             Read::Transcript(id) => self.url(&["api", "v2", "me", "smssessions", id, "messages"]),
         };
         let work = async {
-            let resp = agent
-                .http()
-                .get(url)
-                .headers(crate::telemetry::trace_headers())
-                .send()
-                .await
-                .map_err(|e| UpstreamError::from_reqwest(&e, timeout))?;
+            let resp = self
+                .send(agent, agent.request(self.http(), Method::GET, url), timeout)
+                .await?;
             // Every GET reply carries the CSRF headers when protection is on: keep them, so
             // a first write after a read needs no extra round trip.
             if let Some((name, value)) = csrf_from_headers(resp.headers()) {
@@ -218,19 +291,31 @@ impl GwsClient {
         timeout: Duration,
     ) -> Result<(StatusCode, Vec<u8>), UpstreamError> {
         let mut req = agent
-            .http()
-            .post(url.clone())
+            .request(self.http(), Method::POST, url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
-            .headers(crate::telemetry::trace_headers())
             .body(body.to_vec());
         if let Some((name, value)) = csrf {
             req = req.header(name, value);
         }
-        let resp = req
+        let resp = self.send(agent, req, timeout).await?;
+        read_reply(resp, timeout).await
+    }
+
+    /// Sends one of `agent`'s requests (with the trace headers) and keeps the reply's
+    /// cookies in the agent's jar.
+    async fn send(
+        &self,
+        agent: &Agent,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let resp = request
+            .headers(crate::telemetry::trace_headers())
             .send()
             .await
             .map_err(|e| UpstreamError::from_reqwest(&e, timeout))?;
-        read_reply(resp, timeout).await
+        agent.absorb(&resp);
+        Ok(resp)
     }
 
     /// The agent's CSRF header to send on writes, if GWS uses CSRF protection.
@@ -245,13 +330,8 @@ impl GwsClient {
             Csrf::Token { name, value } if !refresh => return Ok(Some((name, value))),
             _ => {}
         }
-        let resp = agent
-            .http()
-            .get(self.url(&["api", "v2", "me"]))
-            .headers(crate::telemetry::trace_headers())
-            .send()
-            .await
-            .map_err(|e| UpstreamError::from_reqwest(&e, timeout))?;
+        let me = agent.request(self.http(), Method::GET, self.url(&["api", "v2", "me"]));
+        let resp = self.send(agent, me, timeout).await?;
         let found = csrf_from_headers(resp.headers());
         let (status, reply) = read_reply(resp, timeout).await?;
         // A failed GET /me (bad credentials, GWS down) fails the operation with its reason.
@@ -425,7 +505,7 @@ mod tests {
     fn urls_keep_prefix_and_encode_segments() {
         let client = GwsClient::new(
             "http://gws:8080/prefix/".parse().unwrap(),
-            AgentRegistry::new(Default::default()),
+            AgentRegistry::new(Default::default()).unwrap(),
         );
         assert_eq!(
             client

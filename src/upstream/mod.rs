@@ -1,5 +1,5 @@
 //! The GWS REST side: who the agent is ([`credential`]), the per-agent upstream state
-//! ([`agents`]: cookie jar, CSRF token, HTTP client), the REST operations ([`gws`], typed by [`operation`]) and
+//! ([`agents`]: cookie jar, CSRF token, over one shared HTTP client), the REST operations ([`gws`], typed by [`operation`]) and
 //! what can go wrong on the way ([`error`]). Nothing here knows about gRPC.
 
 pub mod agents;
@@ -8,7 +8,7 @@ pub mod error;
 pub mod gws;
 pub mod operation;
 
-pub use agents::{Agent, AgentRegistry, AgentsConfig};
+pub use agents::{Agent, AgentRegistry, AgentsConfig, ClientError, Verdict};
 pub use credential::{AgentKey, Credential, CredentialError};
 pub use error::UpstreamError;
 pub use gws::{GwsClient, MIN_UPSTREAM_BUDGET, OperationAccepted, Read};

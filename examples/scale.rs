@@ -1,0 +1,800 @@
+//! Contact-center scale benchmark: prints figures, asserts nothing (the machine is shared and
+//! noisy). `cargo run --release --example scale` (run it from a shell with a high open-file
+//! limit, e.g. `ulimit -n 65536`: 2,000 streaming agents keep 2,000 upstream long-polls open
+//! in the gateway and in the simulator).
+//!
+//! Every server runs as its own child process (this same executable in another mode), so
+//! its CPU time and resident memory are read from `/proc/PID/stat` and `/proc/PID/status`
+//! without counting the load generator or the upstream:
+//! - `sim N`: the built-in GWS simulator with agents `a0..aN` (password `pw`), CSRF on;
+//! - `gateway ARGS...`: the gateway (`server::run`, as `serve` runs it) with ARGS;
+//! - `open URL N`: opens and holds one stream for each of agents `a0..aN` (for profiling
+//!   a gateway by hand, e.g. under `valgrind --tool=dhat`);
+//! - `relay URL`: a minimal relay built from the same crates: a tonic server with only
+//!   DeleteUserData, one shared reqwest client, a serde_json body, the same upstream; per
+//!   agent it keeps a cookie and a CSRF token learnt with one `GET /api/v2/me`.
+//!
+//! Figures: saturation calls/s and CPU µs per call, gateway against relay, with 1 agent and
+//! 32 concurrent callers, then with 1,000 agents taken in turn; RSS per agent for 1,000 and
+//! 10,000 REST-only agents (default `--max-agents`); RSS per agent for 2,000 agents with one
+//! SessionEvents stream each; event latency p50/p99 over those streams; 10,000 streams of
+//! one agent: upstream handshakes, open time, RSS per stream, fan-out latency p50/p99.
+//! `SCALE_RUN_SECS` sets each saturation run's length (default 4), `SCALE_SECTIONS` picks
+//! sections (default `1234`). The gateway child runs `Telemetry::init` as `main` does, with
+//! its log lines discarded.
+
+use futures::StreamExt;
+use gws_sms_gateway::config::{Cli, Command as CliCommand, ServeConfig};
+use gws_sms_gateway::proto::session_events_response::Event;
+use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;
+use gws_sms_gateway::proto::sms_session_service_server::{
+    SmsSessionService, SmsSessionServiceServer,
+};
+use gws_sms_gateway::proto::*;
+use gws_sms_gateway::simulator::{self, SimulatorConfig};
+use gws_sms_gateway::upstream::Credential;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+const SESSION: &str = "0071023821aec011";
+const PASSWORD: &str = "pw";
+/// Lets the gateway admit thousands of agents in seconds (the default is 50/s).
+const FAST_ADMISSION: [&str; 4] = [
+    "--new-agent-rate",
+    "1000000",
+    "--new-agent-burst",
+    "1000000",
+];
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("sim") => run_sim(args[1].parse().expect("agent count")).await,
+        Some("gateway") => run_gateway(&args[1..]).await,
+        Some("relay") => run_relay(&args[1]).await,
+        // For heap profiling by hand: opens a stream for agents a0..aN and holds them.
+        Some("open") => {
+            let auths: Vec<_> = (0..args[2].parse().unwrap()).map(auth).collect();
+            let (streams, failed) = open_streams(&args[1], &auths, 4, 50).await;
+            println!("OPEN {} {failed}", streams.len());
+            std::future::pending::<()>().await;
+        }
+        _ => orchestrate().await,
+    }
+}
+
+// ---------------------------------------------------------------- child processes
+
+async fn run_sim(agents: usize) {
+    let config = SimulatorConfig {
+        agents: (0..agents)
+            .map(|i| (format!("a{i}"), PASSWORD.to_string()))
+            .collect(),
+        ..SimulatorConfig::default()
+    };
+    let sim = simulator::start(&config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    println!("LISTEN {}", sim.url);
+    std::future::pending::<()>().await;
+}
+
+async fn run_gateway(extra: &[String]) {
+    let mut args = vec!["gws-sms-gateway".to_string(), "serve".to_string()];
+    args.extend_from_slice(extra);
+    let cli = <Cli as clap::Parser>::try_parse_from(args).expect("gateway flags");
+    let Some(CliCommand::Serve(serve_args)) = cli.command else {
+        unreachable!()
+    };
+    let config = ServeConfig::from_args(serve_args).expect("gateway config");
+    // As `main` does: text logs at `info` unless RUST_LOG says otherwise (stderr is
+    // discarded by the orchestrator, but every line is still formatted).
+    // SCALE_NO_TELEMETRY=1 installs no subscriber at all (to measure what tracing costs).
+    let _telemetry = std::env::var_os("SCALE_NO_TELEMETRY").is_none().then(|| {
+        gws_sms_gateway::telemetry::Telemetry::init(cli.log_format, "info", None).unwrap()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("LISTEN http://{}", listener.local_addr().unwrap());
+    gws_sms_gateway::server::run(config, listener, std::future::pending())
+        .await
+        .expect("gateway runs");
+}
+
+/// One agent's upstream state in the relay: what GWS needs on every POST.
+struct RelayAgent {
+    cookie: String,
+    csrf: String,
+}
+
+struct Relay {
+    http: reqwest::Client,
+    base: String,
+    agents: Mutex<HashMap<String, Arc<RelayAgent>>>,
+}
+
+impl Relay {
+    async fn agent(&self, auth: &str) -> Result<Arc<RelayAgent>, Status> {
+        if let Some(a) = self.agents.lock().unwrap().get(auth) {
+            return Ok(a.clone());
+        }
+        let resp = self
+            .http
+            .get(format!("{}/api/v2/me", self.base))
+            .header("authorization", auth)
+            .send()
+            .await
+            .map_err(|_| Status::unavailable("upstream"))?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let cookie = header("set-cookie")
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let agent = Arc::new(RelayAgent {
+            cookie,
+            csrf: header("x-csrf-token"),
+        });
+        let _ = resp.bytes().await;
+        self.agents
+            .lock()
+            .unwrap()
+            .insert(auth.to_string(), agent.clone());
+        Ok(agent)
+    }
+}
+
+impl Relay {
+    async fn delete(
+        &self,
+        request: Request<DeleteUserDataRequest>,
+    ) -> Result<Response<DeleteUserDataResponse>, Status> {
+        let auth = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("no credentials"))?
+            .to_string();
+        let agent = self.agent(&auth).await?;
+        let message = request.into_inner();
+        let body = serde_json::to_vec(&serde_json::json!({
+            "operationName": "DeleteUserData",
+            "keys": message.keys,
+        }))
+        .unwrap();
+        let resp = self
+            .http
+            .post(format!(
+                "{}/api/v2/me/smssessions/{}",
+                self.base, message.session_id
+            ))
+            .header("authorization", auth)
+            .header("cookie", &agent.cookie)
+            .header("x-csrf-token", &agent.csrf)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .map_err(|_| Status::unavailable("upstream"))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|_| Status::unavailable("upstream"))?;
+        let reply: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|_| Status::unavailable("bad body"))?;
+        if reply["statusCode"] != 0 {
+            return Err(Status::unknown(reply.to_string()));
+        }
+        Ok(Response::new(DeleteUserDataResponse {
+            reference_id: reply["referenceId"].as_i64(),
+            ..Default::default()
+        }))
+    }
+}
+
+/// The whole service from one list (`async_trait` does not see into macros inside it, so a
+/// macro builds the whole `impl`): DeleteUserData relays, the rest is unimplemented.
+macro_rules! relay_service {
+    ($($name:ident($req:ident) -> $resp:ident;)*) => {
+        #[tonic::async_trait]
+        impl SmsSessionService for Relay {
+            async fn delete_user_data(
+                &self,
+                request: Request<DeleteUserDataRequest>,
+            ) -> Result<Response<DeleteUserDataResponse>, Status> {
+                self.delete(request).await
+            }
+            $(
+                async fn $name(&self, _: Request<$req>) -> Result<Response<$resp>, Status> {
+                    Err(Status::unimplemented("relay"))
+                }
+            )*
+            type SessionEventsStream =
+                futures::stream::Empty<Result<SessionEventsResponse, Status>>;
+            async fn session_events(
+                &self,
+                _: Request<SessionEventsRequest>,
+            ) -> Result<Response<Self::SessionEventsStream>, Status> {
+                Err(Status::unimplemented("relay"))
+            }
+        }
+    };
+}
+
+relay_service! {
+        attach_user_data(AttachUserDataRequest) -> AttachUserDataResponse;
+        update_user_data(UpdateUserDataRequest) -> UpdateUserDataResponse;
+        set_disposition(SetDispositionRequest) -> SetDispositionResponse;
+        add_comment(AddCommentRequest) -> AddCommentResponse;
+        accept(AcceptRequest) -> AcceptResponse;
+        reject(RejectRequest) -> RejectResponse;
+        complete(CompleteRequest) -> CompleteResponse;
+        leave(LeaveRequest) -> LeaveResponse;
+        send_message(SendMessageRequest) -> SendMessageResponse;
+        send_to_agents(SendToAgentsRequest) -> SendToAgentsResponse;
+        send_url(SendUrlRequest) -> SendUrlResponse;
+        send_start_typing_notification(SendStartTypingNotificationRequest) -> SendStartTypingNotificationResponse;
+        send_stop_typing_notification(SendStopTypingNotificationRequest) -> SendStopTypingNotificationResponse;
+        transfer(TransferRequest) -> TransferResponse;
+        consult(ConsultRequest) -> ConsultResponse;
+        invite(InviteRequest) -> InviteResponse;
+        list_sessions(ListSessionsRequest) -> ListSessionsResponse;
+        get_session(GetSessionRequest) -> GetSessionResponse;
+        get_transcript(GetTranscriptRequest) -> GetTranscriptResponse;
+}
+
+async fn run_relay(base: &str) {
+    let relay = Relay {
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(256)
+            .build()
+            .unwrap(),
+        base: base.trim_end_matches('/').to_string(),
+        agents: Mutex::new(HashMap::new()),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    println!("LISTEN http://{}", listener.local_addr().unwrap());
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        s.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    tonic::transport::Server::builder()
+        .add_service(SmsSessionServiceServer::new(relay))
+        .serve_with_incoming(incoming)
+        .await
+        .unwrap();
+}
+
+// ---------------------------------------------------------------- measuring processes
+
+/// A child process of this executable, killed when dropped.
+struct Proc {
+    child: Child,
+    url: String,
+}
+
+impl Proc {
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("child starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .strip_prefix("LISTEN ")
+            .expect("child announces its address")
+            .trim()
+            .to_string();
+        Self { child, url }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU time so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+fn auth(i: usize) -> AsciiMetadataValue {
+    let value = Credential::new(format!("a{i}"), PASSWORD)
+        .unwrap()
+        .authorization();
+    MetadataValue::try_from(value).unwrap()
+}
+
+fn authed<T>(message: T, auth: &AsciiMetadataValue) -> Request<T> {
+    let mut req = Request::new(message);
+    req.metadata_mut().insert("authorization", auth.clone());
+    req
+}
+
+fn delete_request() -> DeleteUserDataRequest {
+    DeleteUserDataRequest {
+        session_id: SESSION.into(),
+        keys: vec!["NoSuchKey".into()],
+        ..Default::default()
+    }
+}
+
+async fn clients(url: &str, n: usize) -> Vec<SmsSessionServiceClient<Channel>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let channel = Channel::from_shared(url.to_string())
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("server accepts");
+        out.push(SmsSessionServiceClient::new(channel).max_decoding_message_size(64 << 20));
+    }
+    out
+}
+
+/// One call for each of `auths`, `parallel` at a time; the number that failed.
+async fn touch_all(url: &str, auths: &[AsciiMetadataValue], parallel: usize) -> usize {
+    let cs = clients(url, 4).await;
+    let failed = AtomicUsize::new(0);
+    futures::stream::iter(auths.iter().enumerate())
+        .for_each_concurrent(parallel, |(i, a)| {
+            let mut c = cs[i % cs.len()].clone();
+            let failed = &failed;
+            async move {
+                if c.delete_user_data(authed(delete_request(), a))
+                    .await
+                    .is_err()
+                {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+        .await;
+    failed.into_inner()
+}
+
+struct Saturation {
+    calls: u64,
+    errors: u64,
+    per_sec: f64,
+    cpu_us_per_call: f64,
+    upstream_cpu_us_per_call: f64,
+}
+
+/// `callers` concurrent callers for `run`, each taking the next agent of `auths` in turn.
+async fn saturate(
+    server: &Proc,
+    upstream: &Proc,
+    auths: &[AsciiMetadataValue],
+    callers: usize,
+    run: Duration,
+) -> Saturation {
+    let cs = clients(&server.url, 4).await;
+    let next = Arc::new(AtomicUsize::new(0));
+    let (ok, errors) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let auths = Arc::new(auths.to_vec());
+    let (cpu0, up0, t0) = (server.cpu(), upstream.cpu(), Instant::now());
+    let until = t0 + run;
+    let tasks: Vec<_> = (0..callers)
+        .map(|i| {
+            let mut c = cs[i % cs.len()].clone();
+            let (next, ok, errors, auths) =
+                (next.clone(), ok.clone(), errors.clone(), auths.clone());
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let a = &auths[next.fetch_add(1, Ordering::Relaxed) % auths.len()];
+                    match c.delete_user_data(authed(delete_request(), a)).await {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = t0.elapsed();
+    let calls = ok.load(Ordering::Relaxed);
+    let cpu = server.cpu() - cpu0;
+    let up = upstream.cpu() - up0;
+    Saturation {
+        calls,
+        errors: errors.load(Ordering::Relaxed),
+        per_sec: calls as f64 / elapsed.as_secs_f64(),
+        cpu_us_per_call: cpu.as_secs_f64() * 1e6 / calls.max(1) as f64,
+        upstream_cpu_us_per_call: up.as_secs_f64() * 1e6 / calls.max(1) as f64,
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// The `t_us` user-data value of a state change, if any.
+fn stamp(item: &SessionEventsResponse) -> Option<i64> {
+    let Some(Event::StateChange(change)) = &item.event else {
+        return None;
+    };
+    let data = gws_sms_gateway::mapping::user_data_map_to_json(&change.session.as_ref()?.user_data);
+    data.get("t_us")?.as_i64()
+}
+
+fn stamped_event(t_us: i64) -> String {
+    serde_json::json!({
+        "messageType": "SMSsessionStateChangeMessage", "notificationType": "PropertiesUpdated",
+        "referenceId": 1, "smssession": { "id": "s1", "state": "Chatting",
+        "userData": { "t_us": t_us }, "capabilities": [], "uri": "", "participants": [] }
+    })
+    .to_string()
+}
+
+/// Opens one SessionEvents stream per entry of `auths` (`parallel` at a time) and waits for
+/// each one's SUBSCRIBED notice; the streams and the number that failed.
+async fn open_streams(
+    url: &str,
+    auths: &[AsciiMetadataValue],
+    conns: usize,
+    parallel: usize,
+) -> (Vec<tonic::Streaming<SessionEventsResponse>>, usize) {
+    let cs = clients(url, conns).await;
+    let opened: Vec<_> = futures::stream::iter(auths.iter().enumerate())
+        .map(|(i, a)| {
+            let mut c = cs[i % cs.len()].clone();
+            async move {
+                let mut s = c
+                    .session_events(authed(SessionEventsRequest::default(), a))
+                    .await
+                    .ok()?
+                    .into_inner();
+                s.message().await.ok()??; // SUBSCRIBED
+                Some(s)
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let failed = opened.iter().filter(|s| s.is_none()).count();
+    (opened.into_iter().flatten().collect(), failed)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn control_json(http: &reqwest::Client, url: String) -> serde_json::Value {
+    let text = http.get(url).send().await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_default()
+}
+
+async fn inject(http: &reqwest::Client, sim: &str, agent: usize, body: String) {
+    http.post(format!("{sim}/simulator/agents/a{agent}/notifications"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    a / b
+}
+
+async fn orchestrate() {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "scale benchmark: {cores} cores, load average {}, CLK_TCK {}; servers are child processes, \
+         the upstream is the built-in simulator (its own process)",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        clock_ticks()
+    );
+    let run = Duration::from_secs(
+        std::env::var("SCALE_RUN_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(4),
+    );
+    // SCALE_SECTIONS picks sections, e.g. "1" or "34" (default: all four).
+    let sections = std::env::var("SCALE_SECTIONS").unwrap_or_else(|_| "1234".into());
+    let http = reqwest::Client::new();
+
+    // ---- 1. Throughput and CPU per call: gateway against relay.
+    if sections.contains('1') {
+        let sim = Proc::start(&["sim", "1000"], &[]);
+        let mut gw_args = vec!["gateway", "--gws-url", &sim.url];
+        gw_args.extend_from_slice(&FAST_ADMISSION);
+        let gateway = Proc::start(&gw_args, &[]);
+        let gateway_quiet = Proc::start(&gw_args, &[("RUST_LOG", "warn")]);
+        let gateway_bare = Proc::start(&gw_args, &[("SCALE_NO_TELEMETRY", "1")]);
+        let relay = Proc::start(&["relay", &sim.url], &[]);
+        let one = vec![auth(0)];
+        let thousand: Vec<_> = (0..1000).map(auth).collect();
+        for server in [&gateway, &gateway_quiet, &gateway_bare, &relay] {
+            let failed = touch_all(&server.url, &thousand, 64).await;
+            assert_eq!(failed, 0, "warm-up calls failed");
+        }
+        let servers = [
+            ("gateway (info logs)", &gateway),
+            ("gateway (RUST_LOG=warn)", &gateway_quiet),
+            ("gateway (no tracing subscriber)", &gateway_bare),
+            ("relay", &relay),
+        ];
+        for (label, auths) in [
+            ("1 agent, 32 callers", &one),
+            ("1,000 agents in turn, 32 callers", &thousand),
+        ] {
+            let mut best: HashMap<&str, Saturation> = HashMap::new();
+            for round in 0..2 {
+                for (name, server) in servers {
+                    let s = saturate(server, &sim, auths, 32, run).await;
+                    println!(
+                        "  [{label}] round {round} {name}: {} calls ({} errors), {:.0} calls/s, \
+                         {:.1} µs CPU/call (simulator {:.1} µs/call)",
+                        s.calls, s.errors, s.per_sec, s.cpu_us_per_call, s.upstream_cpu_us_per_call
+                    );
+                    let keep = best.get(name).is_none_or(|b| s.per_sec > b.per_sec);
+                    if keep {
+                        best.insert(name, s);
+                    }
+                }
+            }
+            let relay = &best["relay"];
+            for name in [
+                "gateway (info logs)",
+                "gateway (RUST_LOG=warn)",
+                "gateway (no tracing subscriber)",
+            ] {
+                let g = &best[name];
+                println!(
+                    "{label}: {name} {:.0} calls/s at {:.1} µs CPU/call; relay {:.0} calls/s at {:.1} µs CPU/call \
+                     => {:.2}x calls/s, {:.2}x CPU/call (best round of 2)",
+                    g.per_sec,
+                    g.cpu_us_per_call,
+                    relay.per_sec,
+                    relay.cpu_us_per_call,
+                    ratio(g.per_sec, relay.per_sec),
+                    ratio(g.cpu_us_per_call, relay.cpu_us_per_call),
+                );
+            }
+        }
+    }
+
+    // ---- 2. Memory per REST-only agent; 10,000 agents within the default --max-agents.
+    if sections.contains('2') {
+        let sim = Proc::start(&["sim", "10000"], &[]);
+        let mut gw_args = vec!["gateway", "--gws-url", &sim.url];
+        gw_args.extend_from_slice(&FAST_ADMISSION);
+        let gateway = Proc::start(&gw_args, &[("RUST_LOG", "warn")]);
+        let auths: Vec<_> = (0..10_000).map(auth).collect();
+        assert_eq!(touch_all(&gateway.url, &auths[..1], 1).await, 0);
+        let base = gateway.rss_kib();
+        let failed = touch_all(&gateway.url, &auths[1..1001], 32).await;
+        let at_1000 = gateway.rss_kib();
+        println!(
+            "REST-only agents: RSS {base} KiB with 1 agent, {at_1000} KiB with 1,001 ({failed} failed) \
+             => {:.1} KiB per agent",
+            (at_1000 as f64 - base as f64) / 1000.0
+        );
+        let failed = touch_all(&gateway.url, &auths[1001..], 32).await;
+        let at_10k = gateway.rss_kib();
+        let again = touch_all(&gateway.url, &auths, 32).await;
+        let stats = control_json(&http, format!("{}/simulator/stats", sim.url)).await;
+        println!(
+            "10,000 agents with the default --max-agents: {failed} of 9,000 more failed, a second call \
+             each: {again} failed; RSS {at_10k} KiB => {:.1} KiB per agent over the first; GWS saw \
+             {} GET /api/v2/me (one check per agent)",
+            (at_10k as f64 - base as f64) / 9999.0,
+            stats["me_requests"]
+        );
+    }
+
+    // ---- 3. Memory per agent with one stream each; event latency over those streams.
+    let sim = Proc::start(&["sim", "2001"], &[]);
+    if sections.contains('3') {
+        let mut gw_args = vec!["gateway", "--gws-url", &sim.url];
+        gw_args.extend_from_slice(&FAST_ADMISSION);
+        let gateway = Proc::start(&gw_args, &[("RUST_LOG", "warn")]);
+        let auths: Vec<_> = (0..2000).map(auth).collect();
+        let (first, _) = open_streams(&gateway.url, &auths[..1], 1, 1).await;
+        let base = gateway.rss_kib();
+        let t = Instant::now();
+        let (mut streams, failed) = open_streams(&gateway.url, &auths[1..], 8, 200).await;
+        let opened = t.elapsed();
+        streams.extend(first);
+        let after = gateway.rss_kib();
+        println!(
+            "2,000 agents with one SessionEvents stream each: opened in {opened:?} ({failed} failed); \
+             RSS {base} KiB with 1, {after} KiB with 2,000 => {:.1} KiB per agent (its CometD session \
+             and long-poll included)",
+            (after as f64 - base as f64) / 1999.0
+        );
+        // Latency: one stamped event at a time to an agent taken in turn.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<f64>(1024);
+        // Every reader reports the stamps its stream receives.
+        for mut s in streams {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(item)) = s.message().await {
+                    if let Some(t_us) = stamp(&item)
+                        && tx.send((now_us() - t_us) as f64 / 1000.0).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+        let mut lat = Vec::new();
+        for i in 0..500 {
+            inject(&http, &sim.url, (i * 7) % 2000, stamped_event(now_us())).await;
+            match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                Ok(Some(ms)) => lat.push(ms),
+                _ => println!("  event {i} not delivered within 10 s"),
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "event latency (simulator publish -> gateway -> gRPC client), {} events over 2,000 \
+             agents' streams: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; RSS then {} KiB",
+            lat.len(),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(f64::NAN),
+            gateway.rss_kib()
+        );
+    }
+
+    // ---- 4. 10,000 streams of one agent.
+    if sections.contains('4') {
+        let gateway = Proc::start(&["gateway", "--gws-url", &sim.url], &[("RUST_LOG", "warn")]);
+        let agent = 2000;
+        let auths = vec![auth(agent); 10_000];
+        let (first, _) = open_streams(&gateway.url, &auths[..1], 1, 1).await;
+        let base = gateway.rss_kib();
+        let t = Instant::now();
+        let (mut streams, failed) = open_streams(&gateway.url, &auths[1..], 20, 500).await;
+        let opened = t.elapsed();
+        streams.extend(first);
+        let after = gateway.rss_kib();
+        let cometd = control_json(
+            &http,
+            format!("{}/simulator/agents/a{agent}/cometd", sim.url),
+        )
+        .await;
+        println!(
+            "10,000 streams of one agent (default limits): opened in {opened:?} ({failed} failed), \
+             upstream handshakes {}, CometD sessions {}; RSS {base} KiB with 1, {after} KiB with \
+             10,000 => {:.1} KiB per stream",
+            cometd["handshakes"],
+            cometd["sessions"],
+            (after as f64 - base as f64) / 9999.0
+        );
+        let events = 20;
+        let n = streams.len();
+        let delivered = Arc::new(AtomicUsize::new(0));
+        let readers: Vec<_> = streams
+            .into_iter()
+            .map(|mut s| {
+                let delivered = delivered.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::with_capacity(events);
+                    while lat.len() < events {
+                        match tokio::time::timeout(Duration::from_secs(30), s.message()).await {
+                            Ok(Ok(Some(item))) => {
+                                if let Some(t_us) = stamp(&item) {
+                                    lat.push((now_us() - t_us) as f64 / 1000.0);
+                                    delivered.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            _ => break,
+                        }
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let cpu0 = gateway.cpu();
+        let t0 = Instant::now();
+        for k in 1..=events {
+            inject(&http, &sim.url, agent, stamped_event(now_us())).await;
+            // Each event's fan-out is measured on its own: the next one is published once
+            // every stream received this one (or after 30 s).
+            let until = Instant::now() + Duration::from_secs(30);
+            while delivered.load(Ordering::Relaxed) < k * n && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let (fan_cpu, fan_wall) = (gateway.cpu() - cpu0, t0.elapsed());
+        let mut lat = Vec::new();
+        let mut short = 0;
+        for r in readers {
+            let got = r.await.unwrap();
+            if got.len() < events {
+                short += 1;
+            }
+            lat.extend(got);
+        }
+        lat.sort_by(f64::total_cmp);
+        println!(
+            "fan-out of {events} events to {n} streams: {} deliveries ({short} streams short), \
+             latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; gateway CPU {:.1} ms per event \
+             ({:.1} µs per delivery) over {:.1} ms wall per event (the load generator decoding \
+             10,000 streams shares the same cores)",
+            lat.len(),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat.last().copied().unwrap_or(f64::NAN),
+            fan_cpu.as_secs_f64() * 1e3 / events as f64,
+            fan_cpu.as_secs_f64() * 1e6 / (events * n) as f64,
+            fan_wall.as_secs_f64() * 1e3 / events as f64,
+        );
+    }
+}
