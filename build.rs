@@ -14,12 +14,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let protos = [PathBuf::from("proto/gws/sms/v1/sms_session.proto")];
     let includes = [PathBuf::from("proto"), include];
-    // The messages and the server, with the gateway's codec: a request that is not valid
-    // protobuf is the caller's error (INVALID_ARGUMENT), not the server's.
+    // The messages, and the descriptor set for reflection.
     tonic_prost_build::configure()
         .build_client(false)
-        .codec_path("crate::grpc::codec::RequestCodec")
+        .build_server(false)
         .file_descriptor_set_path(out.join("gws_sms_v1_descriptor.bin"))
+        .compile_protos(&protos, &includes)?;
+    // The server, over those messages, with the gateway's codec (a request that is not valid
+    // protobuf is the caller's error, INVALID_ARGUMENT, not the server's), and streaming the
+    // shared item the events hub fans out: encoded once, however many subscribers it has.
+    let server_out = out.join("server");
+    std::fs::create_dir_all(&server_out)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .out_dir(&server_out)
+        .codec_path("crate::grpc::codec::RequestCodec")
+        .extern_path(".gws.sms.v1", "crate::proto")
+        .extern_path(
+            ".gws.sms.v1.SessionEventsResponse",
+            "crate::events::SharedItem",
+        )
         .compile_protos(&protos, &includes)?;
     // The client, with prost's own codec (a response that does not decode is not the
     // caller's fault), over the messages generated above.

@@ -223,7 +223,7 @@ macro_rules! relay_service {
                 }
             )*
             type SessionEventsStream =
-                futures::stream::Empty<Result<SessionEventsResponse, Status>>;
+                futures::stream::Empty<Result<gws_sms_gateway::events::SharedItem, Status>>;
             async fn session_events(
                 &self,
                 _: Request<SessionEventsRequest>,

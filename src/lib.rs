@@ -36,9 +36,14 @@ pub mod proto {
     #![allow(clippy::all, clippy::pedantic)]
     tonic::include_proto!("gws.sms.v1");
     pub use client::sms_session_service_client;
+    pub use server::sms_session_service_server;
 
     mod client {
         include!(concat!(env!("OUT_DIR"), "/client/gws.sms.v1.rs"));
+    }
+
+    mod server {
+        include!(concat!(env!("OUT_DIR"), "/server/gws.sms.v1.rs"));
     }
 
     /// The encoded file descriptor set, for gRPC server reflection.

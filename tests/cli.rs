@@ -90,6 +90,14 @@ fn bad_configuration_is_one_line_and_exit_64() {
         &["serve", "--listen", "0.0.0.0:0"],
         &["demo", "--simulator-listen", "0.0.0.0:0"],
         &["demo", "--gws-url", "http://gws:8080"],
+        // The honest-resume rule: the replay buffer holds at least a stream's queue.
+        &[
+            "demo",
+            "--stream-buffer",
+            "100",
+            "--replay-max-events",
+            "50",
+        ],
         &["simulate", "--listen", "0.0.0.0:8090"],
         &[
             "serve",

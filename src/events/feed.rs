@@ -39,8 +39,8 @@ pub enum Upstream {
 /// Why a subscriber's queue was closed by the feed (read by its stream once drained).
 pub type EndReason = Arc<Mutex<Option<EventsError>>>;
 
-/// One stream item, shared by the replay buffer and every subscriber's queue.
-pub type Item = Arc<SessionEventsResponse>;
+/// One stream item, shared by the replay buffer, every subscriber's queue and the wire.
+pub type Item = super::SharedItem;
 
 struct Slot {
     tx: mpsc::Sender<Item>,
@@ -260,7 +260,7 @@ impl Feed {
         notification_type: Option<NotificationType>,
     ) -> Arc<Stored> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let response = Arc::new(SessionEventsResponse {
+        let response = Item::new(SessionEventsResponse {
             resume_token: self.token(seq),
             receive_time: Some(SystemTime::now().into()),
             event: Some(event),
@@ -412,7 +412,7 @@ fn offer(slot: &mut Slot, item: &Item, seq: u64) -> bool {
 }
 
 pub fn notice(kind: NoticeKind, detail: &str, resume_token: String) -> Item {
-    Arc::new(SessionEventsResponse {
+    Item::new(SessionEventsResponse {
         resume_token,
         receive_time: Some(SystemTime::now().into()),
         event: Some(Event::Notice(StreamNotice {
@@ -458,7 +458,7 @@ async fn resync(feed: Arc<Feed>, gws: GwsClient, timeout: Duration) {
 /// with `include_snapshot` reads a fresh one, and a multi-MiB snapshot must not evict the
 /// notifications other streams resume from.
 pub fn snapshot(sessions: Vec<SmsSession>, resume_token: String) -> Item {
-    Arc::new(SessionEventsResponse {
+    Item::new(SessionEventsResponse {
         resume_token,
         receive_time: Some(SystemTime::now().into()),
         event: Some(Event::Snapshot(SessionSnapshot { sessions })),

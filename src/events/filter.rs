@@ -6,7 +6,6 @@ use super::replay::Stored;
 use crate::proto::session_events_response::Event;
 use crate::proto::{NotificationType, SessionEventsResponse, SessionSnapshot};
 use std::collections::HashSet;
-use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -35,7 +34,7 @@ impl Filter {
         if self.session_ids.is_empty() {
             return Some(item.clone());
         }
-        Some(Arc::new(SessionEventsResponse {
+        Some(Item::new(SessionEventsResponse {
             event: Some(Event::Snapshot(SessionSnapshot {
                 sessions: snapshot
                     .sessions

@@ -6,12 +6,14 @@
 
 mod feed;
 pub mod filter;
+mod item;
 mod outcome;
 pub mod replay;
 mod stream;
 
 pub use feed::Upstream;
 pub use filter::Filter;
+pub use item::SharedItem;
 pub use outcome::{Expect, Outcome};
 pub use replay::{RESUME_WINDOW, ReplayBudget, Token};
 pub use stream::EventStream;

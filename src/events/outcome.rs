@@ -353,7 +353,6 @@ mod tests {
     use crate::proto::SessionEventsResponse;
     use crate::upstream::PartyTarget;
     use serde_json::{Value, json};
-    use std::sync::Arc;
 
     fn state(kind: &str, session: &str, state: &str, reference: Option<i64>) -> Value {
         let mut v = json!({"messageType": "SMSsessionStateChangeMessage", "notificationType": kind,
@@ -386,7 +385,7 @@ mod tests {
             Notification::StateChange(sc) => Event::StateChange(sc),
             Notification::MessageLog(ml) => Event::MessageLog(ml),
         };
-        let item = Arc::new(SessionEventsResponse {
+        let item = Item::new(SessionEventsResponse {
             resume_token: token.into(),
             receive_time: None,
             event: Some(event),

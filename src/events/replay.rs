@@ -326,7 +326,7 @@ mod tests {
             bytes,
             session_id: String::new(),
             notification_type: None,
-            response: Arc::new(SessionEventsResponse::default()),
+            response: Item::new(SessionEventsResponse::default()),
         })
     }
 

@@ -4,7 +4,6 @@
 
 use super::feed::{EndReason, Feed, Item};
 use super::{EventsError, Interest};
-use crate::proto::SessionEventsResponse;
 use futures::Stream;
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -12,8 +11,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub type EventStream =
-    Pin<Box<dyn Stream<Item = Result<SessionEventsResponse, EventsError>> + Send>>;
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<Item, EventsError>> + Send>>;
 
 /// Unregisters the subscriber from its feed when the stream is dropped.
 struct SlotGuard {
@@ -66,7 +64,7 @@ pub(super) fn new(
         }
         if let Some(item) = st.pre.pop_front() {
             st.last_token.clone_from(&item.resume_token);
-            return Some((Ok(Arc::unwrap_or_clone(item)), st));
+            return Some((Ok(item), st));
         }
         let next = tokio::select! {
             biased;
@@ -81,7 +79,7 @@ pub(super) fn new(
             }
             Some(Some(item)) => {
                 st.last_token.clone_from(&item.resume_token);
-                Some((Ok(Arc::unwrap_or_clone(item)), st))
+                Some((Ok(item), st))
             }
             // The feed closed the queue: everything queued was delivered; now say why.
             Some(None) => {

@@ -8,6 +8,13 @@ use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic::{Code, Status};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
+/// The encode buffer each call or stream starts with (tonic's default is 8 KiB). It grows for
+/// larger messages; most items are far smaller, and a contact center holds thousands of
+/// streams, each keeping its buffer for its whole life.
+const ENCODE_BUFFER: usize = 1024;
+/// tonic's default: a stream yields to the connection once this much is buffered.
+const YIELD_THRESHOLD: usize = 32 * 1024;
+
 /// Encodes responses `T` and decodes requests `U` like prost, with request errors reclassified.
 #[derive(Debug, Clone)]
 pub struct RequestCodec<T, U>(PhantomData<(T, U)>);
@@ -29,7 +36,7 @@ where
     type Decoder = RequestDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::default().encoder()
+        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(ENCODE_BUFFER, YIELD_THRESHOLD))
     }
 
     fn decoder(&mut self) -> Self::Decoder {

@@ -7,7 +7,7 @@
 use super::status::Error;
 use super::validate::{OperationRequest, ReadRequest};
 use super::{auth, deadline, validate};
-use crate::events::{EventStream, EventsHub, Expect, Outcome};
+use crate::events::{EventStream, EventsHub, Expect, Outcome, SharedItem};
 use crate::mapping::{self, MappingError, ReferenceId};
 use crate::proto::sms_session_service_server::SmsSessionService;
 use crate::proto::*;
@@ -153,7 +153,7 @@ impl SmsSessionApi {
             let outcome = match outcome {
                 Outcome::Confirmed(item) => OperationOutcome {
                     status: OutcomeStatus::Confirmed as i32,
-                    event: Some(Arc::unwrap_or_clone(item)),
+                    event: Some(item.to_response()),
                 },
                 Outcome::Unconfirmed => OperationOutcome {
                     status: OutcomeStatus::Unconfirmed as i32,
@@ -238,8 +238,8 @@ impl SmsSessionApi {
     }
 }
 
-type SessionEventsStream =
-    Pin<Box<dyn Stream<Item = Result<SessionEventsResponse, Status>> + Send>>;
+/// Streams the shared items themselves: encoded once for all subscribers (`events::SharedItem`).
+type SessionEventsStream = Pin<Box<dyn Stream<Item = Result<SharedItem, Status>> + Send>>;
 
 /// The whole service from one list: each operation RPC delegates to
 /// [`SmsSessionApi::operate`], each read to [`SmsSessionApi::read`]. (A macro builds the whole
