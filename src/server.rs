@@ -282,10 +282,15 @@ fn announce(
              not a real GWS; run `serve --gws-url URL` for production"
         );
         let (user, password) = &simulator::default_agents()[0];
+        // The command as this process was started (`target/release/gws-sms-gateway` under
+        // `cargo run`), so the hint works whether or not the binary is on PATH.
+        let me = std::env::args()
+            .next()
+            .unwrap_or_else(|| "gws-sms-gateway".into());
         tracing::info!(
             simulator = %gws_url,
             "demo: started the embedded GWS simulator (agents agent1/password1, agent2/password2). \
-             Try: gws-sms-gateway client --addr http://{addr} --user {user} --password {password} \
+             Try: {me} client --addr http://{addr} --user {user} --password {password} \
              delete-user-data --session {} --key UserData1",
             seed::SEED_SESSION_ID
         );
