@@ -148,9 +148,10 @@ impl Feed {
     }
 
     /// Whether a stream resuming from `token` now would get everything after it.
-    pub fn resumable(&self, token: &str) -> bool {
+    /// (`slot` is the cut stream's: only its pin makes the promise.)
+    pub fn resumable(&self, slot: u64, token: &str) -> bool {
         Token::parse(token)
-            .is_some_and(|t| t.epoch == self.epoch && self.lock().replay.holds(t.seq))
+            .is_some_and(|t| t.epoch == self.epoch && self.lock().replay.holds_for(slot, t.seq))
     }
 
     /// The error that ended this feed, if it has ended.

@@ -391,6 +391,8 @@ impl EventsHub {
             }
             Feed::add_slot(&mut state, tx, filter.clone(), end.clone())
         };
+        // From here the slot is released however this ends, cancellation included.
+        let guard = stream::SlotGuard::new(feed, slot, interest);
         if filter.include_snapshot {
             // Read after the subscription is confirmed and the stream registered, and placed
             // at the registration point: resuming from its token replays whatever was queued
@@ -414,9 +416,7 @@ impl EventsHub {
             rx,
             end,
             self.inner.shutdown.clone(),
-            feed,
-            slot,
-            interest,
+            guard,
         ))
     }
 

@@ -8,8 +8,8 @@
 //!
 //! A subscriber cut off for being slow is told to resume from its last delivered token; so
 //! that this is a promise kept, the buffer *pins* that position: while the cut stream drains
-//! and for [`RESUME_WINDOW`] after it ends, the count bound does not evict events after a
-//! pinned position (the byte and age bounds still do, and the cut stream's message says so
+//! and for [`RESUME_WINDOW`] after it ends, neither the count nor the age bound evicts events
+//! after a pinned position (the byte bounds still do, and the cut stream's message says so
 //! honestly if they did).
 
 use super::feed::Item;
@@ -26,9 +26,10 @@ pub const MAX_TOKEN_LEN: usize = 64;
 /// reconnect and resume.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(60);
 
-/// Most pins held at once per agent; beyond, the oldest is dropped (its resume may then meet
-/// the count bound). Streams per agent are bounded too, so this is rarely reached.
-const MAX_PINS: usize = 1024;
+/// Most pins held at once per agent: one per stream cut within a resume window, so as many
+/// as `--max-streams-per-agent` allows by default. Beyond, the oldest is dropped; a stream
+/// whose pin went is then told honestly that its resume may meet a GAP ([`Self::holds_for`]).
+const MAX_PINS: usize = 10_000;
 
 /// A cut subscriber's resume position.
 #[derive(Debug)]
@@ -207,6 +208,13 @@ impl ReplayBuffer {
         seq >= self.floor
     }
 
+    /// Whether the cut subscriber `slot` can resume from `seq` without a gap: the events
+    /// after it are held now, and its pin still protects them from the count bound.
+    pub fn holds_for(&mut self, slot: u64, seq: u64) -> bool {
+        self.expire(Instant::now());
+        self.holds(seq) && self.pins.iter().any(|p| p.slot == slot && p.seq <= seq)
+    }
+
     pub fn push(&mut self, stored: Arc<Stored>) {
         self.bytes += stored.bytes;
         self.budget
@@ -241,7 +249,7 @@ impl ReplayBuffer {
             // The process-wide budget: over it, whoever holds more than a fair share gives.
             let too_big = self.bytes > self.max_bytes
                 || (self.budget.over() && self.bytes > self.budget.fair_share());
-            let too_old = now.saturating_duration_since(front.at) > self.max_age;
+            let too_old = now.saturating_duration_since(front.at) > self.max_age && !held_for_a_pin;
             if !(too_many || too_big || too_old) {
                 break;
             }
@@ -363,6 +371,24 @@ mod tests {
         assert_eq!(buf.len(), 3);
         assert!(!buf.holds(2));
         assert_eq!(buf.pinned_until(now), None);
+    }
+
+    #[test]
+    fn a_pin_holds_against_age_and_is_what_makes_a_resume_promise() {
+        let now = Instant::now();
+        let old = now - Duration::from_secs(120);
+        let mut buf = ReplayBuffer::new(100, usize::MAX, Duration::from_secs(60), 0, unlimited());
+        buf.push(stored(1, old));
+        buf.push(stored(2, old));
+        buf.pin(9, 1);
+        buf.push(stored(3, now));
+        // Event 2 is older than the age bound but after the pin: kept.
+        assert!(buf.holds_for(9, 1));
+        assert_eq!(seqs(buf.resume(Token { epoch: 1, seq: 1 }, 1, 3)), [2, 3]);
+        assert!(
+            !buf.holds_for(8, 1),
+            "another slot's pin promises nothing to this one"
+        );
     }
 
     #[test]

@@ -13,11 +13,23 @@ use tokio_util::sync::CancellationToken;
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Item, EventsError>> + Send>>;
 
-/// Unregisters the subscriber from its feed when the stream is dropped.
-struct SlotGuard {
+/// Unregisters the subscriber from its feed (and starts its pin's resume window, if it was
+/// cut) when dropped: by the stream, or by the subscription itself if it is cancelled before
+/// the stream exists (during its snapshot read, say).
+pub(super) struct SlotGuard {
     feed: Arc<Feed>,
     slot: u64,
     _interest: Interest,
+}
+
+impl SlotGuard {
+    pub(super) fn new(feed: Arc<Feed>, slot: u64, interest: Interest) -> Self {
+        Self {
+            feed,
+            slot,
+            _interest: interest,
+        }
+    }
 }
 
 impl Drop for SlotGuard {
@@ -41,9 +53,7 @@ pub(super) fn new(
     rx: mpsc::Receiver<Item>,
     end: EndReason,
     shutdown: CancellationToken,
-    feed: Arc<Feed>,
-    slot: u64,
-    interest: Interest,
+    guard: SlotGuard,
 ) -> EventStream {
     let state = StreamState {
         pre,
@@ -52,11 +62,7 @@ pub(super) fn new(
         shutdown,
         last_token: String::new(),
         done: false,
-        guard: SlotGuard {
-            feed,
-            slot,
-            _interest: interest,
-        },
+        guard,
     };
     Box::pin(futures::stream::unfold(state, |mut st| async move {
         if st.done {
@@ -87,7 +93,7 @@ pub(super) fn new(
                 let reason = st.end.lock().unwrap_or_else(|e| e.into_inner()).take();
                 let error = match reason {
                     Some(EventsError::SlowConsumer { .. }) => EventsError::SlowConsumer {
-                        resumable: st.guard.feed.resumable(&st.last_token),
+                        resumable: st.guard.feed.resumable(st.guard.slot, &st.last_token),
                         last_resume_token: st.last_token.clone(),
                     },
                     Some(other) => other,

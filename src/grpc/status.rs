@@ -121,7 +121,8 @@ fn events_status(error: &EventsError, domain: &str) -> Status {
         } => Status::resource_exhausted(format!(
             "stream consumer too slow: its buffer filled and the stream was ended; \
              reconnect with resume_token \"{last_resume_token}\" within {} s to resume \
-             without loss (the gateway holds the events after it until then)",
+             without loss (the gateway holds the events after it until then, unless its replay \
+             byte limits are reached first; a resume then starts with a GAP notice)",
             crate::events::RESUME_WINDOW.as_secs()
         )),
         EventsError::SlowConsumer {
@@ -256,6 +257,17 @@ fn upstream_status(error: &UpstreamError, domain: &str) -> Status {
             Code::Unavailable,
             format!("GWS is unreachable: {why}"),
             info("UPSTREAM_UNREACHABLE".into(), &[]),
+        ),
+        UpstreamError::UnreachableAfterSend(why) => Status::with_error_details(
+            Code::Unavailable,
+            format!(
+                "GWS connection broke after the operation was sent ({why}); it may have been \
+                 applied: read the session before retrying"
+            ),
+            info(
+                "UPSTREAM_UNREACHABLE".into(),
+                &[("may_have_been_applied", "true".into())],
+            ),
         ),
         UpstreamError::TooManyAgents => {
             Status::resource_exhausted("too many agents are active on this gateway; retry later")
@@ -400,6 +412,10 @@ mod tests {
             up(UpstreamError::Unreachable("connection failed")).code(),
             Code::Unavailable
         );
+        let s = up(UpstreamError::UnreachableAfterSend("connection broke"));
+        assert_eq!(s.code(), Code::Unavailable);
+        let info = s.get_details_error_info().unwrap();
+        assert_eq!(info.metadata["may_have_been_applied"], "true");
         assert_eq!(
             up(UpstreamError::TooManyAgents).code(),
             Code::ResourceExhausted

@@ -10,8 +10,20 @@ use super::MappingError;
 /// hostile or broken upstream must not be able to flood the logs through them.
 const EXCERPT_CHARS: usize = 64;
 
+/// `v` as an object, if it is one. A raw marker ([`crate::json`]: a value too deep or a
+/// number too large to hold) is an object only in form: it is never taken for upstream's.
+pub(crate) fn object(v: &Value) -> Option<&Map<String, Value>> {
+    if crate::json::raw_text(v).is_some() {
+        return None;
+    }
+    v.as_object()
+}
+
 /// The JSON kind of `v`, for error messages.
 pub(crate) fn kind(v: &Value) -> &'static str {
+    if crate::json::raw_text(v).is_some() {
+        return "a value nested too deep or a number too large to hold";
+    }
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -106,7 +118,7 @@ pub(crate) fn opt_object<'a>(
 ) -> Result<Option<&'a Map<String, Value>>, MappingError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(v @ Value::Object(o)) if object(v).is_some() => Ok(Some(o)),
         Some(other) => Err(wrong(parent, key, "an object", other)),
     }
 }

@@ -87,7 +87,7 @@ fn last_segment(reference: &str) -> Option<&str> {
 }
 
 pub(crate) fn message(v: &Value, at: &str) -> Result<TranscriptMessage, MappingError> {
-    let m = v.as_object().ok_or_else(|| MappingError::WrongType {
+    let m = super::json::object(v).ok_or_else(|| MappingError::WrongType {
         path: at.to_owned(),
         expected: "an object",
         found: kind(v),

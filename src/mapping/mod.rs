@@ -155,7 +155,7 @@ pub fn map_sessions(
         .enumerate()
         .map(|(i, s)| {
             let at = format!("{key}[{i}]");
-            match s.as_object() {
+            match json::object(s) {
                 Some(obj) => state_change::session(obj, &at),
                 None => Err(MappingError::WrongType {
                     path: at,
@@ -175,7 +175,9 @@ pub fn map_session(
     reply: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<proto::SmsSession, MappingError> {
     match json::first(reply, state_change::SESSION_KEYS) {
-        Some((key, serde_json::Value::Object(s))) => state_change::session(s, key),
+        Some((key, v @ serde_json::Value::Object(s))) if json::object(v).is_some() => {
+            state_change::session(s, key)
+        }
         Some((key, other)) => Err(MappingError::WrongType {
             path: key.to_owned(),
             expected: "an object",
@@ -208,7 +210,7 @@ pub fn map_transcript(
 /// [`MappingError`] when `data` is not an object, `messageType` is missing or unknown,
 /// a required field is missing, or a field has a type the mapping cannot use.
 pub fn map_notification(data: &serde_json::Value) -> Result<Notification, MappingError> {
-    let obj = data.as_object().ok_or(MappingError::NotAnObject {
+    let obj = json::object(data).ok_or(MappingError::NotAnObject {
         found: json::kind(data),
     })?;
     let message_type = json::req_str(obj, "", "messageType")?;

@@ -34,7 +34,7 @@ pub(crate) fn map(obj: &Map<String, Value>) -> Result<SessionStateChange, Mappin
     let is_error = notification_type == NotificationType::Error;
 
     let session = match first(obj, SESSION_KEYS) {
-        Some((key, Value::Object(s))) => Some(session(s, key)?),
+        Some((key, v @ Value::Object(s))) if json::object(v).is_some() => Some(session(s, key)?),
         Some((key, other)) => {
             return Err(MappingError::WrongType {
                 path: key.to_owned(),
@@ -143,7 +143,7 @@ pub(crate) fn session(s: &Map<String, Value>, at: &str) -> Result<SmsSession, Ma
 /// One participant object (`{nickname, type, participantId}`); also used for a transcript
 /// message's `from`.
 pub(crate) fn participant(v: &Value, at: &str) -> Result<Participant, MappingError> {
-    let p = v.as_object().ok_or_else(|| MappingError::WrongType {
+    let p = json::object(v).ok_or_else(|| MappingError::WrongType {
         path: at.to_owned(),
         expected: "an object",
         found: kind(v),
@@ -164,11 +164,14 @@ pub(crate) fn participant(v: &Value, at: &str) -> Result<Participant, MappingErr
 fn error_text(obj: &Map<String, Value>) -> String {
     match first(obj, ERROR_TEXT_KEYS) {
         Some((_, Value::String(s))) => s.clone(),
-        Some((_, Value::Object(inner))) => match first(inner, ERROR_TEXT_KEYS) {
-            Some((_, Value::String(s))) => s.clone(),
-            _ => Value::Object(inner.clone()).to_string(),
-        },
-        Some((_, other)) => other.to_string(),
+        Some((_, v @ Value::Object(inner))) if json::object(v).is_some() => {
+            match first(inner, ERROR_TEXT_KEYS) {
+                Some((_, Value::String(s))) => s.clone(),
+                _ => crate::json::to_text(v),
+            }
+        }
+        // Raw markers are written as the text they stand for.
+        Some((_, other)) => crate::json::to_text(other),
         None => match opt_i64(obj, "", "statusCode") {
             Ok(Some(code)) => format!("statusCode {code}"),
             _ => String::new(),

@@ -711,3 +711,29 @@ proptest! {
         prop_assert_eq!(back, ud);
     }
 }
+
+#[test]
+fn raw_markers_are_never_taken_for_upstream_objects() {
+    let parse = |text: &str| crate::json::parse(text.as_bytes()).unwrap();
+    // userData must be an object; a number too large is not one (and its marker key never
+    // reaches a caller).
+    let v = parse(
+        r#"{"messageType":"SMSsessionStateChangeMessage","notificationType":"PropertiesUpdated","smssession":{"id":"S1","state":"Chatting","userData":18446744073709551616}}"#,
+    );
+    let err = map_notification(&v).expect_err("userData is not an object");
+    assert!(err.to_string().contains("too large"), "{err}");
+    assert!(!err.to_string().contains("gws-gateway-raw-json"), "{err}");
+    let v = parse(
+        r#"{"messageType":"SMSsessionStateChangeMessage","notificationType":"StatusChange","smssession":{"id":"S1","state":"Chatting","participants":[1e400]}}"#,
+    );
+    assert!(
+        map_notification(&v).is_err(),
+        "a participant must be an object"
+    );
+    // An Error notification's text keeps upstream's exact JSON, never the marker.
+    let v = parse(
+        r#"{"messageType":"SMSsessionStateChangeMessage","notificationType":"Error","smssession":{"id":"S1"},"error":{"code":1e400}}"#,
+    );
+    let sc = state_change(&v);
+    assert_eq!(sc.error_message, r#"{"code":1e400}"#);
+}

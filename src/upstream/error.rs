@@ -34,6 +34,9 @@ pub enum UpstreamError {
     /// Connection refused, reset, DNS failure, TLS failure: GWS could not be reached.
     #[error("GWS is unreachable: {0}")]
     Unreachable(&'static str),
+    /// The connection broke after the operation was sent: GWS may have applied it.
+    #[error("GWS connection broke after the operation was sent ({0}); it may have been applied")]
+    UnreachableAfterSend(&'static str),
     /// The gateway holds as many agents' states as it is allowed to, all in use.
     #[error("too many agents are active on this gateway")]
     TooManyAgents,
@@ -44,11 +47,14 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The one transport failure that proves nothing was sent: no connection was made.
+    pub const CONNECT_FAILED: &'static str = "connection failed";
+
     /// Classifies a reqwest error without exposing its text (which can contain URLs).
     pub fn from_reqwest(err: &reqwest::Error, timeout: std::time::Duration) -> Self {
         // A connect timeout is both: GWS is unreachable, which is not the caller's deadline.
         if err.is_connect() {
-            Self::Unreachable("connection failed")
+            Self::Unreachable(Self::CONNECT_FAILED)
         } else if err.is_timeout() {
             Self::Timeout(timeout)
         } else if err.is_body() || err.is_decode() {

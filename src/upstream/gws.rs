@@ -200,14 +200,26 @@ impl GwsClient {
         let body = operation.to_body();
         // Set once the POST leaves: from then on a timeout may hide an applied operation.
         let sent = std::sync::atomic::AtomicBool::new(false);
+        let deadline = std::time::Instant::now() + timeout;
+        // The minimum holds for the POST itself too, after the CSRF read took its time.
+        let budget_left = || {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left < MIN_UPSTREAM_BUDGET {
+                Err(UpstreamError::DeadlineTooShort(left))
+            } else {
+                Ok(())
+            }
+        };
         let work = async {
             let token = self.csrf_token(agent, false, timeout).await?;
+            budget_left()?;
             sent.store(true, std::sync::atomic::Ordering::Relaxed);
             let (status, reply) = self.post(agent, &url, &body, token, timeout).await?;
             let (status, reply) = if is_csrf_rejection(status, &reply) {
                 // The token dies with the HTTP session: learn the new one and retry once.
                 tracing::debug!(agent = ?agent.key(), "CSRF token rejected, fetching it again");
                 let token = self.csrf_token(agent, true, timeout).await?;
+                budget_left()?;
                 self.post(agent, &url, &body, token, timeout).await?
             } else {
                 (status, reply)
@@ -218,9 +230,16 @@ impl GwsClient {
         let result = tokio::time::timeout(timeout, work)
             .await
             .unwrap_or(Err(UpstreamError::Timeout(timeout)));
+        // After the POST left, a timeout or a broken connection does not mean "not applied".
         let result = match result {
             Err(UpstreamError::Timeout(_)) if sent.load(std::sync::atomic::Ordering::Relaxed) => {
                 Err(UpstreamError::TimeoutAfterSend(timeout))
+            }
+            Err(UpstreamError::Unreachable(why))
+                if sent.load(std::sync::atomic::Ordering::Relaxed)
+                    && why != UpstreamError::CONNECT_FAILED =>
+            {
+                Err(UpstreamError::UnreachableAfterSend(why))
             }
             other => other,
         };
