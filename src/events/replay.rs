@@ -378,17 +378,14 @@ mod tests {
         let now = Instant::now();
         let old = now - Duration::from_secs(120);
         let mut buf = ReplayBuffer::new(100, usize::MAX, Duration::from_secs(60), 0, unlimited());
+        buf.pin(9, 0);
+        // Older than the age bound, but after the pin: kept.
         buf.push(stored(1, old));
         buf.push(stored(2, old));
-        buf.pin(9, 1);
         buf.push(stored(3, now));
-        // Event 2 is older than the age bound but after the pin: kept.
-        assert!(buf.holds_for(9, 1));
-        assert_eq!(seqs(buf.resume(Token { epoch: 1, seq: 1 }, 1, 3)), [2, 3]);
-        assert!(
-            !buf.holds_for(8, 1),
-            "another slot's pin promises nothing to this one"
-        );
+        assert!(buf.holds_for(9, 0));
+        assert_eq!(seqs(buf.resume(Token { epoch: 1, seq: 0 }, 1, 3)), [1, 2, 3]);
+        assert!(!buf.holds_for(8, 0), "another slot's pin promises nothing to this one");
     }
 
     #[test]
