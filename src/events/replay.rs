@@ -384,8 +384,14 @@ mod tests {
         buf.push(stored(2, old));
         buf.push(stored(3, now));
         assert!(buf.holds_for(9, 0));
-        assert_eq!(seqs(buf.resume(Token { epoch: 1, seq: 0 }, 1, 3)), [1, 2, 3]);
-        assert!(!buf.holds_for(8, 0), "another slot's pin promises nothing to this one");
+        assert_eq!(
+            seqs(buf.resume(Token { epoch: 1, seq: 0 }, 1, 3)),
+            [1, 2, 3]
+        );
+        assert!(
+            !buf.holds_for(8, 0),
+            "another slot's pin promises nothing to this one"
+        );
     }
 
     #[test]
