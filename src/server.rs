@@ -171,6 +171,11 @@ pub async fn serve_on(
 
     let local = listener.local_addr().ok();
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // Always watch SIGHUP: without TLS there is nothing to reload, but the signal's default
+    // action would kill the gateway without a drain.
+    let _reloader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        crate::tls::reload_on_sighup(config.server_tls.clone()),
+    ));
     announce(
         local,
         &gws_url,
@@ -187,11 +192,6 @@ pub async fn serve_on(
             std::future::pending(),
         )))
     });
-    // Always watch SIGHUP: without TLS there is nothing to reload, but the signal's default
-    // action would kill the gateway without a drain.
-    let _reloader = background(tokio::spawn(crate::tls::reload_on_sighup(
-        config.server_tls.clone(),
-    )));
     // Health alone, in plaintext, for probes: it reports what the main listener's health
     // reports (the same reporter), and carries no credentials.
     let _health_server = health_listener.map(|l| {

@@ -142,36 +142,43 @@ impl ReloadableTls {
     }
 }
 
-/// Reloads `tls` on every SIGHUP, logging the outcome, until the task is dropped. Without TLS
-/// the signal is only logged (its default action would end the process undrained).
-pub async fn reload_on_sighup(tls: Option<ReloadableTls>) {
+/// Reloads `tls` on every SIGHUP, logging the outcome, until the returned future is dropped.
+/// Without TLS the signal is only logged (its default action would end the process
+/// undrained). The handler is installed by this call, before the future first runs, so a
+/// SIGHUP that arrives as soon as the gateway announces itself is already caught.
+pub fn reload_on_sighup(
+    tls: Option<ReloadableTls>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGHUP; TLS files will not be reloaded");
-                return;
-            }
-        };
-        while hup.recv().await.is_some() {
-            let Some(tls) = &tls else {
-                tracing::info!("SIGHUP: no TLS files to reload");
-                continue;
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let mut hup = match hup {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGHUP; TLS files will not be reloaded");
+                    return;
+                }
             };
-            match tls.reload() {
-                Ok(()) => tracing::info!(cert = %tls.files().cert.display(),
-                    "SIGHUP: TLS certificate reloaded; new connections use it"),
-                Err(error) => tracing::error!(%error,
-                    "SIGHUP: TLS reload failed; keeping the previous certificate"),
+            while hup.recv().await.is_some() {
+                let Some(tls) = &tls else {
+                    tracing::info!("SIGHUP: no TLS files to reload");
+                    continue;
+                };
+                match tls.reload() {
+                    Ok(()) => tracing::info!(cert = %tls.files().cert.display(),
+                        "SIGHUP: TLS certificate reloaded; new connections use it"),
+                    Err(error) => tracing::error!(%error,
+                        "SIGHUP: TLS reload failed; keeping the previous certificate"),
+                }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tls;
-        std::future::pending::<()>().await;
+        #[cfg(not(unix))]
+        {
+            let _ = tls;
+            std::future::pending::<()>().await;
+        }
     }
 }
 
