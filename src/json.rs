@@ -14,8 +14,9 @@
 //! expanded to their original text. The mapper turns markers into `UserDataValue.raw_json`
 //! (and `reference_id_json`), so nothing upstream sends is ever silently dropped or altered.
 //!
-//! [`elements`] splits a top-level array into its elements' text, so a CometD batch is parsed
-//! one message at a time and one bad message cannot take down its neighbours.
+//! [`parse_batch`] parses a top-level array element by element, in the same single pass, so a
+//! CometD batch is parsed one message at a time and one bad message cannot take down its
+//! neighbours.
 
 use serde_json::Value;
 use std::ops::Range;
@@ -47,34 +48,66 @@ fn err<T>(what: &'static str, at: usize) -> Result<T, JsonError> {
 /// Parses one JSON value, with values a `Value` cannot hold replaced by raw markers (see the
 /// module notes). Never recurses on the input, never panics.
 pub fn parse(bytes: &[u8]) -> Result<Value, JsonError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| JsonError {
+    let text = utf8(bytes)?;
+    let scan = scan(text.as_bytes(), MAX_DEPTH)?;
+    from_text(text, &scan.cuts)
+}
+
+/// What [`parse_batch`] found: a top-level array's elements, each parsed on its own (an
+/// element's error is its own), or any other single value.
+#[derive(Debug, PartialEq)]
+pub enum Batch {
+    Elements(Vec<Result<Value, JsonError>>),
+    Single(Value),
+}
+
+/// Parses a body that may be a batch, in one pass: the whole text must be JSON (else the
+/// error), and each element of a top-level array is held to [`MAX_DEPTH`] below its own root,
+/// as if parsed alone.
+pub fn parse_batch(bytes: &[u8]) -> Result<Batch, JsonError> {
+    let text = utf8(bytes)?;
+    let top_array = first_non_ws(text.as_bytes()) == Some(b'[');
+    // Elements sit one level below the array: the same depth below their own roots.
+    let depth = if top_array { MAX_DEPTH + 1 } else { MAX_DEPTH };
+    let scan = scan(text.as_bytes(), depth)?;
+    let Some(ranges) = scan.elements else {
+        return from_text(text, &scan.cuts).map(Batch::Single);
+    };
+    // Cuts come in text order and each lies inside one element: hand each element its own,
+    // relative to its start.
+    let mut cuts = scan.cuts.into_iter().peekable();
+    let elements = ranges
+        .into_iter()
+        .map(|r| {
+            let mut mine = Vec::new();
+            while let Some(cut) = cuts.next_if(|c| c.end <= r.end) {
+                mine.push(cut.start - r.start..cut.end - r.start);
+            }
+            from_text(&text[r], &mine)
+        })
+        .collect();
+    Ok(Batch::Elements(elements))
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, JsonError> {
+    std::str::from_utf8(bytes).map_err(|e| JsonError {
         what: "invalid UTF-8",
         at: e.valid_up_to(),
-    })?;
-    let scan = scan(text.as_bytes(), MAX_DEPTH)?;
-    let result = if scan.cuts.is_empty() {
+    })
+}
+
+/// serde_json over already scanned `text`, with `cuts` (ranges of `text`) as raw markers.
+fn from_text(text: &str, cuts: &[Range<usize>]) -> Result<Value, JsonError> {
+    let result = if cuts.is_empty() {
         serde_json::from_str(text)
     } else {
-        serde_json::from_str(&with_markers(text, &scan.cuts))
+        serde_json::from_str(&with_markers(text, cuts))
     };
     // serde_json still refuses what the scan lets through: a lone surrogate escape.
     result.map_err(|_| JsonError {
         what: "invalid escape or value",
         at: 0,
     })
-}
-
-/// The text of each element of a top-level JSON array (`None` if the value is not an array),
-/// after validating the whole text. Each element can then be [`parse`]d on its own.
-pub fn elements(bytes: &[u8]) -> Result<Option<Vec<&[u8]>>, JsonError> {
-    std::str::from_utf8(bytes).map_err(|e| JsonError {
-        what: "invalid UTF-8",
-        at: e.valid_up_to(),
-    })?;
-    let scan = scan(bytes, usize::MAX)?;
-    Ok(scan
-        .elements
-        .map(|ranges| ranges.into_iter().map(|r| &bytes[r]).collect()))
 }
 
 /// A raw marker for `text`, which must be JSON text: [`to_text`] writes it verbatim. For
@@ -470,9 +503,15 @@ mod tests {
         let v = parse(text.as_bytes()).unwrap();
         assert_eq!(v[0], json!({"ok": 1}));
         assert_eq!(to_text(&v), text);
-        let parts = elements(text.as_bytes()).unwrap().unwrap();
+        let Batch::Elements(parts) = parse_batch(text.as_bytes()).unwrap() else {
+            panic!("an array is a batch")
+        };
         assert_eq!(parts.len(), 2);
-        assert_eq!(parts[0], br#"{"ok":1}"#);
+        assert_eq!(parts[0], Ok(json!({"ok": 1})));
+        assert_eq!(
+            to_text(parts[1].as_ref().unwrap()),
+            &text[10..text.len() - 1]
+        );
         // Unbalanced at depth: an error, not a crash.
         let broken = "[".repeat(100_000);
         assert!(parse(broken.as_bytes()).is_err());
@@ -497,12 +536,34 @@ mod tests {
     }
 
     #[test]
-    fn elements_of_a_top_level_array() {
-        let text = br#" [ {"a":1} , 2 ,"x", [3,[4]] ] "#;
-        let parts = elements(text).unwrap().unwrap();
-        assert_eq!(parts, vec![&br#"{"a":1}"#[..], b"2", b"\"x\"", b"[3,[4]]"]);
-        assert_eq!(elements(b"{}").unwrap(), None);
-        assert_eq!(elements(b"[]").unwrap(), Some(vec![]));
-        assert!(elements(b"[1,").is_err());
+    fn a_batch_parses_each_element_as_if_alone() {
+        let deep_one = deep(MAX_DEPTH + 3);
+        let texts = [
+            r#"{"a":1}"#.to_string(),
+            "2".into(),
+            "\"x\"".into(),
+            "[3,[4]]".into(),
+            deep_one.clone(),
+            "18446744073709551616".into(),
+            r#"{"n":[99999999999999999999]}"#.into(),
+            "\"\\ud800\"".into(),
+        ];
+        let body = format!(" [ {} ] ", texts.join(" , "));
+        let Batch::Elements(parts) = parse_batch(body.as_bytes()).unwrap() else {
+            panic!("an array is a batch")
+        };
+        assert_eq!(parts.len(), texts.len());
+        for (text, part) in texts.iter().zip(&parts) {
+            // The same result as parsing the element alone (the same depth below its root).
+            assert_eq!(part, &parse(text.as_bytes()), "{text}");
+        }
+        assert_eq!(to_text(parts[4].as_ref().unwrap()), deep_one);
+        assert!(
+            parts[7].is_err(),
+            "a lone surrogate fails its own element only"
+        );
+        assert_eq!(parse_batch(b"{}").unwrap(), Batch::Single(json!({})));
+        assert_eq!(parse_batch(b"[]").unwrap(), Batch::Elements(vec![]));
+        assert!(parse_batch(b"[1,").is_err());
     }
 }

@@ -97,21 +97,24 @@ pub struct Parsed {
 /// is still acknowledged: redelivering it would only fail again). Only a body that is not
 /// JSON at all, or a lone object that is not a message, fails the whole response.
 pub fn parse_response(body: &[u8]) -> Result<Parsed, ParseError> {
-    let Some(elements) = crate::json::elements(body).map_err(|_| ParseError::NotJson)? else {
-        let value = crate::json::parse(body).map_err(|_| ParseError::NotJson)?;
-        if !value.is_object() {
-            return Err(ParseError::NotMessages);
+    use crate::json::Batch;
+    let elements = match crate::json::parse_batch(body).map_err(|_| ParseError::NotJson)? {
+        Batch::Elements(elements) => elements,
+        Batch::Single(value) => {
+            if !value.is_object() {
+                return Err(ParseError::NotMessages);
+            }
+            return Message::from_value(&value)
+                .map(|m| Parsed {
+                    messages: vec![m],
+                    skipped: Vec::new(),
+                })
+                .ok_or(ParseError::BadElement(0));
         }
-        return Message::from_value(&value)
-            .map(|m| Parsed {
-                messages: vec![m],
-                skipped: Vec::new(),
-            })
-            .ok_or(ParseError::BadElement(0));
     };
     let mut parsed = Parsed::default();
     for (i, element) in elements.into_iter().enumerate() {
-        match crate::json::parse(element) {
+        match element {
             Ok(value) => match Message::from_value(&value) {
                 Some(m) => parsed.messages.push(m),
                 None => parsed
