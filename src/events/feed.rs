@@ -269,6 +269,7 @@ impl Feed {
         let stored = Arc::new(Stored {
             seq,
             at: Instant::now(),
+            // Encodes the item, once: every stream then sends these bytes.
             bytes: response.encoded_len(),
             session_id,
             notification_type,

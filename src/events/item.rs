@@ -15,7 +15,8 @@ pub struct SharedItem(Arc<Shared>);
 #[derive(Debug, Clone, Default)]
 struct Shared {
     response: SessionEventsResponse,
-    /// The encoding of `response`, made by the first stream that sends it.
+    /// The encoding of `response`, made once: when the feed stores a notification (its size
+    /// is what the replay bounds count), else by the first stream that sends the item.
     encoded: OnceLock<Vec<u8>>,
 }
 
