@@ -16,15 +16,11 @@ use tonic::transport::Channel;
 
 const SESSION: &str = "0071023821aec011";
 
+#[path = "support/proc.rs"]
+mod proc_stats;
+
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
+    proc_stats::rss_kib("self")
 }
 
 fn authed<T>(msg: T) -> tonic::Request<T> {

@@ -23,6 +23,9 @@
 //! sections (default `1234`). The gateway child runs `Telemetry::init` as `main` does, with
 //! its log lines discarded.
 
+#[path = "support/proc.rs"]
+mod proc_stats;
+
 use futures::StreamExt;
 use gws_sms_gateway::config::{Cli, Command as CliCommand, ServeConfig};
 use gws_sms_gateway::proto::session_events_response::Event;
@@ -318,21 +321,11 @@ impl Proc {
 
     /// User + system CPU time so far.
     fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let after = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+        proc_stats::cpu(&self.pid().to_string(), clock_ticks())
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        proc_stats::rss_kib(&self.pid().to_string())
     }
 }
 

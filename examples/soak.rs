@@ -76,15 +76,11 @@ fn options() -> Options {
     o
 }
 
+#[path = "support/proc.rs"]
+mod proc_stats;
+
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
+    proc_stats::rss_kib(&pid.to_string())
 }
 
 fn agent(i: usize) -> (String, String) {
