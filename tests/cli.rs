@@ -1,7 +1,10 @@
 //! The binary as a newcomer runs it: `serve` with the embedded simulator, `client events` and
 //! `client delete-user-data` as separate processes, SIGTERM; and bad configuration -> exit 64.
 
-use std::io::{BufRead, BufReader};
+#[path = "support/process.rs"]
+mod process;
+
+use process::{forward_lines, signal};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -35,17 +38,9 @@ fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> (Proc, mpsc::Receiver<
         .spawn()
         .expect("binary runs");
     let (tx, rx) = mpsc::channel();
-    for pipe in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-    }
+    forward_lines(&mut child, move |line| {
+        let _ = tx.send(line);
+    });
     (Proc(child), rx)
 }
 
@@ -177,17 +172,9 @@ fn no_subcommand_is_demo_with_a_banner() {
     wait_for(&out, "started the embedded GWS simulator");
     // SIGHUP without TLS: nothing to reload, and the gateway keeps running (the signal's
     // default action would have ended it undrained).
-    let hup = Command::new("kill")
-        .args(["-HUP", &server.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    signal(&server.0, "-HUP");
     wait_for(&out, "SIGHUP: no TLS files to reload");
-    let kill = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    signal(&server.0, "-TERM");
     assert!(wait_exit(&mut server).success());
 }
 
@@ -258,11 +245,7 @@ fn newcomer_flow_serve_events_delete_then_sigterm() {
     );
 
     // SIGTERM: the events stream ends with UNAVAILABLE, the server exits 0.
-    let kill = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    signal(&server.0, "-TERM");
     wait_for(&events_out, "Unavailable");
     assert_eq!(wait_exit(&mut events).code(), Some(1));
     assert!(wait_exit(&mut server).success());
