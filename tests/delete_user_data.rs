@@ -400,14 +400,7 @@ async fn shutdown_lets_in_flight_calls_finish() {
             .delete_user_data(authed(req(SEED_SESSION, &["UserData1"]), AGENT1))
             .await
     });
-    // Wait until the call has reached the simulator (a signal, not a sleep).
-    tokio::time::timeout(STEP, async {
-        while h.stats().await["rest_requests"].as_u64().unwrap_or(0) == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("call reached upstream");
+    h.reached_upstream().await;
     let stopped = h.trigger_stop();
     let result = tokio::time::timeout(STEP, call).await.unwrap().unwrap();
     assert!(result.is_ok(), "in-flight call finished: {result:?}");

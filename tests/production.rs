@@ -320,13 +320,7 @@ async fn a_drain_that_runs_out_of_time_is_reported() {
             .delete_user_data(authed(delete_request(), AGENT1))
             .await
     });
-    tokio::time::timeout(STEP, async {
-        while h.stats().await["rest_requests"].as_u64().unwrap_or(0) == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("call reached upstream");
+    h.reached_upstream().await;
     let stopped = h.trigger_stop();
     let result = tokio::time::timeout(STEP, stopped).await.unwrap().unwrap();
     assert!(

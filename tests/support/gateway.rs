@@ -141,6 +141,18 @@ impl Harness {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
+    /// Returns once the simulator has seen a REST request (a signal, not a sleep): a call
+    /// spawned before is in flight upstream.
+    pub async fn reached_upstream(&self) {
+        tokio::time::timeout(STEP, async {
+            while self.stats().await["rest_requests"].as_u64().unwrap_or(0) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("call reached upstream");
+    }
+
     pub async fn stats(&self) -> Value {
         self.control(reqwest::Method::GET, "/simulator/stats", None)
             .await
