@@ -1,8 +1,14 @@
-//! Logs and traces. One `tracing` subscriber: log lines as text or JSON on stderr, and spans
-//! handed to OpenTelemetry (exported over OTLP/gRPC when `--otlp-endpoint` is set). A tower
+//! Logs and traces. One `tracing` subscriber: log lines as text or JSON on stderr. A tower
 //! layer opens a span per RPC that continues the caller's W3C `traceparent` and records the
 //! trace id as a span field, so every log line inside a call carries it; [`trace_headers`]
 //! gives the upstream requests (REST and CometD) the `traceparent` of the current span.
+//!
+//! Two ways of carrying the trace context, chosen once at start:
+//! - with `--otlp-endpoint`, spans are handed to OpenTelemetry (`tracing-opentelemetry`) and
+//!   exported over OTLP/gRPC;
+//! - without it, nothing is exported, so building OpenTelemetry spans would be pure cost (it
+//!   was a quarter of the CPU of a call): the `rpc` span holds a small [`TraceContext`] in its
+//!   registry extensions instead, and the upstream headers are read from there.
 //!
 //! Secrets never reach a log line: the gateway logs no credential, and the targets of
 //! dependencies known to print them (`cookie_store` logs each `JSESSIONID` at debug) are cut
@@ -13,11 +19,13 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
@@ -41,7 +49,21 @@ pub enum TelemetryError {
 
 /// The installed telemetry; [`Telemetry::shutdown`] flushes spans not yet exported.
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
+}
+
+/// How this process carries trace context; set once by [`Telemetry::init`]. Unset (no
+/// subscriber: library use, tests) behaves as `Light` with no span to read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    OpenTelemetry,
+    Light,
+}
+
+static MODE: OnceLock<Mode> = OnceLock::new();
+
+fn mode() -> Mode {
+    MODE.get().copied().unwrap_or(Mode::Light)
 }
 
 impl Telemetry {
@@ -53,21 +75,6 @@ impl Telemetry {
         default_filter: &str,
         otlp_endpoint: Option<&reqwest::Url>,
     ) -> Result<Self, TelemetryError> {
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(env!("CARGO_PKG_NAME"))
-            .build();
-        let mut builder = SdkTracerProvider::builder().with_resource(resource);
-        if let Some(url) = otlp_endpoint {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(url.as_str().trim_end_matches('/'))
-                .build()
-                .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
-            builder = builder.with_batch_exporter(exporter);
-        }
-        let provider = builder.build();
-        let tracer = provider.tracer(env!("CARGO_PKG_NAME"));
-
         let log_filter = || {
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new(default_filter))
@@ -88,31 +95,222 @@ impl Telemetry {
                 .with_filter(log_filter())
                 .boxed(),
         };
-        // Spans at info and above are traced whatever RUST_LOG says: the per-RPC span must
-        // exist for its trace id to reach the logs and the upstream requests.
-        // Every RPC makes spans, so what each one costs is per-call CPU: no busy/idle time
-        // accounting on every poll, no source location or thread attributes (strings
-        // allocated per span); the span names, fields and trace ids are what traces need.
-        let traces = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_tracked_inactivity(false)
-            .with_location(false)
-            .with_threads(false)
-            .with_filter(LevelFilter::INFO.and(no_secrets()));
+        // Spans at info and above exist whatever RUST_LOG says: the per-RPC span must exist
+        // for its trace context to reach the logs and the upstream requests.
+        let (traces, provider, mode): (TracesLayer, Option<SdkTracerProvider>, Mode) =
+            match otlp_endpoint {
+                Some(url) => {
+                    let (layer, provider) = opentelemetry_layer(url)?;
+                    (layer, Some(provider), Mode::OpenTelemetry)
+                }
+                // Only keeps the spans alive in the registry (no events, no work per span):
+                // the `rpc` span's extensions hold its `TraceContext`.
+                None => (
+                    KeepSpans
+                        .with_filter(
+                            filter_fn(|meta| meta.is_span())
+                                .and(LevelFilter::INFO)
+                                .and(no_secrets()),
+                        )
+                        .boxed(),
+                    None,
+                    Mode::Light,
+                ),
+            };
         tracing_subscriber::registry()
             .with(logs)
             .with(traces)
             .try_init()
             .map_err(|_| TelemetryError::AlreadySet)?;
+        // One subscriber per process (`try_init` above), so one mode.
+        let _ = MODE.set(mode);
         Ok(Self { provider })
     }
 
     /// Exports the spans still buffered, then stops the exporter.
     pub async fn shutdown(self) {
-        let provider = self.provider;
+        let Some(provider) = self.provider else {
+            return;
+        };
         // The SDK blocks while it flushes; keep that off the async workers.
         let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
+}
+
+type TracesLayer =
+    Box<dyn Layer<tracing_subscriber::layer::Layered<LogsLayer, Registry>> + Send + Sync>;
+type LogsLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// The OpenTelemetry bridge exporting over OTLP/gRPC to `url`. Must run inside the tokio
+/// runtime (the exporter's channel lives there).
+fn opentelemetry_layer(
+    url: &reqwest::Url,
+) -> Result<(TracesLayer, SdkTracerProvider), TelemetryError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(url.as_str().trim_end_matches('/'))
+        .build()
+        .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(env!("CARGO_PKG_NAME"))
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_batch_exporter(exporter)
+        .build();
+    let tracer = provider.tracer(env!("CARGO_PKG_NAME"));
+    // Every RPC makes spans, so what each one costs is per-call CPU: no busy/idle time
+    // accounting on every poll, no source location or thread attributes (strings allocated
+    // per span); the span names, fields and trace ids are what traces need.
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_tracked_inactivity(false)
+        .with_location(false)
+        .with_threads(false)
+        .with_filter(LevelFilter::INFO.and(no_secrets()))
+        .boxed();
+    Ok((layer, provider))
+}
+
+/// A layer that does nothing: enabling it for spans keeps them in the registry, where the
+/// `rpc` span's [`TraceContext`] lives, whatever the log level.
+struct KeepSpans;
+
+impl<S: tracing::Subscriber> Layer<S> for KeepSpans {}
+
+/// The W3C trace context of one RPC when nothing is exported: the caller's trace id and
+/// flags (or a new trace), and this RPC's own span id, which the upstream requests name as
+/// their parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: u128,
+    span_id: u64,
+    flags: u8,
+    state: Option<http::HeaderValue>,
+}
+
+/// The longest `tracestate` passed on (the W3C limit a vendor must propagate).
+const MAX_TRACESTATE: usize = 512;
+
+impl TraceContext {
+    /// Continues the caller's `traceparent` if it is valid, else starts a trace (not
+    /// sampled: this process records nothing).
+    pub fn continuing(headers: &http::HeaderMap) -> Self {
+        let span_id = loop {
+            let id: u64 = rand::random();
+            if id != 0 {
+                break id;
+            }
+        };
+        match headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent)
+        {
+            Some((trace_id, flags)) => Self {
+                trace_id,
+                span_id,
+                flags,
+                state: headers
+                    .get("tracestate")
+                    .filter(|v| v.len() <= MAX_TRACESTATE)
+                    .cloned(),
+            },
+            None => Self {
+                trace_id: loop {
+                    let id: u128 = rand::random();
+                    if id != 0 {
+                        break id;
+                    }
+                },
+                span_id,
+                flags: 0,
+                state: None,
+            },
+        }
+    }
+
+    /// The trace id as 32 lowercase hex digits, formatted only when written (a log line
+    /// that nobody prints costs nothing).
+    pub fn trace_id(&self) -> impl std::fmt::Display + 'static {
+        TraceIdHex(self.trace_id)
+    }
+
+    /// `traceparent`, version 00: `00-<trace id>-<span id>-<flags>`.
+    pub fn traceparent(&self) -> http::HeaderValue {
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        hex_into(&mut out[3..35], self.trace_id);
+        hex_into(&mut out[36..52], u128::from(self.span_id));
+        hex_into(&mut out[53..55], u128::from(self.flags));
+        http::HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header")
+    }
+}
+
+/// The low `out.len()` hex digits of `value`, lowercase, most significant first. By hand:
+/// `format!("{:032x}")` was a measurable part of a call's instructions.
+fn hex_into(out: &mut [u8], mut value: u128) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
+struct TraceIdHex(u128);
+
+impl std::fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = [0u8; 32];
+        hex_into(&mut out, self.0);
+        f.write_str(std::str::from_utf8(&out).map_err(|_| std::fmt::Error)?)
+    }
+}
+
+/// The trace id and flags of a W3C `traceparent`, if valid: `version-traceid-parentid-flags`
+/// in lowercase hex, ids not all zero, version `ff` forbidden, a later version may append
+/// `-…` fields.
+fn parse_traceparent(value: &str) -> Option<(u128, u8)> {
+    fn hex(s: &str, len: usize) -> Option<u128> {
+        let lower = s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        lower.then(|| u128::from_str_radix(s, 16).ok()).flatten()
+    }
+    let mut parts = value.trim().splitn(5, '-');
+    let version = hex(parts.next()?, 2)?;
+    let trace_id = hex(parts.next()?, 32)?;
+    let parent_id = hex(parts.next()?, 16)?;
+    let flags = hex(parts.next()?, 2)?;
+    // Version 00 has exactly four fields; a later one may have more; ff is invalid.
+    let rest_ok = match version {
+        0 => parts.next().is_none(),
+        0xff => false,
+        _ => true,
+    };
+    (rest_ok && trace_id != 0 && parent_id != 0).then_some((trace_id, flags as u8))
+}
+
+/// Stores `context` in `span`'s registry extensions (nothing if the span is disabled or
+/// there is no registry).
+fn attach(span: &tracing::Span, context: TraceContext) {
+    span.with_subscriber(|(id, dispatch)| {
+        if let Some(span) = dispatch
+            .downcast_ref::<Registry>()
+            .and_then(|registry| registry.span(id))
+        {
+            span.extensions_mut().insert(context);
+        }
+    });
+}
+
+/// The [`TraceContext`] of the current span or its nearest ancestor holding one.
+fn current_context() -> Option<TraceContext> {
+    tracing::Span::current()
+        .with_subscriber(|(id, dispatch)| {
+            let registry = dispatch.downcast_ref::<Registry>()?;
+            registry
+                .span(id)?
+                .scope()
+                .find_map(|span| span.extensions().get::<TraceContext>().cloned())
+        })
+        .flatten()
 }
 
 fn no_secrets<S>() -> impl tracing_subscriber::layer::Filter<S> {
@@ -129,9 +327,22 @@ fn no_secrets<S>() -> impl tracing_subscriber::layer::Filter<S> {
 /// The current span's trace context as W3C `traceparent` (and `tracestate`) headers, for an
 /// upstream request. Empty outside any traced span.
 pub fn trace_headers() -> http::HeaderMap {
-    let context = tracing::Span::current().context();
     let mut headers = http::HeaderMap::new();
-    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(&mut headers));
+    match mode() {
+        Mode::OpenTelemetry => {
+            let context = tracing::Span::current().context();
+            TraceContextPropagator::new()
+                .inject_context(&context, &mut HeaderInjector(&mut headers));
+        }
+        Mode::Light => {
+            if let Some(context) = current_context() {
+                headers.insert("traceparent", context.traceparent());
+                if let Some(state) = context.state {
+                    headers.insert("tracestate", state);
+                }
+            }
+        }
+    }
     headers
 }
 
@@ -196,21 +407,125 @@ where
 }
 
 /// The span of one RPC: named after its path, child of the caller's trace if it sent one,
-/// with the trace id as a field for the logs.
+/// with the trace id as a field for the logs. One span per call, with few fields: each
+/// span is entered on every poll of the call, and its fields are formatted when it opens
+/// whenever logs are on at info; the lines inside a call carry their own fields.
 fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
     let path = request.uri().path();
-    let (service, method) = path
-        .trim_start_matches('/')
-        .split_once('/')
-        .unwrap_or(("", ""));
-    let span = tracing::info_span!("rpc", otel.name = %path, otel.kind = "server",
-        rpc.system = "grpc", rpc.service = %service, rpc.method = %method,
-        trace_id = tracing::field::Empty);
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-    let _ = span.set_parent(parent);
-    let trace_id = span.context().span().span_context().trace_id();
-    if trace_id != opentelemetry::trace::TraceId::INVALID {
-        span.record("trace_id", tracing::field::display(trace_id));
+    // Under `grpc`, so `RUST_LOG=…,gws_sms_gateway::grpc=debug` shows the per-call lines
+    // with the trace id.
+    match mode() {
+        Mode::OpenTelemetry => {
+            // The OpenTelemetry names of a gRPC server span.
+            let (service, method) = path
+                .trim_start_matches('/')
+                .split_once('/')
+                .unwrap_or(("", ""));
+            let span = tracing::info_span!(target: "gws_sms_gateway::grpc", "rpc",
+                otel.name = %path, otel.kind = "server", rpc.system = "grpc",
+                rpc.service = %service, rpc.method = %method,
+                trace_id = tracing::field::Empty);
+            if span.is_disabled() {
+                return span;
+            }
+            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+            let _ = span.set_parent(parent);
+            let trace_id = span.context().span().span_context().trace_id();
+            if trace_id != opentelemetry::trace::TraceId::INVALID {
+                span.record("trace_id", tracing::field::display(trace_id));
+            }
+            span
+        }
+        // No subscriber installed (library use): no span would hold the context.
+        Mode::Light if MODE.get().is_none() => tracing::Span::none(),
+        Mode::Light => {
+            let context = TraceContext::continuing(request.headers());
+            let span = tracing::info_span!(target: "gws_sms_gateway::grpc", "rpc",
+                path = %path, trace_id = %context.trace_id());
+            attach(&span, context);
+            span
+        }
     }
-    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(traceparent: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("traceparent", traceparent.parse().unwrap());
+        h.insert("tracestate", "congo=t61rcWkgMzE".parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn continues_a_valid_traceparent_with_a_new_span_id() {
+        let h = headers("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let c = TraceContext::continuing(&h);
+        assert_eq!(c.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let tp = c.traceparent().to_str().unwrap().to_string();
+        assert!(
+            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{tp}"
+        );
+        assert!(tp.ends_with("-01"), "{tp}");
+        assert_ne!(&tp[36..52], "00f067aa0ba902b7", "the gateway's own span id");
+        assert_eq!(c.state.unwrap(), "congo=t61rcWkgMzE");
+        // A later version may carry more fields; its known ones still apply.
+        let later = TraceContext::continuing(&headers(
+            "cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-what-ever",
+        ));
+        assert_eq!(
+            later.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(later.traceparent().to_str().unwrap().ends_with("-00"));
+    }
+
+    #[test]
+    fn hex_by_hand_is_the_formatted_hex() {
+        for v in [
+            0u128,
+            1,
+            0xabc,
+            u128::MAX,
+            0x4bf92f3577b34da6a3ce929d0e0e4736,
+        ] {
+            assert_eq!(TraceIdHex(v).to_string(), format!("{v:032x}"));
+            let c = TraceContext {
+                trace_id: v,
+                span_id: v as u64,
+                flags: v as u8,
+                state: None,
+            };
+            let expected = format!("00-{v:032x}-{:016x}-{:02x}", v as u64, v as u8);
+            assert_eq!(c.traceparent(), expected.as_str());
+        }
+    }
+
+    #[test]
+    fn an_invalid_traceparent_starts_a_new_unsampled_trace() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let c = TraceContext::continuing(&headers(bad));
+            let (id, tp) = (c.trace_id().to_string(), c.traceparent());
+            assert_ne!(id, "4bf92f3577b34da6a3ce929d0e0e4736", "{bad:?}");
+            assert_ne!(id, "0".repeat(32), "{bad:?}");
+            assert_eq!(id.len(), 32, "{bad:?}");
+            assert!(tp.to_str().unwrap().ends_with("-00"), "{bad:?}");
+            assert_eq!(
+                c.state, None,
+                "{bad:?}: no tracestate without its traceparent"
+            );
+        }
+    }
 }

@@ -210,7 +210,7 @@ async fn traceparent_reaches_upstream_logs_and_the_otlp_collector() {
             "--otlp-endpoint",
             &otlp_url,
         ],
-        "info",
+        "info,gws_sms_gateway::grpc=debug",
     );
     let addr = gw.listen_addr().await;
     let mut c = client(&addr).await;
@@ -259,6 +259,107 @@ async fn traceparent_reaches_upstream_logs_and_the_otlp_collector() {
     let ids = collector.trace_ids.lock().unwrap().clone();
     assert!(ids.iter().any(|id| id == op_trace), "{ids:?}");
     assert!(ids.iter().any(|id| id == stream_trace), "{ids:?}");
+}
+
+/// Without `--otlp-endpoint` nothing is exported and no OpenTelemetry span is built, yet the
+/// trace context still reaches upstream (also when no log line shows the spans) and the logs.
+#[tokio::test(flavor = "multi_thread")]
+async fn traceparent_continues_without_an_exporter() {
+    let stream_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let op_trace = "0af7651916cd43dd8448eb211c80319c";
+    let trace_of = |tp: &str| tp.split('-').nth(1).unwrap_or_default().to_string();
+    for rust_log in [
+        "warn,gws_sms_gateway::server=info",
+        "info,gws_sms_gateway::grpc=debug",
+    ] {
+        let sim = simulator::start(&SimulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let mut gw = Gateway::spawn(
+            &["serve", "--listen", "127.0.0.1:0", "--gws-url", &sim.url],
+            rust_log,
+        );
+        let addr = gw.listen_addr().await;
+        let mut c = client(&addr).await;
+        let _stream = subscribed(
+            &mut c,
+            authed(
+                SessionEventsRequest::default(),
+                "agent1",
+                "password1",
+                Some(&format!("00-{stream_trace}-00f067aa0ba902b7-01")),
+            ),
+        )
+        .await;
+        let delete = |traceparent: Option<String>| {
+            let mut c = c.clone();
+            async move {
+                let request = DeleteUserDataRequest {
+                    session_id: SEED.into(),
+                    keys: vec!["UserData1".into()],
+                    ..Default::default()
+                };
+                c.delete_user_data(authed(
+                    request,
+                    "agent1",
+                    "password1",
+                    traceparent.as_deref(),
+                ))
+                .await
+                .unwrap();
+            }
+        };
+        delete(Some(format!("00-{op_trace}-b7ad6b7169203331-01"))).await;
+        let before = sim.simulator.traceparents();
+        delete(None).await;
+
+        let seen = sim.simulator.traceparents();
+        // The CometD requests carry the stream's trace, the POST the operation's; the parent
+        // span is the gateway's own, not the caller's.
+        let continued: Vec<_> = seen
+            .iter()
+            .filter(|tp| [stream_trace, op_trace].contains(&trace_of(tp).as_str()))
+            .collect();
+        for trace in [stream_trace, op_trace] {
+            assert!(
+                continued.iter().any(|tp| trace_of(tp) == trace),
+                "{rust_log}: {seen:?}"
+            );
+        }
+        for tp in &continued {
+            assert!(tp.starts_with("00-") && tp.ends_with("-01"), "{tp}");
+            assert!(
+                !tp.contains("00f067aa0ba902b7") && !tp.contains("b7ad6b7169203331"),
+                "{tp}"
+            );
+        }
+        // A call without a traceparent starts a trace of its own, not sampled.
+        let fresh: Vec<_> = seen.iter().filter(|tp| !before.contains(tp)).collect();
+        assert!(!fresh.is_empty(), "{rust_log}: {seen:?}");
+        for tp in fresh {
+            let parts: Vec<_> = tp.split('-').collect();
+            assert_eq!(parts.len(), 4, "{tp}");
+            assert!(![stream_trace, op_trace].contains(&parts[1]), "{tp}");
+            assert_eq!(
+                (parts[1].len(), parts[2].len(), parts[3]),
+                (32, 16, "00"),
+                "{tp}"
+            );
+        }
+
+        if rust_log.contains("grpc=debug") {
+            let line = gw.wait_for("operation accepted").await;
+            assert!(line.contains(&format!("trace_id={op_trace}")), "{line}");
+        }
+        assert_eq!(gw.stop().await, Some(0));
+        if !rust_log.contains("grpc=debug") {
+            assert!(
+                !gw.seen.iter().any(|l| l.contains("operation accepted")),
+                "per-call lines are at debug: {:?}",
+                gw.seen
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
