@@ -25,7 +25,7 @@ use feed::Feed;
 use rand::Rng;
 use replay::{ReplayBuffer, Resume};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -118,6 +118,9 @@ struct Inner {
     /// Shared by every agent's replay buffer: memory bounded for the whole process.
     replay_budget: ReplayBudget,
     shutdown: CancellationToken,
+    /// Set just before `shutdown` is cancelled: what each stream checks on every poll, one
+    /// atomic load instead of the token's lock.
+    stopping: Arc<AtomicBool>,
     tasks: TaskTracker,
 }
 
@@ -224,6 +227,7 @@ impl EventsHub {
                 feeds: Mutex::new(HashMap::new()),
                 replay_budget,
                 shutdown: CancellationToken::new(),
+                stopping: Arc::new(AtomicBool::new(false)),
                 tasks: TaskTracker::new(),
             }),
         }
@@ -416,6 +420,7 @@ impl EventsHub {
             rx,
             end,
             self.inner.shutdown.clone(),
+            self.inner.stopping.clone(),
             guard,
         ))
     }
@@ -423,6 +428,7 @@ impl EventsHub {
     /// Ends every stream with UNAVAILABLE and closes every upstream session (CometD
     /// disconnect), waiting at most `grace` for the disconnects.
     pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stopping.store(true, Ordering::Release);
         self.inner.shutdown.cancel();
         let feeds: Vec<_> = {
             let mut feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
