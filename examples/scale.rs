@@ -19,8 +19,8 @@
 //! 10,000 REST-only agents (default `--max-agents`); RSS per agent for 2,000 agents with one
 //! SessionEvents stream each; event latency p50/p99 over those streams; 10,000 streams of
 //! one agent: upstream handshakes, open time, RSS per stream, fan-out latency p50/p99.
-//! `SCALE_RUN_SECS` sets each saturation run's length (default 4), `SCALE_ROUNDS` how many
-//! rounds the servers take turns in (default 3; each figure is its best), `SCALE_SECTIONS` picks
+//! `SCALE_RUN_SECS` sets each saturation run's length (default 3), `SCALE_ROUNDS` how many
+//! rounds the servers take turns in (default 5; each figure is its best), `SCALE_SECTIONS` picks
 //! sections (default `1234`). The gateway child runs `Telemetry::init` as `main` does, with
 //! its log lines discarded.
 
@@ -569,12 +569,12 @@ async fn orchestrate() {
         std::env::var("SCALE_RUN_SECS")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or(4),
+            .unwrap_or(3),
     );
     let rounds: usize = std::env::var("SCALE_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     // SCALE_SECTIONS picks sections, e.g. "1" or "34" (default: all four).
     let sections = std::env::var("SCALE_SECTIONS").unwrap_or_else(|_| "1234".into());
     let http = reqwest::Client::new();
@@ -609,7 +609,9 @@ async fn orchestrate() {
             // the same server varies by 20% or more.
             let mut best: HashMap<&str, Saturation> = HashMap::new();
             for round in 0..rounds {
-                for (name, server) in servers {
+                // Each round starts with the next server: none is always first.
+                for k in 0..servers.len() {
+                    let (name, server) = servers[(round + k) % servers.len()];
                     let s = saturate(server, &sim, auths, 32, run).await;
                     println!(
                         "  [{label}] round {round} {name}: {} calls ({} errors), {:.0} calls/s, \
