@@ -59,13 +59,21 @@ pub async fn run(
                     () = tokio::time::sleep(delay) => Input::Timer,
                 }
             }
-            Action::Send(request) => {
+            Action::Send(Request {
+                kind,
+                messages,
+                timeout,
+            }) => {
+                // Serialized now and the messages dropped: a connect waits upstream for up
+                // to its whole timeout, with only its body needed meanwhile (per agent).
+                let body = serde_json::to_vec(&messages);
+                drop(messages);
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => break,
                     () = events.closed() => break,
-                    result = execute(&http, &agent, &config, &request) => Input::Reply {
-                        kind: request.kind,
+                    result = execute(&http, &agent, &config, body, timeout) => Input::Reply {
+                        kind,
                         result,
                     },
                 }
@@ -76,20 +84,21 @@ pub async fn run(
     // Cancelled or nobody listening: release the server session (and its parked
     // connect, which the select above has already dropped) if there is one.
     if let Some(request) = state.disconnect_request() {
-        let outcome = execute(&http, &agent, &config, &request).await;
+        let body = serde_json::to_vec(&request.messages);
+        let outcome = execute(&http, &agent, &config, body, request.timeout).await;
         tracing::debug!(ok = outcome.is_ok(), "bayeux: disconnect sent");
     }
 }
 
-/// POSTs the request's messages as a JSON array and parses the reply.
+/// POSTs a request's messages (`body`, the JSON array) and parses the reply.
 async fn execute(
     http: &reqwest::Client,
     agent: &Agent,
     config: &BayeuxConfig,
-    request: &Request,
+    body: serde_json::Result<Vec<u8>>,
+    timeout: std::time::Duration,
 ) -> Result<Vec<Message>, RequestError> {
-    let body = serde_json::to_vec(&request.messages)
-        .map_err(|_| RequestError::Malformed("request not serializable".into()))?;
+    let body = body.map_err(|_| RequestError::Malformed("request not serializable".into()))?;
     let mut response = agent
         .request(http, reqwest::Method::POST, config.url.clone())
         .headers(config.headers.clone())
@@ -98,7 +107,7 @@ async fn execute(
             "application/json;charset=UTF-8",
         )
         .body(body)
-        .timeout(request.timeout)
+        .timeout(timeout)
         .send()
         .await
         .map_err(classify)?;

@@ -370,7 +370,10 @@ impl GwsClient {
 fn csrf_from_headers(headers: &http::HeaderMap) -> Option<(HeaderName, HeaderValue)> {
     let name = headers.get("x-csrf-header")?.to_str().ok()?;
     let name = HeaderName::from_bytes(name.trim().as_bytes()).ok()?;
-    let mut value = headers.get("x-csrf-token")?.clone();
+    // A copy, not a clone: a header value received is a slice of the connection's read
+    // buffer, and the agent keeps its token for hours; a clone kept that whole 8 KiB
+    // buffer alive (6 KiB of each agent's memory).
+    let mut value = HeaderValue::from_bytes(headers.get("x-csrf-token")?.as_bytes()).ok()?;
     value.set_sensitive(true);
     Some((name, value))
 }
@@ -448,6 +451,25 @@ pub fn interpret(status: StatusCode, body: &[u8]) -> Result<Map<String, Value>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_csrf_token_does_not_pin_the_read_buffer() {
+        // As hyper hands them over: header values are slices of the connection's buffer.
+        let buffer = prost::bytes::Bytes::from(vec![b'x'; 8192]);
+        let token = buffer.slice(100..132);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-csrf-header", HeaderValue::from_static("X-CSRF-TOKEN"));
+        headers.insert("x-csrf-token", HeaderValue::from_maybe_shared(token).unwrap());
+        let (name, value) = csrf_from_headers(&headers).unwrap();
+        assert_eq!(name, "x-csrf-token");
+        assert_eq!(value.as_bytes(), &buffer[100..132]);
+        assert!(value.is_sensitive());
+        let inside = buffer.as_ptr_range();
+        assert!(
+            !inside.contains(&value.as_bytes().as_ptr()),
+            "the token must be a copy, not a slice keeping 8 KiB alive"
+        );
+    }
 
     #[test]
     fn interprets_gws_bodies_first() {
