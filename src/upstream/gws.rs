@@ -459,7 +459,10 @@ mod tests {
         let token = buffer.slice(100..132);
         let mut headers = http::HeaderMap::new();
         headers.insert("x-csrf-header", HeaderValue::from_static("X-CSRF-TOKEN"));
-        headers.insert("x-csrf-token", HeaderValue::from_maybe_shared(token).unwrap());
+        headers.insert(
+            "x-csrf-token",
+            HeaderValue::from_maybe_shared(token).unwrap(),
+        );
         let (name, value) = csrf_from_headers(&headers).unwrap();
         assert_eq!(name, "x-csrf-token");
         assert_eq!(value.as_bytes(), &buffer[100..132]);
