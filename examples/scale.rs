@@ -20,7 +20,8 @@
 //! SessionEvents stream each; event latency p50/p99 over those streams; 10,000 streams of
 //! one agent: upstream handshakes, open time, RSS per stream, fan-out latency p50/p99.
 //! `SCALE_RUN_SECS` sets each saturation run's length (default 3), `SCALE_ROUNDS` how many
-//! rounds the servers take turns in (default 5; each figure is its best), `SCALE_SECTIONS` picks
+//! rounds the servers take turns in (default 7; the figures are medians over the rounds of
+//! each gateway's ratio to the relay's run in the same round), `SCALE_SECTIONS` picks
 //! sections (default `1234`). The gateway child runs `Telemetry::init` as `main` does, with
 //! its log lines discarded.
 
@@ -574,7 +575,7 @@ async fn orchestrate() {
     let rounds: usize = std::env::var("SCALE_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(7);
     // SCALE_SECTIONS picks sections, e.g. "1" or "34" (default: all four).
     let sections = std::env::var("SCALE_SECTIONS").unwrap_or_else(|_| "1234".into());
     let http = reqwest::Client::new();
@@ -604,12 +605,14 @@ async fn orchestrate() {
             ("1 agent, 32 callers", &one),
             ("1,000 agents in turn, 32 callers", &thousand),
         ] {
-            // Best of `rounds` for each figure on its own (most calls/s, least CPU per call),
-            // the servers taking turns in each round: on a shared 2-core machine one round of
-            // the same server varies by 20% or more.
-            let mut best: HashMap<&str, Saturation> = HashMap::new();
+            // The servers take turns in each round (each round starting with the next one),
+            // and each gateway is compared with the relay's run of the same round: on a
+            // shared 2-core machine one server's runs vary by 20% or more as other work comes
+            // and goes, and a ratio of two runs minutes apart measures that. The figures are
+            // the medians over the rounds of those paired ratios.
+            let mut rounds_seen: Vec<HashMap<&str, Saturation>> = Vec::new();
             for round in 0..rounds {
-                // Each round starts with the next server: none is always first.
+                let mut this_round = HashMap::new();
                 for k in 0..servers.len() {
                     let (name, server) = servers[(round + k) % servers.len()];
                     let s = saturate(server, &sim, auths, 32, run).await;
@@ -618,36 +621,43 @@ async fn orchestrate() {
                          {:.1} µs CPU/call (simulator {:.1} µs/call)",
                         s.calls, s.errors, s.per_sec, s.cpu_us_per_call, s.upstream_cpu_us_per_call
                     );
-                    let b = best.entry(name).or_insert(Saturation {
-                        calls: 0,
-                        errors: 0,
-                        per_sec: 0.0,
-                        cpu_us_per_call: f64::INFINITY,
-                        upstream_cpu_us_per_call: f64::INFINITY,
-                    });
-                    b.calls += s.calls;
-                    b.errors += s.errors;
-                    b.per_sec = b.per_sec.max(s.per_sec);
-                    b.cpu_us_per_call = b.cpu_us_per_call.min(s.cpu_us_per_call);
+                    this_round.insert(name, s);
                 }
+                rounds_seen.push(this_round);
             }
-            let relay = &best["relay"];
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                percentile(&v, 0.5)
+            };
+            let of = |name: &str, f: fn(&Saturation) -> f64| -> Vec<f64> {
+                rounds_seen.iter().map(|r| f(&r[name])).collect()
+            };
+            let (relay_rate, relay_cpu) = (
+                median(of("relay", |s| s.per_sec)),
+                median(of("relay", |s| s.cpu_us_per_call)),
+            );
             for name in [
                 "gateway (info logs)",
                 "gateway (RUST_LOG=warn)",
                 "gateway (no tracing subscriber)",
             ] {
-                let g = &best[name];
+                let paired = |f: fn(&Saturation) -> f64| -> Vec<f64> {
+                    rounds_seen
+                        .iter()
+                        .map(|r| ratio(f(&r[name]), f(&r["relay"])))
+                        .collect()
+                };
+                let errors: u64 = rounds_seen.iter().map(|r| r[name].errors).sum();
                 println!(
                     "{label}: {name} {:.0} calls/s at {:.1} µs CPU/call; relay {:.0} calls/s at {:.1} µs CPU/call \
-                     => {:.2}x calls/s, {:.2}x CPU/call (best of {rounds} rounds; {} errors)",
-                    g.per_sec,
-                    g.cpu_us_per_call,
-                    relay.per_sec,
-                    relay.cpu_us_per_call,
-                    ratio(g.per_sec, relay.per_sec),
-                    ratio(g.cpu_us_per_call, relay.cpu_us_per_call),
-                    g.errors,
+                     => {:.2}x calls/s, {:.2}x CPU/call (medians over {rounds} rounds of the ratio to the \
+                     relay's run in the same round; {errors} errors)",
+                    median(of(name, |s| s.per_sec)),
+                    median(of(name, |s| s.cpu_us_per_call)),
+                    relay_rate,
+                    relay_cpu,
+                    median(paired(|s| s.per_sec)),
+                    median(paired(|s| s.cpu_us_per_call)),
                 );
             }
         }
