@@ -7,8 +7,9 @@
 //! - with `--otlp-endpoint`, spans are handed to OpenTelemetry (`tracing-opentelemetry`) and
 //!   exported over OTLP/gRPC;
 //! - without it, nothing is exported, so building OpenTelemetry spans would be pure cost (it
-//!   was a quarter of the CPU of a call): the `rpc` span holds a small [`TraceContext`] in its
-//!   registry extensions instead, and the upstream headers are read from there.
+//!   was a quarter of the CPU of a call): a task-local holds the call's small
+//!   [`TraceContext`] instead (tasks spawned for the call take it along with [`propagate`]),
+//!   the upstream headers are read from there, and the `rpc` span exists only for the logs.
 //!
 //! Secrets never reach a log line: the gateway logs no credential, and the targets of
 //! dependencies known to print them (`cookie_store` logs each `JSESSIONID` at debug) are cut
@@ -25,7 +26,6 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
@@ -95,33 +95,24 @@ impl Telemetry {
                 .with_filter(log_filter())
                 .boxed(),
         };
-        // Spans at info and above exist whatever RUST_LOG says: the per-RPC span must exist
-        // for its trace context to reach the logs and the upstream requests.
-        let (traces, provider, mode): (TracesLayer, Option<SdkTracerProvider>, Mode) =
-            match otlp_endpoint {
-                Some(url) => {
-                    let (layer, provider) = opentelemetry_layer(url)?;
-                    (layer, Some(provider), Mode::OpenTelemetry)
-                }
-                // Only keeps the spans alive in the registry (no events, no work per span):
-                // the `rpc` span's extensions hold its `TraceContext`.
-                None => (
-                    KeepSpans
-                        .with_filter(
-                            filter_fn(|meta| meta.is_span())
-                                .and(LevelFilter::INFO)
-                                .and(no_secrets()),
-                        )
-                        .boxed(),
-                    None,
-                    Mode::Light,
-                ),
-            };
-        tracing_subscriber::registry()
-            .with(logs)
-            .with(traces)
-            .try_init()
-            .map_err(|_| TelemetryError::AlreadySet)?;
+        // With an exporter, spans at info and above are traced whatever RUST_LOG says: the
+        // per-RPC span must exist for its trace context to reach the upstream requests.
+        // Without one, no layer but the logs': the context travels in a task-local.
+        let (traces, provider, mode) = match otlp_endpoint {
+            Some(url) => {
+                let (layer, provider) = opentelemetry_layer(url)?;
+                (Some(layer), Some(provider), Mode::OpenTelemetry)
+            }
+            None => (None, None, Mode::Light),
+        };
+        // Not `.with(Option<Layer>)`: a `None` layer declares interest in every callsite,
+        // which turned on every dependency's trace-level spans (h2 makes dozens per call).
+        let subscriber = tracing_subscriber::registry().with(logs);
+        match traces {
+            Some(traces) => subscriber.with(traces).try_init(),
+            None => subscriber.try_init(),
+        }
+        .map_err(|_| TelemetryError::AlreadySet)?;
         // One subscriber per process (`try_init` above), so one mode.
         let _ = MODE.set(mode);
         Ok(Self { provider })
@@ -172,11 +163,20 @@ fn opentelemetry_layer(
     Ok((layer, provider))
 }
 
-/// A layer that does nothing: enabling it for spans keeps them in the registry, where the
-/// `rpc` span's [`TraceContext`] lives, whatever the log level.
-struct KeepSpans;
+tokio::task_local! {
+    /// The trace context of the RPC a task works for, when nothing is exported (`None`
+    /// with an exporter, whose spans carry it). A task-local, not a span extension: it costs
+    /// nothing per span or per poll, and needs no span at all when logs are at `warn`.
+    static TRACE: Option<TraceContext>;
+}
 
-impl<S: tracing::Subscriber> Layer<S> for KeepSpans {}
+/// `future` in the trace context of the current task (a task spawned for the RPC's work:
+/// its upstream requests then carry the RPC's `traceparent`).
+pub fn propagate<F: std::future::Future>(
+    future: F,
+) -> impl std::future::Future<Output = F::Output> {
+    TRACE.scope(TRACE.try_with(Clone::clone).ok().flatten(), future)
+}
 
 /// The W3C trace context of one RPC when nothing is exported: the caller's trace id and
 /// flags (or a new trace), and this RPC's own span id, which the upstream requests name as
@@ -287,32 +287,6 @@ fn parse_traceparent(value: &str) -> Option<(u128, u8)> {
     (rest_ok && trace_id != 0 && parent_id != 0).then_some((trace_id, flags as u8))
 }
 
-/// Stores `context` in `span`'s registry extensions (nothing if the span is disabled or
-/// there is no registry).
-fn attach(span: &tracing::Span, context: TraceContext) {
-    span.with_subscriber(|(id, dispatch)| {
-        if let Some(span) = dispatch
-            .downcast_ref::<Registry>()
-            .and_then(|registry| registry.span(id))
-        {
-            span.extensions_mut().insert(context);
-        }
-    });
-}
-
-/// The [`TraceContext`] of the current span or its nearest ancestor holding one.
-fn current_context() -> Option<TraceContext> {
-    tracing::Span::current()
-        .with_subscriber(|(id, dispatch)| {
-            let registry = dispatch.downcast_ref::<Registry>()?;
-            registry
-                .span(id)?
-                .scope()
-                .find_map(|span| span.extensions().get::<TraceContext>().cloned())
-        })
-        .flatten()
-}
-
 fn no_secrets<S>() -> impl tracing_subscriber::layer::Filter<S> {
     filter_fn(|meta| {
         // No allocation: this runs for every span and event the combined filter asks about.
@@ -335,12 +309,14 @@ pub fn trace_headers() -> http::HeaderMap {
                 .inject_context(&context, &mut HeaderInjector(&mut headers));
         }
         Mode::Light => {
-            if let Some(context) = current_context() {
-                headers.insert("traceparent", context.traceparent());
-                if let Some(state) = context.state {
-                    headers.insert("tracestate", state);
+            let _ = TRACE.try_with(|context| {
+                if let Some(context) = context {
+                    headers.insert("traceparent", context.traceparent());
+                    if let Some(state) = &context.state {
+                        headers.insert("tracestate", state.clone());
+                    }
                 }
-            }
+            });
         }
     }
     headers
@@ -394,23 +370,27 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = tracing::instrument::Instrumented<S::Future>;
+    type Future = tokio::task::futures::TaskLocalFuture<
+        Option<TraceContext>,
+        tracing::instrument::Instrumented<S::Future>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let span = rpc_span(&request);
-        self.inner.call(request).instrument(span)
+        let (span, context) = rpc_span(&request);
+        TRACE.scope(context, self.inner.call(request).instrument(span))
     }
 }
 
-/// The span of one RPC: named after its path, child of the caller's trace if it sent one,
-/// with the trace id as a field for the logs. One span per call, with few fields: each
-/// span is entered on every poll of the call, and its fields are formatted when it opens
-/// whenever logs are on at info; the lines inside a call carry their own fields.
-fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
+/// The span of one RPC, and its trace context when nothing is exported: named after its
+/// path, child of the caller's trace if it sent one, with the trace id as a field for the
+/// logs. One span per call, with few fields: each span is entered on every poll of the
+/// call, and its fields are formatted when it opens whenever logs are on at info; the
+/// lines inside a call carry their own fields.
+fn rpc_span<B>(request: &http::Request<B>) -> (tracing::Span, Option<TraceContext>) {
     let path = request.uri().path();
     // Under `grpc`, so `RUST_LOG=…,gws_sms_gateway::grpc=debug` shows the per-call lines
     // with the trace id.
@@ -426,7 +406,7 @@ fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
                 rpc.service = %service, rpc.method = %method,
                 trace_id = tracing::field::Empty);
             if span.is_disabled() {
-                return span;
+                return (span, None);
             }
             let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
             let _ = span.set_parent(parent);
@@ -434,16 +414,16 @@ fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
             if trace_id != opentelemetry::trace::TraceId::INVALID {
                 span.record("trace_id", tracing::field::display(trace_id));
             }
-            span
+            (span, None)
         }
-        // No subscriber installed (library use): no span would hold the context.
-        Mode::Light if MODE.get().is_none() => tracing::Span::none(),
+        // No telemetry installed (library use): nothing to carry.
+        Mode::Light if MODE.get().is_none() => (tracing::Span::none(), None),
         Mode::Light => {
             let context = TraceContext::continuing(request.headers());
+            // Disabled (and free) unless the logs want it.
             let span = tracing::info_span!(target: "gws_sms_gateway::grpc", "rpc",
                 path = %path, trace_id = %context.trace_id());
-            attach(&span, context);
-            span
+            (span, Some(context))
         }
     }
 }

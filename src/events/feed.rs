@@ -492,13 +492,13 @@ pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig, gws: GwsClient, read_ti
         }
         session.headers.extend(crate::telemetry::trace_headers());
         let (tx, mut rx) = mpsc::channel(256);
-        let client = tokio::spawn(bayeux::run(
+        let client = tokio::spawn(crate::telemetry::propagate(bayeux::run(
             gws.http().clone(),
             feed.agent.clone(),
             session,
             tx,
             feed.cancel.clone(),
-        ));
+        )));
         let mut refused = false;
         while let Some(event) = rx.recv().await {
             match event {
@@ -509,7 +509,11 @@ pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig, gws: GwsClient, read_ti
                 BayeuxEvent::Subscribed { .. } => {
                     refreshed = false;
                     if feed.on_bayeux(event) {
-                        tokio::spawn(resync(feed.clone(), gws.clone(), read_timeout));
+                        tokio::spawn(crate::telemetry::propagate(resync(
+                            feed.clone(),
+                            gws.clone(),
+                            read_timeout,
+                        )));
                     }
                 }
                 other => {

@@ -260,14 +260,14 @@ impl EventsHub {
                 // In the trace of the call that started it: its upstream requests carry that
                 // trace's `traceparent`.
                 let span = tracing::info_span!("cometd_feed");
-                self.inner.tasks.spawn(tracing::Instrument::instrument(async move {
+                self.inner.tasks.spawn(crate::telemetry::propagate(tracing::Instrument::instrument(async move {
                     let _live = crate::metrics::COMETD_SESSIONS.hold();
                     feed::pump(pump_feed.clone(), bayeux, gws, read_timeout).await;
                     // Whatever ended the session, the next subscriber starts a fresh one.
                     if let Some(hub) = hub.upgrade() {
                         hub.remove(&pump_feed, false);
                     }
-                }, span));
+                }, span)));
                 tracing::debug!(agent = ?agent.key(), "first stream: upstream notification session started");
                 feed
             })
