@@ -170,6 +170,18 @@ tokio::task_local! {
     static TRACE: Option<TraceContext>;
 }
 
+/// The current call's trace id, as a log field (`None`, so not printed, outside a call or
+/// when spans are exported: the `rpc` span carries it then). Without an exporter a call has
+/// a span only when the logs are at debug, so the lines logged about a call at info carry
+/// it this way.
+pub fn trace_id() -> Option<tracing::field::DisplayValue<impl std::fmt::Display>> {
+    TRACE
+        .try_with(|context| context.as_ref().map(|c| TraceIdHex(c.trace_id)))
+        .ok()
+        .flatten()
+        .map(tracing::field::display)
+}
+
 /// `future` in the trace context of the current task (a task spawned for the RPC's work:
 /// its upstream requests then carry the RPC's `traceparent`).
 pub fn propagate<F: std::future::Future>(
@@ -418,10 +430,11 @@ fn rpc_span<B>(request: &http::Request<B>) -> (tracing::Span, Option<TraceContex
         }
         // No telemetry installed (library use): nothing to carry.
         Mode::Light if MODE.get().is_none() => (tracing::Span::none(), None),
+        // At debug: a span entered on every poll was the largest cost of a call at info
+        // (the lines logged about a call at info carry `trace_id` themselves).
         Mode::Light => {
             let context = TraceContext::continuing(request.headers());
-            // Disabled (and free) unless the logs want it.
-            let span = tracing::info_span!(target: "gws_sms_gateway::grpc", "rpc",
+            let span = tracing::debug_span!(target: "gws_sms_gateway::grpc", "rpc",
                 path = %path, trace_id = %context.trace_id());
             (span, Some(context))
         }

@@ -268,8 +268,10 @@ async fn traceparent_continues_without_an_exporter() {
     let stream_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let op_trace = "0af7651916cd43dd8448eb211c80319c";
     let trace_of = |tp: &str| tp.split('-').nth(1).unwrap_or_default().to_string();
+    let failed_trace = "5c1d6e7f8091a2b3c4d5e6f708192a3b";
     for rust_log in [
         "warn,gws_sms_gateway::server=info",
+        "info",
         "info,gws_sms_gateway::grpc=debug",
     ] {
         let sim = simulator::start(&SimulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
@@ -350,6 +352,21 @@ async fn traceparent_continues_without_an_exporter() {
         if rust_log.contains("grpc=debug") {
             let line = gw.wait_for("operation accepted").await;
             assert!(line.contains(&format!("trace_id={op_trace}")), "{line}");
+        }
+        if rust_log == "info" {
+            // At info a call has no span; the line about a failed call carries the trace id.
+            let unknown = DeleteUserDataRequest {
+                session_id: "00000000000000aa".into(),
+                keys: vec!["UserData1".into()],
+                ..Default::default()
+            };
+            let tp = format!("00-{failed_trace}-b7ad6b7169203331-01");
+            c.delete_user_data(authed(unknown, "agent1", "password1", Some(&tp)))
+                .await
+                .expect_err("unknown session");
+            let line = gw.wait_for("operation failed").await;
+            assert!(line.contains(&format!("trace_id={failed_trace}")), "{line}");
+            assert!(!line.contains("rpc{"), "no rpc span at info: {line}");
         }
         assert_eq!(gw.stop().await, Some(0));
         if !rust_log.contains("grpc=debug") {

@@ -259,7 +259,8 @@ impl EventsHub {
                 let read_timeout = self.inner.config.read_timeout;
                 // In the trace of the call that started it: its upstream requests carry that
                 // trace's `traceparent`.
-                let span = tracing::info_span!("cometd_feed");
+                let span = tracing::info_span!("cometd_feed",
+                    trace_id = crate::telemetry::trace_id());
                 self.inner.tasks.spawn(crate::telemetry::propagate(tracing::Instrument::instrument(async move {
                     let _live = crate::metrics::COMETD_SESSIONS.hold();
                     feed::pump(pump_feed.clone(), bayeux, gws, read_timeout).await;

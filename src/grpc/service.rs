@@ -11,6 +11,7 @@ use crate::events::{EventStream, EventsHub, Expect, Outcome, SharedItem};
 use crate::mapping::{self, MappingError, ReferenceId};
 use crate::proto::sms_session_service_server::SmsSessionService;
 use crate::proto::*;
+use crate::telemetry;
 use crate::upstream::{Agent, Credential, GwsClient, UpstreamError};
 use futures::{Stream, StreamExt};
 use serde_json::{Map, Value};
@@ -172,13 +173,13 @@ impl SmsSessionApi {
                 // Per call, so at debug: at info a busy gateway would spend a large share of
                 // each call's CPU on this line (the request metrics count every call).
                 tracing::debug!(agent = ?agent.key(), session_id = %op.session_id,
-                    reference_id = ?accepted.reference.id, outcome = ?outcome_status,
+                    trace_id = telemetry::trace_id(), reference_id = ?accepted.reference.id, outcome = ?outcome_status,
                     "operation accepted");
                 Ok(Response::new(S::new(accepted.reference, outcome)))
             }
             Err(error) => {
-                tracing::info!(agent = ?agent.key(), session_id = %op.session_id, %error,
-                    "operation failed");
+                tracing::info!(agent = ?agent.key(), session_id = %op.session_id,
+                    trace_id = telemetry::trace_id(), %error, "operation failed");
                 Err(error.into())
             }
         }
@@ -205,12 +206,13 @@ impl SmsSessionApi {
             });
         match result {
             Ok(response) => {
-                tracing::debug!(agent = ?key, session_id = read.session_id(), "read answered");
+                tracing::debug!(agent = ?key, session_id = read.session_id(),
+                    trace_id = telemetry::trace_id(), "read answered");
                 Ok(Response::new(response))
             }
             Err(error) => {
-                tracing::info!(agent = ?key, session_id = read.session_id(), %error,
-                    "read failed");
+                tracing::info!(agent = ?key, session_id = read.session_id(),
+                    trace_id = telemetry::trace_id(), %error, "read failed");
                 Err(Error::upstream(error, self.gws.host()).into())
             }
         }
