@@ -1,7 +1,7 @@
 //! Logs and traces. One `tracing` subscriber: log lines as text or JSON on stderr. A tower
-//! layer opens a span per RPC that continues the caller's W3C `traceparent` and records the
-//! trace id as a span field, so every log line inside a call carries it; [`trace_headers`]
-//! gives the upstream requests (REST and CometD) the `traceparent` of the current span.
+//! layer gives every RPC a trace context continuing the caller's W3C `traceparent` and an
+//! `rpc` span with the trace id as a field; [`trace_headers`] gives the upstream requests
+//! (REST and CometD) the `traceparent` of the current call.
 //!
 //! Two ways of carrying the trace context, chosen once at start:
 //! - with `--otlp-endpoint`, spans are handed to OpenTelemetry (`tracing-opentelemetry`) and
@@ -53,7 +53,7 @@ pub struct Telemetry {
 }
 
 /// How this process carries trace context; set once by [`Telemetry::init`]. Unset (no
-/// subscriber: library use, tests) behaves as `Light` with no span to read from.
+/// subscriber: library use, tests): nothing is carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     OpenTelemetry,
@@ -62,8 +62,8 @@ enum Mode {
 
 static MODE: OnceLock<Mode> = OnceLock::new();
 
-fn mode() -> Mode {
-    MODE.get().copied().unwrap_or(Mode::Light)
+fn mode() -> Option<Mode> {
+    MODE.get().copied()
 }
 
 impl Telemetry {
@@ -208,12 +208,8 @@ impl TraceContext {
     /// Continues the caller's `traceparent` if it is valid, else starts a trace (not
     /// sampled: this process records nothing).
     pub fn continuing(headers: &http::HeaderMap) -> Self {
-        let span_id = loop {
-            let id: u64 = rand::random();
-            if id != 0 {
-                break id;
-            }
-        };
+        // W3C: an all-zero id is invalid.
+        let span_id = nonzero_random(rand::random::<u64>);
         match headers
             .get("traceparent")
             .and_then(|v| v.to_str().ok())
@@ -223,18 +219,16 @@ impl TraceContext {
                 trace_id,
                 span_id,
                 flags,
+                // A copy, not a clone: a received value is a slice of the connection's
+                // read buffer, and the context can outlive the call (its agent's CometD
+                // feed keeps it).
                 state: headers
                     .get("tracestate")
                     .filter(|v| v.len() <= MAX_TRACESTATE)
-                    .cloned(),
+                    .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok()),
             },
             None => Self {
-                trace_id: loop {
-                    let id: u128 = rand::random();
-                    if id != 0 {
-                        break id;
-                    }
-                },
+                trace_id: nonzero_random(rand::random::<u128>),
                 span_id,
                 flags: 0,
                 state: None,
@@ -277,6 +271,15 @@ impl std::fmt::Display for TraceIdHex {
     }
 }
 
+fn nonzero_random<T: PartialEq + Default>(draw: impl Fn() -> T) -> T {
+    loop {
+        let id = draw();
+        if id != T::default() {
+            return id;
+        }
+    }
+}
+
 /// The trace id and flags of a W3C `traceparent`, if valid: `version-traceid-parentid-flags`
 /// in lowercase hex, ids not all zero, version `ff` forbidden, a later version may append
 /// `-…` fields.
@@ -315,12 +318,13 @@ fn no_secrets<S>() -> impl tracing_subscriber::layer::Filter<S> {
 pub fn trace_headers() -> http::HeaderMap {
     let mut headers = http::HeaderMap::new();
     match mode() {
-        Mode::OpenTelemetry => {
+        None => {}
+        Some(Mode::OpenTelemetry) => {
             let context = tracing::Span::current().context();
             TraceContextPropagator::new()
                 .inject_context(&context, &mut HeaderInjector(&mut headers));
         }
-        Mode::Light => {
+        Some(Mode::Light) => {
             let _ = TRACE.try_with(|context| {
                 if let Some(context) = context {
                     headers.insert("traceparent", context.traceparent());
@@ -399,15 +403,16 @@ where
 
 /// The span of one RPC, and its trace context when nothing is exported: named after its
 /// path, child of the caller's trace if it sent one, with the trace id as a field for the
-/// logs. One span per call, with few fields: each span is entered on every poll of the
-/// call, and its fields are formatted when it opens whenever logs are on at info; the
-/// lines inside a call carry their own fields.
+/// logs. One span per call with few fields (it is entered on every poll of the call, and
+/// its fields are formatted when it opens); the lines about a call carry their own fields.
 fn rpc_span<B>(request: &http::Request<B>) -> (tracing::Span, Option<TraceContext>) {
     let path = request.uri().path();
     // Under `grpc`, so `RUST_LOG=…,gws_sms_gateway::grpc=debug` shows the per-call lines
     // with the trace id.
     match mode() {
-        Mode::OpenTelemetry => {
+        // No telemetry installed (library use): nothing to carry.
+        None => (tracing::Span::none(), None),
+        Some(Mode::OpenTelemetry) => {
             // The OpenTelemetry names of a gRPC server span.
             let (service, method) = path
                 .trim_start_matches('/')
@@ -428,11 +433,9 @@ fn rpc_span<B>(request: &http::Request<B>) -> (tracing::Span, Option<TraceContex
             }
             (span, None)
         }
-        // No telemetry installed (library use): nothing to carry.
-        Mode::Light if MODE.get().is_none() => (tracing::Span::none(), None),
         // At debug: a span entered on every poll was the largest cost of a call at info
         // (the lines logged about a call at info carry `trace_id` themselves).
-        Mode::Light => {
+        Some(Mode::Light) => {
             let context = TraceContext::continuing(request.headers());
             let span = tracing::debug_span!(target: "gws_sms_gateway::grpc", "rpc",
                 path = %path, trace_id = %context.trace_id());
@@ -457,6 +460,12 @@ mod tests {
         let h = headers("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let c = TraceContext::continuing(&h);
         assert_eq!(c.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let state = c.state.as_ref().unwrap();
+        assert_ne!(
+            state.as_bytes().as_ptr(),
+            h["tracestate"].as_bytes().as_ptr(),
+            "tracestate is a copy: the context may outlive the request's buffer"
+        );
         let tp = c.traceparent().to_str().unwrap().to_string();
         assert!(
             tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
