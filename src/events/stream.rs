@@ -55,7 +55,6 @@ struct SubscriberStream {
     registered: Option<Waker>,
     /// Set just before the token is cancelled.
     stopping: Arc<AtomicBool>,
-    cancelled: CancellationToken,
     last: Option<Item>,
     done: bool,
     guard: SlotGuard,
@@ -73,10 +72,9 @@ pub(super) fn new(
         pre,
         rx,
         end,
-        shutdown: Box::pin(shutdown.clone().cancelled_owned()),
+        shutdown: Box::pin(shutdown.cancelled_owned()),
         registered: None,
         stopping,
-        cancelled: shutdown,
         last: None,
         done: false,
         guard,
@@ -106,7 +104,7 @@ impl SubscriberStream {
                 }
             }
             Some(other) => other,
-            None if self.cancelled.is_cancelled() => EventsError::ShuttingDown,
+            None if self.stopping.load(Ordering::Acquire) => EventsError::ShuttingDown,
             None => EventsError::Ended("upstream notification session closed".into()),
         }
     }
