@@ -185,6 +185,41 @@ impl TraceService for Collector {
     }
 }
 
+const STREAM_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const OP_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// agent1's SessionEvents, SUBSCRIBED, in the caller's trace `STREAM_TRACE`.
+async fn subscribed_in_trace(
+    c: &mut SmsSessionServiceClient<Channel>,
+) -> tonic::Streaming<gws_sms_gateway::proto::SessionEventsResponse> {
+    let traceparent = format!("00-{STREAM_TRACE}-00f067aa0ba902b7-01");
+    let request = authed(
+        SessionEventsRequest::default(),
+        "agent1",
+        "password1",
+        Some(&traceparent),
+    );
+    subscribed(c, request).await
+}
+
+/// agent1's DeleteUserData of the seed session, in the caller's trace `trace` (or none).
+async fn delete_in_trace(c: &mut SmsSessionServiceClient<Channel>, trace: Option<&str>) {
+    let request = DeleteUserDataRequest {
+        session_id: SEED.into(),
+        keys: vec!["UserData1".into()],
+        ..Default::default()
+    };
+    let traceparent = trace.map(|t| format!("00-{t}-b7ad6b7169203331-01"));
+    c.delete_user_data(authed(
+        request,
+        "agent1",
+        "password1",
+        traceparent.as_deref(),
+    ))
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn traceparent_reaches_upstream_logs_and_the_otlp_collector() {
     let collector = Collector::default();
@@ -215,30 +250,9 @@ async fn traceparent_reaches_upstream_logs_and_the_otlp_collector() {
     let addr = gw.listen_addr().await;
     let mut c = client(&addr).await;
 
-    let stream_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let op_trace = "0af7651916cd43dd8448eb211c80319c";
-    let _stream = subscribed(
-        &mut c,
-        authed(
-            SessionEventsRequest::default(),
-            "agent1",
-            "password1",
-            Some(&format!("00-{stream_trace}-00f067aa0ba902b7-01")),
-        ),
-    )
-    .await;
-    c.delete_user_data(authed(
-        DeleteUserDataRequest {
-            session_id: SEED.into(),
-            keys: vec!["UserData1".into()],
-            ..Default::default()
-        },
-        "agent1",
-        "password1",
-        Some(&format!("00-{op_trace}-b7ad6b7169203331-01")),
-    ))
-    .await
-    .unwrap();
+    let (stream_trace, op_trace) = (STREAM_TRACE, OP_TRACE);
+    let _stream = subscribed_in_trace(&mut c).await;
+    delete_in_trace(&mut c, Some(op_trace)).await;
 
     // Upstream: the CometD requests carry the stream's trace, the REST POST the operation's.
     let seen = sim.simulator.traceparents();
@@ -265,8 +279,7 @@ async fn traceparent_reaches_upstream_logs_and_the_otlp_collector() {
 /// trace context still reaches upstream (also when no log line shows the spans) and the logs.
 #[tokio::test(flavor = "multi_thread")]
 async fn traceparent_continues_without_an_exporter() {
-    let stream_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let op_trace = "0af7651916cd43dd8448eb211c80319c";
+    let (stream_trace, op_trace) = (STREAM_TRACE, OP_TRACE);
     let trace_of = |tp: &str| tp.split('-').nth(1).unwrap_or_default().to_string();
     let failed_trace = "5c1d6e7f8091a2b3c4d5e6f708192a3b";
     for rust_log in [
@@ -283,37 +296,10 @@ async fn traceparent_continues_without_an_exporter() {
         );
         let addr = gw.listen_addr().await;
         let mut c = client(&addr).await;
-        let _stream = subscribed(
-            &mut c,
-            authed(
-                SessionEventsRequest::default(),
-                "agent1",
-                "password1",
-                Some(&format!("00-{stream_trace}-00f067aa0ba902b7-01")),
-            ),
-        )
-        .await;
-        let delete = |traceparent: Option<String>| {
-            let mut c = c.clone();
-            async move {
-                let request = DeleteUserDataRequest {
-                    session_id: SEED.into(),
-                    keys: vec!["UserData1".into()],
-                    ..Default::default()
-                };
-                c.delete_user_data(authed(
-                    request,
-                    "agent1",
-                    "password1",
-                    traceparent.as_deref(),
-                ))
-                .await
-                .unwrap();
-            }
-        };
-        delete(Some(format!("00-{op_trace}-b7ad6b7169203331-01"))).await;
+        let _stream = subscribed_in_trace(&mut c).await;
+        delete_in_trace(&mut c, Some(op_trace)).await;
         let before = sim.simulator.traceparents();
-        delete(None).await;
+        delete_in_trace(&mut c, None).await;
 
         let seen = sim.simulator.traceparents();
         // The CometD requests carry the stream's trace, the POST the operation's; the parent
