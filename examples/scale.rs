@@ -77,9 +77,8 @@ async fn main() {
         // a0..aAGENTS in turn.
         Some("drive") => {
             let calls: usize = args[2].parse().unwrap();
-            let auths: Vec<_> = (0..calls)
-                .map(|i| auth(i % args[3].parse::<usize>().unwrap()))
-                .collect();
+            let agents: usize = args[3].parse().unwrap();
+            let auths: Vec<_> = (0..calls).map(|i| auth(i % agents)).collect();
             let failed = touch_all(&args[1], &auths, 32).await;
             println!("DRIVEN {calls} {failed} failed");
         }
@@ -550,6 +549,14 @@ async fn inject(http: &reqwest::Client, sim: &str, agent: usize, body: String) {
         .unwrap();
 }
 
+/// The number in environment variable `name`, else `default`.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 fn ratio(a: f64, b: f64) -> f64 {
     a / b
 }
@@ -566,16 +573,8 @@ async fn orchestrate() {
             .join(" "),
         clock_ticks()
     );
-    let run = Duration::from_secs(
-        std::env::var("SCALE_RUN_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(3),
-    );
-    let rounds: usize = std::env::var("SCALE_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7);
+    let run = Duration::from_secs(env_or("SCALE_RUN_SECS", 3));
+    let rounds: usize = env_or("SCALE_ROUNDS", 7);
     // SCALE_SECTIONS picks sections, e.g. "1" or "34" (default: all four).
     let sections = std::env::var("SCALE_SECTIONS").unwrap_or_else(|_| "1234".into());
     let http = reqwest::Client::new();
@@ -772,10 +771,7 @@ async fn orchestrate() {
             cometd["sessions"],
             (after as f64 - base as f64) / 9999.0
         );
-        let events: usize = std::env::var("SCALE_FANOUT_EVENTS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(20);
+        let events: usize = env_or("SCALE_FANOUT_EVENTS", 20);
         let n = streams.len();
         let delivered = Arc::new(AtomicUsize::new(0));
         let readers: Vec<_> = streams
