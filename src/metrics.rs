@@ -11,7 +11,7 @@
 
 use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -24,12 +24,76 @@ const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// One metric's series, by label values. Counting finds a series by the values the caller
+/// passes and allocates only when it creates one: every RPC counts half a dozen series, and
+/// building owned keys for each lookup was a dozen allocations per call.
+struct Series<V>(hashbrown::HashTable<(Vec<String>, V)>);
+
+impl<V: Default> Series<V> {
+    const fn new() -> Self {
+        Self(hashbrown::HashTable::new())
+    }
+
+    fn get(&self, labels: &[&str]) -> Option<&V> {
+        let found = self
+            .0
+            .find(label_hash(labels), |(key, _)| same(key, labels));
+        found.map(|(_, value)| value)
+    }
+
+    /// The series for `labels`, created (zero) on first use.
+    fn get_mut(&mut self, labels: &[&str]) -> &mut V {
+        let hash = label_hash(labels);
+        let entry = self.0.entry(
+            hash,
+            |(key, _)| same(key, labels),
+            |(key, _)| label_hash(key),
+        );
+        let (_, value) = match entry {
+            hashbrown::hash_table::Entry::Occupied(found) => found.into_mut(),
+            hashbrown::hash_table::Entry::Vacant(empty) => {
+                let key = labels.iter().map(|l| l.to_string()).collect();
+                empty.insert((key, V::default())).into_mut()
+            }
+        };
+        value
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The series in label order, for stable output.
+    fn sorted(&self) -> Vec<&(Vec<String>, V)> {
+        let mut all: Vec<_> = self.0.iter().collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+}
+
+fn same(key: &[String], labels: &[&str]) -> bool {
+    key.len() == labels.len() && key.iter().zip(labels).all(|(k, l)| k == l)
+}
+
+/// FNV-1a over the values, each ended by 0xff (which UTF-8 never contains). Label values
+/// are a few short strings from bounded sets the gateway chose, so nobody can aim
+/// collisions at the table, and std's SipHash cost more than the rest of counting a call.
+fn label_hash<S: AsRef<str>>(labels: &[S]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for label in labels {
+        for byte in label.as_ref().bytes().chain([0xff]) {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
 /// A counter with labels.
 pub struct Counter {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    values: Mutex<BTreeMap<Vec<String>, u64>>,
+    values: Mutex<Series<u64>>,
 }
 
 impl Counter {
@@ -38,28 +102,22 @@ impl Counter {
             name,
             help,
             labels,
-            values: Mutex::new(BTreeMap::new()),
+            values: Mutex::new(Series::new()),
         }
     }
 
     pub fn inc(&self, labels: &[&str]) {
         debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
-        let key = labels.iter().map(|l| l.to_string()).collect();
-        *self
-            .values
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default() += 1;
+        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        *values.get_mut(labels) += 1;
     }
 
     /// The current value for these labels (0 if never counted).
     pub fn get(&self, labels: &[&str]) -> u64 {
-        let key: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
         self.values
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(labels)
             .copied()
             .unwrap_or(0)
     }
@@ -117,7 +175,7 @@ pub struct Histogram {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    values: Mutex<BTreeMap<Vec<String>, HistogramData>>,
+    values: Mutex<Series<HistogramData>>,
 }
 
 impl Histogram {
@@ -126,15 +184,15 @@ impl Histogram {
             name,
             help,
             labels,
-            values: Mutex::new(BTreeMap::new()),
+            values: Mutex::new(Series::new()),
         }
     }
 
     pub fn observe(&self, labels: &[&str], elapsed: Duration) {
+        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
         let seconds = elapsed.as_secs_f64();
-        let key = labels.iter().map(|l| l.to_string()).collect();
         let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        let data = values.entry(key).or_default();
+        let data = values.get_mut(labels);
         for (bucket, bound) in data.buckets.iter_mut().zip(BUCKETS) {
             if seconds <= bound {
                 *bucket += 1;
@@ -277,7 +335,7 @@ fn render_counter(out: &mut String, c: &Counter) {
     if values.is_empty() && c.labels.is_empty() {
         let _ = writeln!(out, "{} 0", c.name);
     }
-    for (labels, value) in values.iter() {
+    for (labels, value) in values.sorted() {
         let _ = writeln!(
             out,
             "{}{} {value}",
@@ -295,7 +353,7 @@ fn render_gauge(out: &mut String, g: &Gauge) {
 fn render_histogram(out: &mut String, h: &Histogram) {
     header(out, h.name, h.help, "histogram");
     let values = h.values.lock().unwrap_or_else(|e| e.into_inner());
-    for (labels, data) in values.iter() {
+    for (labels, data) in values.sorted() {
         for (bound, count) in BUCKETS.iter().zip(data.buckets) {
             let le = bound.to_string();
             let _ = writeln!(
