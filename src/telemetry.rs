@@ -76,9 +76,10 @@ impl Telemetry {
         otlp_endpoint: Option<&reqwest::Url>,
     ) -> Result<Self, TelemetryError> {
         let log_filter = || {
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new(default_filter))
-                .and(no_secrets())
+            without_secrets(
+                EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| EnvFilter::new(default_filter)),
+            )
         };
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
@@ -302,6 +303,11 @@ fn parse_traceparent(value: &str) -> Option<(u128, u8)> {
     (rest_ok && trace_id != 0 && parent_id != 0).then_some((trace_id, flags as u8))
 }
 
+/// `filter`, never enabling [`SECRET_TARGETS`].
+fn without_secrets<S>(filter: EnvFilter) -> impl tracing_subscriber::layer::Filter<S> {
+    filter.and(no_secrets())
+}
+
 fn no_secrets<S>() -> impl tracing_subscriber::layer::Filter<S> {
     filter_fn(|meta| {
         // No allocation: this runs for every span and event the combined filter asks about.
@@ -311,6 +317,11 @@ fn no_secrets<S>() -> impl tracing_subscriber::layer::Filter<S> {
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
         })
     })
+    // It filters by target, not level: saying so lets the combined filter's hint be
+    // RUST_LOG's level. Without a hint the process's maximum level was TRACE, so every
+    // `log` record of a dependency (reqwest writes some per request) went through the
+    // filter instead of being skipped where it is written.
+    .with_max_level_hint(LevelFilter::TRACE)
 }
 
 /// The current span's trace context as W3C `traceparent` (and `tracestate`) headers, for an
@@ -447,6 +458,21 @@ fn rpc_span<B>(request: &http::Request<B>) -> (tracing::Span, Option<TraceContex
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracing_subscriber::layer::Filter;
+
+    #[test]
+    fn the_log_filter_says_its_level() {
+        // The process's maximum level, and so the `log` crate's, comes from this hint.
+        let hint = |directives| {
+            Filter::<Registry>::max_level_hint(&without_secrets(EnvFilter::new(directives)))
+        };
+        assert_eq!(hint("info"), Some(LevelFilter::INFO));
+        assert_eq!(hint("warn"), Some(LevelFilter::WARN));
+        assert_eq!(
+            hint("warn,gws_sms_gateway::grpc=debug"),
+            Some(LevelFilter::DEBUG)
+        );
+    }
 
     fn headers(traceparent: &str) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();
