@@ -248,33 +248,38 @@ mod tests {
         http: reqwest::Client,
         url: String,
         csrf: Option<String>,
+        /// The session cookie (`JSESSIONID=...`) login got.
+        cookie: Option<String>,
     }
 
     impl Client {
         /// Logs in as agent1 (`GET /api/v2/me`), keeping the cookie and the CSRF token.
         async fn login(url: &str) -> Self {
-            let http = reqwest::Client::builder()
-                .cookie_store(true)
-                .build()
-                .unwrap();
             let mut client = Self {
-                http,
+                http: reqwest::Client::new(),
                 url: url.to_string(),
                 csrf: None,
+                cookie: None,
             };
             let resp = client.request(reqwest::Method::GET, "/api/v2/me").send();
             let resp = resp.await.unwrap();
-            client.csrf = resp
-                .headers()
-                .get("X-CSRF-TOKEN")
-                .map(|v| v.to_str().unwrap().to_string());
+            let header = |name| Some(resp.headers().get(name)?.to_str().unwrap().to_string());
+            client.csrf = header("X-CSRF-TOKEN");
+            // `JSESSIONID=...; Path=/; HttpOnly` -> `JSESSIONID=...`
+            client.cookie = header("set-cookie").map(|v| v.split(';').next().unwrap().into());
+            assert!(client.cookie.is_some(), "login starts an HTTP session");
             client
         }
 
         fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-            self.http
+            let request = self
+                .http
                 .request(method, format!("{}{path}", self.url))
-                .basic_auth(AGENT.0, Some(AGENT.1))
+                .basic_auth(AGENT.0, Some(AGENT.1));
+            match &self.cookie {
+                Some(cookie) => request.header("cookie", cookie),
+                None => request,
+            }
         }
 
         async fn get(&self, path: &str) -> (u16, Value) {

@@ -17,9 +17,9 @@
 //! when idle and unused. States are keyed by [`AgentKey`] (a hash, never the credential in
 //! clear).
 
+use super::cookies::Cookies;
 use super::{AgentKey, Credential, UpstreamError};
 use http::{HeaderName, HeaderValue};
-use reqwest::cookie::CookieStore as _;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,7 +95,7 @@ pub struct Agent {
     /// `Basic ...`, marked sensitive: hyper and reqwest never print it.
     authorization: HeaderValue,
     /// This agent's cookies (`JSESSIONID`); never installed on the shared client.
-    jar: reqwest::cookie::Jar,
+    cookies: Cookies,
     csrf: Mutex<Csrf>,
     /// When last handed out, in milliseconds since [`origin`]: an atomic, so the hot path
     /// takes no lock for it.
@@ -112,7 +112,7 @@ fn millis_since_origin(at: Instant) -> u64 {
     at.saturating_duration_since(origin()).as_millis() as u64
 }
 
-// By hand: the jar is not `Debug`, and neither the credential nor the cookies may be printed.
+// By hand: neither the credential nor the cookies may be printed.
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent").field("key", &self.key).finish()
@@ -129,7 +129,7 @@ impl Agent {
         Ok(Self {
             key: credential.key(),
             authorization,
-            jar: reqwest::cookie::Jar::default(),
+            cookies: Cookies::default(),
             csrf: Mutex::new(Csrf::Unknown),
             last_used: AtomicU64::new(millis_since_origin(Instant::now())),
         })
@@ -147,12 +147,11 @@ impl Agent {
         method: reqwest::Method,
         url: reqwest::Url,
     ) -> reqwest::RequestBuilder {
-        let cookies = self.jar.cookies(&url);
+        let cookies = self.cookies.header(&url);
         let mut request = client
             .request(method, url)
             .header(http::header::AUTHORIZATION, self.authorization.clone());
-        if let Some(mut cookies) = cookies {
-            cookies.set_sensitive(true);
+        if let Some(cookies) = cookies {
             request = request.header(http::header::COOKIE, cookies);
         }
         request
@@ -161,9 +160,9 @@ impl Agent {
     /// Stores the reply's `Set-Cookie` headers in this agent's jar.
     pub fn absorb(&self, response: &reqwest::Response) {
         let set = response.headers().get_all(http::header::SET_COOKIE);
-        // Most replies set nothing: spare them the jar's write lock.
+        // Most replies set nothing: they keep the jar's header as it is.
         if set.iter().next().is_some() {
-            self.jar.set_cookies(&mut set.iter(), response.url());
+            self.cookies.absorb(set.iter(), response.url());
         }
     }
 
@@ -736,7 +735,7 @@ mod tests {
         let b = Agent::new(&cred("b")).unwrap();
         let url: reqwest::Url = "http://gws:8080/api/v2/me".parse().unwrap();
         let set = HeaderValue::from_static("JSESSIONID=aaa; Path=/; HttpOnly");
-        a.jar.set_cookies(&mut std::iter::once(&set), &url);
+        a.cookies.absorb(std::iter::once(&set), &url);
         let req = a
             .request(reg.http(), reqwest::Method::GET, url.clone())
             .build()

@@ -1,8 +1,9 @@
 //! The GWS REST side: who the agent is ([`credential`]), the per-agent upstream state
-//! ([`agents`]: cookie jar, CSRF token, over one shared HTTP client), the REST operations ([`gws`], typed by [`operation`]) and
+//! ([`agents`]: cookie jar ([`cookies`]), CSRF token, over one shared HTTP client), the REST operations ([`gws`], typed by [`operation`]) and
 //! what can go wrong on the way ([`error`]). Nothing here knows about gRPC.
 
 pub mod agents;
+mod cookies;
 pub mod credential;
 pub mod error;
 pub mod gws;
