@@ -75,15 +75,23 @@ fn same(key: &[String], labels: &[&str]) -> bool {
     key.len() == labels.len() && key.iter().zip(labels).all(|(k, l)| k == l)
 }
 
-/// FNV-1a over the values, each ended by 0xff (which UTF-8 never contains). Label values
-/// are a few short strings from bounded sets the gateway chose, so nobody can aim
-/// collisions at the table, and std's SipHash cost more than the rest of counting a call.
+/// An FxHash-style hash of the values, eight bytes at a time, each value ended by 0xff
+/// (which UTF-8 never contains). Label values are a few short strings from bounded sets the
+/// gateway chose, so nobody can aim collisions at the table, and std's SipHash cost more
+/// than the rest of counting a call.
 fn label_hash<S: AsRef<str>>(labels: &[S]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+    let mix = |hash: u64, word: u64| (hash.rotate_left(26) ^ word).wrapping_mul(K);
+    let mut hash: u64 = 0;
     for label in labels {
-        for byte in label.as_ref().bytes().chain([0xff]) {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = label.as_ref().as_bytes().chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            hash = mix(hash, word);
         }
+        let mut last = [0xff; 8];
+        last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        hash = mix(hash, u64::from_le_bytes(last));
     }
     hash
 }
@@ -380,18 +388,19 @@ pub fn upstream_request<T>(
     result: &Result<T, crate::upstream::UpstreamError>,
 ) {
     use crate::upstream::UpstreamError as E;
-    let outcome = match result {
-        Ok(_) => "ok".to_string(),
+    // Named without allocating in the common cases: this runs for every upstream call.
+    let outcome: std::borrow::Cow<'static, str> = match result {
+        Ok(_) => "ok".into(),
         // statusCode is GWS's small documented set; anything else is one bucket.
         Err(E::Gws { status_code, .. }) if (0..=99).contains(status_code) => {
-            format!("gws_status_{status_code}")
+            format!("gws_status_{status_code}").into()
         }
-        Err(E::Gws { .. }) => "gws_status_other".to_string(),
-        Err(E::Http { http_status, .. }) => format!("http_{http_status}"),
-        Err(E::BadBody { .. } | E::Unmappable(_)) => "bad_body".to_string(),
-        Err(E::Timeout(_) | E::TimeoutAfterSend(_)) => "timeout".to_string(),
-        Err(E::DeadlineTooShort(_)) => "deadline_too_short".to_string(),
-        Err(_) => "transport".to_string(),
+        Err(E::Gws { .. }) => "gws_status_other".into(),
+        Err(E::Http { http_status, .. }) => format!("http_{http_status}").into(),
+        Err(E::BadBody { .. } | E::Unmappable(_)) => "bad_body".into(),
+        Err(E::Timeout(_) | E::TimeoutAfterSend(_)) => "timeout".into(),
+        Err(E::DeadlineTooShort(_)) => "deadline_too_short".into(),
+        Err(_) => "transport".into(),
     };
     UPSTREAM_REQUESTS.inc(&[operation, &outcome]);
     UPSTREAM_SECONDS.observe(&[operation], started.elapsed());
@@ -771,6 +780,34 @@ mod tests {
         assert_eq!(f.feed(&all[2..9]), 1);
         assert_eq!(f.feed(&all[9..20]), 1);
         assert_eq!(f.feed(&all[20..]), 1);
+    }
+
+    #[test]
+    fn series_are_told_apart_by_every_value() {
+        static C: Counter = Counter::new("t_apart_total", "help", &["a", "b"]);
+        let sets: [&[&str]; 6] = [
+            &["ab", "c"],
+            &["a", "bc"],
+            &["", "abc"],
+            &["unary", "gws.sms.v1.SmsSessionService"],
+            &["unary", "gws.sms.v1.SmsSessionServicf"],
+            &["12345678", "12345678"],
+        ];
+        for (n, labels) in sets.iter().enumerate() {
+            for _ in 0..=n {
+                C.inc(labels);
+            }
+        }
+        for (n, labels) in sets.iter().enumerate() {
+            assert_eq!(C.get(labels), n as u64 + 1, "{labels:?}");
+        }
+        assert_eq!(C.get(&["abc", ""]), 0);
+        let mut out = String::new();
+        render_counter(&mut out, &C);
+        assert!(
+            out.find("a=\"\",b=\"abc\"").unwrap() < out.find("a=\"a\",b=\"bc\"").unwrap(),
+            "rendered in label order: {out}"
+        );
     }
 
     #[test]
