@@ -328,12 +328,18 @@ fn no_secrets<S>() -> impl tracing_subscriber::layer::Filter<S> {
 /// upstream request. Empty outside any traced span.
 pub fn trace_headers() -> http::HeaderMap {
     let mut headers = http::HeaderMap::new();
+    insert_trace_headers(&mut headers);
+    headers
+}
+
+/// Adds the current trace context's headers to a request's own (no map of its own to merge:
+/// this runs for every upstream request).
+pub fn insert_trace_headers(headers: &mut http::HeaderMap) {
     match mode() {
         None => {}
         Some(Mode::OpenTelemetry) => {
             let context = tracing::Span::current().context();
-            TraceContextPropagator::new()
-                .inject_context(&context, &mut HeaderInjector(&mut headers));
+            TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
         }
         Some(Mode::Light) => {
             let _ = TRACE.try_with(|context| {
@@ -346,7 +352,6 @@ pub fn trace_headers() -> http::HeaderMap {
             });
         }
     }
-    headers
 }
 
 struct HeaderInjector<'a>(&'a mut http::HeaderMap);

@@ -328,9 +328,11 @@ impl GwsClient {
         request: reqwest::RequestBuilder,
         timeout: Duration,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let resp = request
-            .headers(crate::telemetry::trace_headers())
-            .send()
+        let (client, request) = request.build_split();
+        let mut request = request.map_err(|e| UpstreamError::from_reqwest(&e, timeout))?;
+        crate::telemetry::insert_trace_headers(request.headers_mut());
+        let resp = client
+            .execute(request)
             .await
             .map_err(|e| UpstreamError::from_reqwest(&e, timeout))?;
         agent.absorb(&resp);
