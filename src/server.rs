@@ -17,7 +17,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 
 /// Largest request message accepted: 1,000 keys of 256 bytes fit with room to spare.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -215,9 +214,8 @@ pub async fn serve_on(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InterceptedService::new(
+        .add_service(deadline::Stamped(
             SmsSessionServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),
-            deadline::stamp,
         ));
     let stopped = async {
         let _ = stop_rx.await;

@@ -2,25 +2,47 @@
 //! sent one, otherwise the configured upstream timeout.
 //!
 //! tonic's server enforces `grpc-timeout` itself, from the moment the request arrives, but
-//! answers `CANCELLED` when it fires. The gateway stamps the arrival ([`stamp`], an
-//! interceptor that runs as the request enters the service) and ends the upstream call a
+//! answers `CANCELLED` when it fires. The gateway stamps the arrival ([`Stamped`], a layer
+//! around the service, on the HTTP request itself: a tonic interceptor would convert every
+//! request to a `tonic::Request` and back for it) and ends the upstream call a
 //! little before that same deadline. tonic polls the service before its own timer, so even
 //! when both timers are due in the same wake-up the caller gets our precise
 //! `DEADLINE_EXCEEDED`.
 
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tonic::Extensions;
 use tonic::metadata::MetadataMap;
-use tonic::{Extensions, Request, Status};
+use tonic::server::NamedService;
 
 /// When the request entered the service.
 #[derive(Debug, Clone, Copy)]
 pub struct Received(pub Instant);
 
-/// Interceptor: records when the request arrived.
-#[allow(clippy::result_large_err)] // tonic's interceptor signature
-pub fn stamp(mut request: Request<()>) -> Result<Request<()>, Status> {
-    request.extensions_mut().insert(Received(Instant::now()));
-    Ok(request)
+/// A service whose requests are stamped with their arrival ([`Received`]).
+#[derive(Debug, Clone)]
+pub struct Stamped<S>(pub S);
+
+impl<S: NamedService> NamedService for Stamped<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Stamped<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(Received(Instant::now()));
+        self.0.call(request)
+    }
 }
 
 /// The upstream budget for this call: what is left of the caller's deadline, or the
@@ -73,6 +95,32 @@ fn parse(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamped_requests_carry_their_arrival() {
+        /// Answers when its request was stamped.
+        struct Arrival;
+        impl tower::Service<http::Request<()>> for Arrival {
+            type Response = Option<Instant>;
+            type Error = std::convert::Infallible;
+            type Future = std::future::Ready<Result<Option<Instant>, Self::Error>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, request: http::Request<()>) -> Self::Future {
+                std::future::ready(Ok(request.extensions().get::<Received>().map(|r| r.0)))
+            }
+        }
+        let before = Instant::now();
+        let mut service = Stamped(Arrival);
+        let Poll::Ready(Ok(Some(at))) =
+            std::pin::pin!(tower::Service::call(&mut service, http::Request::new(())))
+                .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        else {
+            panic!("no arrival stamp");
+        };
+        assert!(at >= before && at <= Instant::now());
+    }
 
     #[test]
     fn caller_deadline_bounds_the_budget() {
