@@ -1,6 +1,6 @@
 //! Contact-center scale benchmark: prints figures, asserts nothing (the machine is shared and
 //! noisy). `cargo run --release --example scale` (run it from a shell with a high open-file
-//! limit, e.g. `ulimit -n 65536`: 2,000 streaming agents keep 2,000 upstream long-polls open
+//! limit, e.g. `ulimit -n 20000`: 2,000 streaming agents keep 2,000 upstream long-polls open
 //! in the gateway and in the simulator).
 //!
 //! Every server runs as its own child process (this same executable in another mode), so
