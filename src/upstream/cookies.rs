@@ -60,17 +60,19 @@ impl Cookies {
         self.header_with(url, SystemTime::now)
     }
 
-    /// Keeps the cookies a reply to `url` sets (`Set-Cookie` values; unparseable ones are
-    /// dropped, as browsers do).
+    /// Keeps the cookies a reply to `url` sets. Unparseable values are dropped, and so are
+    /// values that are not visible ASCII: one such cookie would make the joined `Cookie`
+    /// header invalid and cost the agent every cookie, `JSESSIONID` included.
     pub fn absorb<'a>(&self, set_cookie: impl Iterator<Item = &'a HeaderValue>, url: &Url) {
         let mut jar = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // First: however the loop ends, the kept header never outlives a change of the jar.
+        jar.kept = None;
         for value in set_cookie {
             if let Ok(text) = value.to_str() {
                 // An error is a cookie the jar refuses (bad domain, bad syntax): not kept.
                 let _ = jar.store.parse(text, url);
             }
         }
-        jar.kept = None;
     }
 
     /// [`Cookies::header`] at the time `now` gives.
@@ -221,12 +223,37 @@ mod tests {
     #[test]
     fn another_origin_is_asked_of_the_jar_again() {
         let cookies = Cookies::default();
-        set(&cookies, "/api/v2/me", &["JSESSIONID=s; Path=/"]);
-        assert!(header(&cookies, "/api/v2/me").is_some());
+        let https: Url = "https://gws:8080/api/v2/me".parse().unwrap();
+        cookies.absorb(
+            [
+                HeaderValue::from_static("JSESSIONID=s; Path=/"),
+                HeaderValue::from_static("SECURE=x; Path=/; Secure"),
+            ]
+            .iter(),
+            &https,
+        );
+        // Kept for https first: plain http must still be asked of the jar (no Secure cookie).
+        let both = cookies.header(&https).unwrap();
+        assert!(both.to_str().unwrap().contains("SECURE=x"), "{both:?}");
+        assert_eq!(
+            header(&cookies, "/api/v2/me").as_deref(),
+            Some("JSESSIONID=s")
+        );
         let elsewhere: Url = "http://other:8080/api/v2/me".parse().unwrap();
-        assert_eq!(cookies.header(&elsewhere), None, "host-only cookie");
-        let secure: Url = "https://gws:8080/api/v2/me".parse().unwrap();
-        assert!(cookies.header(&secure).is_some());
-        assert!(header(&cookies, "/api/v2/me").is_some());
+        assert_eq!(cookies.header(&elsewhere), None, "host-only cookies");
+        let other_port: Url = "https://gws:9090/api/v2/me".parse().unwrap();
+        assert!(
+            cookies.header(&other_port).is_some(),
+            "cookies ignore the port"
+        );
+        assert!(
+            cookies
+                .header(&https)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("SECURE=x"),
+            "and back"
+        );
     }
 }
