@@ -93,7 +93,9 @@ fn label_hash<S: AsRef<str>>(labels: &[S]) -> u64 {
         last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
         hash = mix(hash, u64::from_le_bytes(last));
     }
-    hash
+    // The table picks buckets by the low bits, which a final multiply leaves depending on the
+    // last word's low bytes only: bring the well-mixed high bits down (as rustc-hash does).
+    hash.rotate_left(26)
 }
 
 /// A counter with labels.
