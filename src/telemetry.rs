@@ -1,7 +1,7 @@
 //! Logs and traces. One `tracing` subscriber: log lines as text or JSON on stderr. A tower
 //! layer gives every RPC a trace context continuing the caller's W3C `traceparent` and an
-//! `rpc` span with the trace id as a field; [`trace_headers`] gives the upstream requests
-//! (REST and CometD) the `traceparent` of the current call.
+//! `rpc` span with the trace id as a field; [`insert_trace_headers`] (REST) and
+//! [`trace_headers`] (CometD) give the upstream requests the `traceparent` of the current call.
 //!
 //! Two ways of carrying the trace context, chosen once at start:
 //! - with `--otlp-endpoint`, spans are handed to OpenTelemetry (`tracing-opentelemetry`) and
@@ -12,8 +12,8 @@
 //!   the upstream headers are read from there, and the `rpc` span exists only for the logs.
 //!
 //! Secrets never reach a log line: the gateway logs no credential, and the targets of
-//! dependencies known to print them (`cookie_store` logs each `JSESSIONID` at debug) are cut
-//! off whatever `RUST_LOG` says.
+//! dependencies known to print them (`cookie_store` logs each cookie it stores from a
+//! response at debug) are cut off whatever `RUST_LOG` says.
 
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -30,7 +30,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
 
 /// Log targets whose events can carry secrets at some level, never logged: `cookie_store`
-/// prints cookie values (the agent's `JSESSIONID`) at debug.
+/// prints cookie values (the agent's `JSESSIONID`) at debug from `store_response_cookies`.
+/// The gateway's jar calls `CookieStore::parse`, which logs nothing today; the cut stays as
+/// the guard for the day a dependency's update or our own code takes the logging path.
 const SECRET_TARGETS: &[&str] = &["cookie_store"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -477,6 +479,34 @@ mod tests {
             hint("warn,gws_sms_gateway::grpc=debug"),
             Some(LevelFilter::DEBUG)
         );
+    }
+
+    #[test]
+    fn secret_targets_are_cut_off_even_at_trace() {
+        #[derive(Clone, Default)]
+        struct Written(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Written {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let written = Written::default();
+        let sink = written.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || sink.clone())
+            .with_filter(without_secrets(EnvFilter::new("trace")));
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+            tracing::debug!(target: "cookie_store::cookie_store", "inserting JSESSIONID=secret");
+            tracing::debug!(target: "cookie_store", "JSESSIONID=secret");
+            tracing::debug!(target: "cookie_storefront", "a target that only starts alike");
+        });
+        let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("only starts alike"), "{text}");
     }
 
     fn headers(traceparent: &str) -> http::HeaderMap {

@@ -2,7 +2,7 @@
 //! sent one, otherwise the configured upstream timeout.
 //!
 //! tonic's server enforces `grpc-timeout` itself, from the moment the request arrives, but
-//! answers `CANCELLED` when it fires. The gateway stamps the arrival ([`Stamped`], a layer
+//! answers `CANCELLED` when it fires. The gateway stamps the arrival ([`Stamped`], a wrapper
 //! around the service, on the HTTP request itself: a tonic interceptor would convert every
 //! request to a `tonic::Request` and back for it) and ends the upstream call a
 //! little before that same deadline. tonic polls the service before its own timer, so even
