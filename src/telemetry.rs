@@ -1,7 +1,7 @@
 //! Logs and traces. One `tracing` subscriber: log lines as text or JSON on stderr. A tower
 //! layer gives every RPC a trace context continuing the caller's W3C `traceparent` and an
-//! `rpc` span with the trace id as a field; [`insert_trace_headers`] (REST) and
-//! [`trace_headers`] (CometD) give the upstream requests the `traceparent` of the current call.
+//! `rpc` span with the trace id as a field; [`insert_trace_headers`] gives the upstream
+//! requests (REST and CometD) the `traceparent` of the current call.
 //!
 //! Two ways of carrying the trace context, chosen once at start:
 //! - with `--otlp-endpoint`, spans are handed to OpenTelemetry (`tracing-opentelemetry`) and
@@ -326,16 +326,8 @@ fn no_secrets<S>() -> impl tracing_subscriber::layer::Filter<S> {
     .with_max_level_hint(LevelFilter::TRACE)
 }
 
-/// The current span's trace context as W3C `traceparent` (and `tracestate`) headers, for an
-/// upstream request. Empty outside any traced span.
-pub fn trace_headers() -> http::HeaderMap {
-    let mut headers = http::HeaderMap::new();
-    insert_trace_headers(&mut headers);
-    headers
-}
-
-/// Adds the current trace context's headers to a request's own (no map of its own to merge:
-/// this runs for every upstream request).
+/// Adds the current call's trace context as W3C `traceparent` (and `tracestate`) headers to
+/// an upstream request's own headers; nothing outside a traced call.
 pub fn insert_trace_headers(headers: &mut http::HeaderMap) {
     match mode() {
         None => {}

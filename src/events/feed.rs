@@ -490,7 +490,7 @@ pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig, gws: GwsClient, read_ti
                 return;
             }
         }
-        session.headers.extend(crate::telemetry::trace_headers());
+        crate::telemetry::insert_trace_headers(&mut session.headers);
         let (tx, mut rx) = mpsc::channel(256);
         let client = tokio::spawn(crate::telemetry::propagate(bayeux::run(
             gws.http().clone(),
