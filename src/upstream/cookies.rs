@@ -28,11 +28,10 @@ struct Jar {
 /// A `Cookie` header and the conditions under which the jar would give it again.
 struct Kept {
     value: Option<HeaderValue>,
-    /// The origin it was made for. Domain, `Secure` and `HttpOnly` matching depend on
-    /// nothing else.
+    /// The scheme and host it was made for: domain, `Secure` and `HttpOnly` matching depend
+    /// on nothing else (cookies ignore the port).
     scheme: String,
     host: Option<String>,
-    port: Option<u16>,
     /// Each live cookie's path, and whether it matched the request's path: a request whose
     /// path matches the same ones selects the same cookies.
     paths: Vec<(CookiePath, bool)>,
@@ -44,7 +43,6 @@ impl Kept {
     fn holds(&self, url: &Url, now: impl Fn() -> SystemTime) -> bool {
         url.scheme() == self.scheme
             && url.host_str() == self.host.as_deref()
-            && url.port() == self.port
             && self
                 .paths
                 .iter()
@@ -84,27 +82,27 @@ impl Cookies {
             return kept.value.clone();
         }
         let now = now();
-        let live = |c: &&Cookie<'static>| !c.expires_by(&now.into());
+        let alive = |c: &&Cookie<'static>| !c.expires_by(&now.into());
         let pairs: Vec<String> = jar
             .store
             .matches(url)
             .into_iter()
-            .filter(live)
+            .filter(alive)
             .map(|c| format!("{}={}", c.name(), c.value()))
             .collect();
-        let value = (!pairs.is_empty())
-            .then(|| HeaderValue::from_str(&pairs.join("; ")).ok())
-            .flatten()
-            .map(|mut value| {
-                value.set_sensitive(true);
-                value
-            });
-        let live: Vec<_> = jar.store.iter_any().filter(live).collect();
+        let mut value = if pairs.is_empty() {
+            None
+        } else {
+            HeaderValue::from_str(&pairs.join("; ")).ok()
+        };
+        if let Some(value) = &mut value {
+            value.set_sensitive(true);
+        }
+        let live: Vec<_> = jar.store.iter_any().filter(alive).collect();
         let kept = Kept {
             value: value.clone(),
             scheme: url.scheme().to_string(),
             host: url.host_str().map(str::to_string),
-            port: url.port(),
             paths: live
                 .iter()
                 .map(|c| (c.path.clone(), c.path.matches(url)))
