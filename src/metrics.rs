@@ -29,7 +29,7 @@ const BUCKETS: [f64; 11] = [
 /// building owned keys for each lookup was a dozen allocations per call.
 struct Series<V>(hashbrown::HashTable<(Vec<String>, V)>);
 
-impl<V: Default> Series<V> {
+impl<V> Series<V> {
     const fn new() -> Self {
         Self(hashbrown::HashTable::new())
     }
@@ -42,7 +42,10 @@ impl<V: Default> Series<V> {
     }
 
     /// The series for `labels`, created (zero) on first use.
-    fn get_mut(&mut self, labels: &[&str]) -> &mut V {
+    fn get_or_insert(&mut self, labels: &[&str]) -> &mut V
+    where
+        V: Default,
+    {
         let hash = label_hash(labels);
         let entry = self.0.entry(
             hash,
@@ -119,7 +122,7 @@ impl Counter {
     pub fn inc(&self, labels: &[&str]) {
         debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
         let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        *values.get_mut(labels) += 1;
+        *values.get_or_insert(labels) += 1;
     }
 
     /// The current value for these labels (0 if never counted).
@@ -202,7 +205,7 @@ impl Histogram {
         debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
         let seconds = elapsed.as_secs_f64();
         let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        let data = values.get_mut(labels);
+        let data = values.get_or_insert(labels);
         for (bucket, bound) in data.buckets.iter_mut().zip(BUCKETS) {
             if seconds <= bound {
                 *bucket += 1;
