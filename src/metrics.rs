@@ -11,11 +11,10 @@
 
 use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -26,15 +25,16 @@ const BUCKETS: [f64; 11] = [
 
 /// One metric's series, by label values. Counting finds a series by the values the caller
 /// passes and allocates only when it creates one: every RPC counts half a dozen series, and
-/// building owned keys for each lookup was a dozen allocations per call.
-struct Series<V>(hashbrown::HashTable<(Vec<String>, V)>);
+/// building owned keys for each lookup was a dozen allocations per call. Each value is
+/// shared, so a hot path can keep a handle to its series and count without the lookup.
+struct Series<V>(hashbrown::HashTable<(Vec<String>, Arc<V>)>);
 
 impl<V> Series<V> {
     const fn new() -> Self {
         Self(hashbrown::HashTable::new())
     }
 
-    fn get(&self, labels: &[&str]) -> Option<&V> {
+    fn get(&self, labels: &[&str]) -> Option<&Arc<V>> {
         let found = self
             .0
             .find(label_hash(labels), |(key, _)| same(key, labels));
@@ -42,7 +42,7 @@ impl<V> Series<V> {
     }
 
     /// The series for `labels`, created (zero) on first use.
-    fn get_or_insert(&mut self, labels: &[&str]) -> &mut V
+    fn get_or_insert(&mut self, labels: &[&str]) -> &Arc<V>
     where
         V: Default,
     {
@@ -56,7 +56,7 @@ impl<V> Series<V> {
             hashbrown::hash_table::Entry::Occupied(found) => found.into_mut(),
             hashbrown::hash_table::Entry::Vacant(empty) => {
                 let key = labels.iter().map(|l| l.to_string()).collect();
-                empty.insert((key, V::default())).into_mut()
+                empty.insert((key, Arc::default())).into_mut()
             }
         };
         value
@@ -67,7 +67,7 @@ impl<V> Series<V> {
     }
 
     /// The series in label order, for stable output.
-    fn sorted(&self) -> Vec<&(Vec<String>, V)> {
+    fn sorted(&self) -> Vec<&(Vec<String>, Arc<V>)> {
         let mut all: Vec<_> = self.0.iter().collect();
         all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         all
@@ -106,7 +106,7 @@ pub struct Counter {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    values: Mutex<Series<u64>>,
+    values: Mutex<Series<AtomicU64>>,
 }
 
 impl Counter {
@@ -122,7 +122,14 @@ impl Counter {
     pub fn inc(&self, labels: &[&str]) {
         debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
         let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        *values.get_or_insert(labels) += 1;
+        values.get_or_insert(labels).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The series for `labels` (created at zero), to count without finding it each time.
+    pub fn handle(&self, labels: &[&str]) -> CounterHandle {
+        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
+        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        CounterHandle(values.get_or_insert(labels).clone())
     }
 
     /// The current value for these labels (0 if never counted).
@@ -131,8 +138,21 @@ impl Counter {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(labels)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |v| v.load(Ordering::Relaxed))
+    }
+}
+
+/// One counter series, held by a hot path.
+#[derive(Debug, Clone)]
+pub struct CounterHandle(Arc<AtomicU64>);
+
+impl CounterHandle {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -188,7 +208,7 @@ pub struct Histogram {
     name: &'static str,
     help: &'static str,
     labels: &'static [&'static str],
-    values: Mutex<Series<HistogramData>>,
+    values: Mutex<Series<Mutex<HistogramData>>>,
 }
 
 impl Histogram {
@@ -203,17 +223,39 @@ impl Histogram {
 
     pub fn observe(&self, labels: &[&str], elapsed: Duration) {
         debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
-        let seconds = elapsed.as_secs_f64();
         let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        let data = values.get_or_insert(labels);
-        for (bucket, bound) in data.buckets.iter_mut().zip(BUCKETS) {
-            if seconds <= bound {
-                *bucket += 1;
-            }
-        }
-        data.sum += seconds;
-        data.count += 1;
+        record(values.get_or_insert(labels), elapsed);
     }
+
+    /// The series for `labels` (created empty), to observe without finding it each time.
+    pub fn handle(&self, labels: &[&str]) -> HistogramHandle {
+        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
+        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        HistogramHandle(values.get_or_insert(labels).clone())
+    }
+}
+
+/// One histogram series, held by a hot path. A series has its own lock (a scrape reads its
+/// buckets, sum and count together), so observations of different series never meet.
+#[derive(Clone)]
+pub struct HistogramHandle(Arc<Mutex<HistogramData>>);
+
+impl HistogramHandle {
+    pub fn observe(&self, elapsed: Duration) {
+        record(&self.0, elapsed);
+    }
+}
+
+fn record(series: &Mutex<HistogramData>, elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64();
+    let mut data = series.lock().unwrap_or_else(|e| e.into_inner());
+    for (bucket, bound) in data.buckets.iter_mut().zip(BUCKETS) {
+        if seconds <= bound {
+            *bucket += 1;
+        }
+    }
+    data.sum += seconds;
+    data.count += 1;
 }
 
 // --- the series -------------------------------------------------------------------------
@@ -349,6 +391,7 @@ fn render_counter(out: &mut String, c: &Counter) {
         let _ = writeln!(out, "{} 0", c.name);
     }
     for (labels, value) in values.sorted() {
+        let value = value.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
             "{}{} {value}",
@@ -367,6 +410,7 @@ fn render_histogram(out: &mut String, h: &Histogram) {
     header(out, h.name, h.help, "histogram");
     let values = h.values.lock().unwrap_or_else(|e| e.into_inner());
     for (labels, data) in values.sorted() {
+        let data = data.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (bound, count) in BUCKETS.iter().zip(data.buckets) {
             let le = bound.to_string();
             let _ = writeln!(
@@ -447,8 +491,8 @@ pub fn outcome_wait(outcome: &crate::events::Outcome) {
 
 // --- the tower layer --------------------------------------------------------------------
 
-/// What the layer knows of a method: its labels.
-#[derive(Debug, Clone)]
+/// What the layer knows of a method: its labels, and its series once first counted (found
+/// once, not by their labels on every call).
 struct MethodLabels {
     service: Arc<str>,
     method: Arc<str>,
@@ -456,20 +500,66 @@ struct MethodLabels {
     /// A SessionEvents-like stream of the gateway's own service: counted in
     /// `gws_gateway_streams_*`.
     gateway_stream: bool,
+    started: OnceLock<CounterHandle>,
+    msg_sent: OnceLock<CounterHandle>,
+    handling: OnceLock<HistogramHandle>,
+    /// By code (`tonic::Code as usize`, 0..=16).
+    handled: [OnceLock<CounterHandle>; 17],
+}
+
+impl MethodLabels {
+    fn labels(&self) -> [&str; 3] {
+        [self.kind, &self.service, &self.method]
+    }
+
+    fn started(&self) -> &CounterHandle {
+        self.started
+            .get_or_init(|| GRPC_STARTED.handle(&self.labels()))
+    }
+
+    fn msg_sent(&self) -> &CounterHandle {
+        self.msg_sent
+            .get_or_init(|| GRPC_MSG_SENT.handle(&self.labels()))
+    }
+
+    fn handling(&self) -> &HistogramHandle {
+        self.handling
+            .get_or_init(|| GRPC_HANDLING.handle(&self.labels()))
+    }
+
+    fn handled(&self, code: tonic::Code) -> &CounterHandle {
+        // Every `tonic::Code` is 0..=16; a future one shares the last slot's cell only if
+        // it also shares its label, which `code_label` decides.
+        let slot = (code as usize).min(self.handled.len() - 1);
+        self.handled[slot].get_or_init(|| {
+            let [kind, service, method] = self.labels();
+            GRPC_HANDLED.handle(&[kind, service, method, code_label(code)])
+        })
+    }
 }
 
 /// Observes every RPC of the methods described by the given descriptor sets. Calls to paths
 /// that name no known method are not counted: an attacker-chosen path must not create series.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GrpcMetricsLayer {
-    methods: Arc<HashMap<String, MethodLabels>>,
+    methods: Arc<Methods>,
+}
+
+/// The known methods by path (`/package.Service/Method`).
+struct Methods(hashbrown::HashTable<(String, Arc<MethodLabels>)>);
+
+impl Methods {
+    fn get(&self, path: &str) -> Option<&Arc<MethodLabels>> {
+        let found = self.0.find(label_hash(&[path]), |(p, _)| p == path);
+        found.map(|(_, labels)| labels)
+    }
 }
 
 impl GrpcMetricsLayer {
     /// `gateway_service` names the service whose server streams are the gateway's streams.
     pub fn from_descriptor_sets(sets: &[&[u8]], gateway_service: &str) -> Self {
         use prost::Message;
-        let mut methods = HashMap::new();
+        let mut methods = hashbrown::HashTable::new();
         for set in sets {
             let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
                 continue;
@@ -488,21 +578,32 @@ impl GrpcMetricsLayer {
                             (false, true) => "server_stream",
                             (true, true) => "bidi_stream",
                         };
-                        methods.insert(
-                            format!("/{full}/{}", method.name()),
-                            MethodLabels {
-                                service: service_name.clone(),
-                                method: method.name().into(),
-                                kind,
-                                gateway_stream: kind == "server_stream" && full == gateway_service,
-                            },
-                        );
+                        let path = format!("/{full}/{}", method.name());
+                        let labels = MethodLabels {
+                            service: service_name.clone(),
+                            method: method.name().into(),
+                            kind,
+                            gateway_stream: kind == "server_stream" && full == gateway_service,
+                            started: OnceLock::new(),
+                            msg_sent: OnceLock::new(),
+                            handling: OnceLock::new(),
+                            handled: std::array::from_fn(|_| OnceLock::new()),
+                        };
+                        let hash = label_hash(&[&path]);
+                        match methods.entry(hash, |(p, _)| *p == path, |(p, _)| label_hash(&[p])) {
+                            hashbrown::hash_table::Entry::Occupied(mut found) => {
+                                found.get_mut().1 = Arc::new(labels);
+                            }
+                            hashbrown::hash_table::Entry::Vacant(empty) => {
+                                empty.insert((path, Arc::new(labels)));
+                            }
+                        }
                     }
                 }
             }
         }
         Self {
-            methods: Arc::new(methods),
+            methods: Arc::new(Methods(methods)),
         }
     }
 }
@@ -518,10 +619,10 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GrpcMetrics<S> {
     inner: S,
-    methods: Arc<HashMap<String, MethodLabels>>,
+    methods: Arc<Methods>,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetrics<S>
@@ -541,7 +642,7 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let call = self.methods.get(request.uri().path()).map(|labels| {
-            GRPC_STARTED.inc(&[labels.kind, &labels.service, &labels.method]);
+            labels.started().inc();
             Call {
                 labels: labels.clone(),
                 started: Instant::now(),
@@ -568,7 +669,7 @@ where
 
 /// An RPC being observed.
 struct Call {
-    labels: MethodLabels,
+    labels: Arc<MethodLabels>,
     started: Instant,
     // Held, not read: dropping it takes the stream off the gauge.
     _stream_open: Option<GaugeGuard>,
@@ -577,15 +678,14 @@ struct Call {
 impl Call {
     fn finish(self, code: tonic::Code) {
         let l = &self.labels;
-        let code_name = code_label(code);
-        GRPC_HANDLED.inc(&[l.kind, &l.service, &l.method, code_name]);
-        GRPC_HANDLING.observe(&[l.kind, &l.service, &l.method], self.started.elapsed());
+        l.handled(code).inc();
+        l.handling().observe(self.started.elapsed());
         if l.gateway_stream && code != tonic::Code::Ok {
             let reason = match code {
                 tonic::Code::ResourceExhausted => "slow_consumer",
                 tonic::Code::Unavailable => "unavailable",
                 tonic::Code::Cancelled => "client_gone",
-                _ => code_name,
+                _ => code_label(code),
             };
             STREAMS_CUT.inc(&[reason]);
         }
@@ -674,9 +774,8 @@ where
                 if let Some(data) = frame.data_ref() {
                     if let Some(call) = &this.call {
                         let sent = this.framing.feed(data.as_ref());
-                        for _ in 0..sent {
-                            let l = &call.labels;
-                            GRPC_MSG_SENT.inc(&[l.kind, &l.service, &l.method]);
+                        if sent > 0 {
+                            call.labels.msg_sent().add(sent);
                         }
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
@@ -711,7 +810,8 @@ impl<B> Drop for ObservedBody<B> {
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
+    const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let value = headers.get(GRPC_STATUS)?.to_str().ok()?;
     Some(tonic::Code::from(value.parse::<i32>().ok()?))
 }
 
@@ -812,6 +912,57 @@ mod tests {
         assert!(
             out.find("a=\"\",b=\"abc\"").unwrap() < out.find("a=\"a\",b=\"bc\"").unwrap(),
             "rendered in label order: {out}"
+        );
+    }
+
+    #[test]
+    fn handles_count_in_the_series_their_labels_name() {
+        static C: Counter = Counter::new("t_handle_total", "help", &["a"]);
+        static H: Histogram = Histogram::new("t_handle_seconds", "help", &["a"]);
+        C.inc(&["x"]);
+        let x = C.handle(&["x"]);
+        x.inc();
+        x.add(2);
+        C.handle(&["y"]).inc();
+        assert_eq!((C.get(&["x"]), C.get(&["y"])), (4, 1));
+        H.observe(&["x"], Duration::from_millis(2));
+        H.handle(&["x"]).observe(Duration::from_secs(3));
+        let mut out = String::new();
+        render_histogram(&mut out, &H);
+        assert!(
+            out.contains("t_handle_seconds_bucket{a=\"x\",le=\"0.005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_handle_seconds_bucket{a=\"x\",le=\"5\"} 2\n"),
+            "{out}"
+        );
+        assert!(out.contains("t_handle_seconds_count{a=\"x\"} 2\n"), "{out}");
+
+        // A method's cached series per code are the series of that code's label.
+        let layer = GrpcMetricsLayer::from_descriptor_sets(
+            &[crate::proto::FILE_DESCRIPTOR_SET],
+            "gws.sms.v1.SmsSessionService",
+        );
+        let m = layer
+            .methods
+            .get("/gws.sms.v1.SmsSessionService/Leave")
+            .unwrap();
+        let labels = |code| ["unary", "gws.sms.v1.SmsSessionService", "Leave", code];
+        let before = [
+            GRPC_HANDLED.get(&labels("OK")),
+            GRPC_HANDLED.get(&labels("NotFound")),
+        ];
+        m.handled(tonic::Code::Ok).inc();
+        m.handled(tonic::Code::NotFound).inc();
+        m.handled(tonic::Code::NotFound).inc();
+        assert_eq!(GRPC_HANDLED.get(&labels("OK")), before[0] + 1);
+        assert_eq!(GRPC_HANDLED.get(&labels("NotFound")), before[1] + 2);
+        assert!(
+            layer
+                .methods
+                .get("/gws.sms.v1.SmsSessionService/Nope")
+                .is_none()
         );
     }
 
