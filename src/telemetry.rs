@@ -206,6 +206,9 @@ pub struct TraceContext {
 
 /// The longest `tracestate` passed on (the W3C limit a vendor must propagate).
 const MAX_TRACESTATE: usize = 512;
+/// Named once: a name given as text is parsed on every lookup and insert.
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 impl TraceContext {
     /// Continues the caller's `traceparent` if it is valid, else starts a trace (not
@@ -214,7 +217,7 @@ impl TraceContext {
         // W3C: an all-zero id is invalid.
         let span_id = nonzero_random(rand::random::<u64>);
         match headers
-            .get("traceparent")
+            .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_traceparent)
         {
@@ -226,7 +229,7 @@ impl TraceContext {
                 // read buffer, and the context can outlive the call (its agent's CometD
                 // feed keeps it).
                 state: headers
-                    .get("tracestate")
+                    .get(TRACESTATE)
                     .filter(|v| v.len() <= MAX_TRACESTATE)
                     .and_then(|v| http::HeaderValue::from_bytes(v.as_bytes()).ok()),
             },
@@ -338,9 +341,9 @@ pub fn insert_trace_headers(headers: &mut http::HeaderMap) {
         Some(Mode::Light) => {
             let _ = TRACE.try_with(|context| {
                 if let Some(context) = context {
-                    headers.insert("traceparent", context.traceparent());
+                    headers.insert(TRACEPARENT, context.traceparent());
                     if let Some(state) = &context.state {
-                        headers.insert("tracestate", state.clone());
+                        headers.insert(TRACESTATE, state.clone());
                     }
                 }
             });

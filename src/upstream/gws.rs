@@ -13,6 +13,7 @@ use super::operation::Operation;
 use super::{Agent, AgentKey, AgentRegistry, Credential, UpstreamError};
 use crate::mapping::ReferenceId;
 use http::{HeaderName, HeaderValue, StatusCode};
+use prost::bytes::Bytes;
 use reqwest::Method;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -78,6 +79,10 @@ impl Read {
 #[derive(Debug, Clone)]
 pub struct GwsClient {
     base: reqwest::Url,
+    /// `base` + `api/v2/me` and `base` + `api/v2/me/smssessions`, built once: every call
+    /// starts from one of them (appending segments costs more than the rest of the URL).
+    me: reqwest::Url,
+    sessions: reqwest::Url,
     host: String,
     agents: AgentRegistry,
 }
@@ -90,7 +95,15 @@ impl GwsClient {
             (Some(h), None) => h.to_string(),
             _ => String::new(),
         };
-        Self { base, host, agents }
+        let me = with_segments(&base, &["api", "v2", "me"]);
+        let sessions = with_segments(&me, &["smssessions"]);
+        Self {
+            base,
+            me,
+            sessions,
+            host,
+            agents,
+        }
     }
 
     /// The upstream host (with port), used as the `ErrorInfo` domain.
@@ -177,11 +190,12 @@ impl GwsClient {
 
     /// `base` + the given path segments, each percent-encoded as one segment.
     pub fn url(&self, segments: &[&str]) -> reqwest::Url {
-        let mut url = self.base.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
-        }
-        url
+        with_segments(&self.base, segments)
+    }
+
+    /// `base` + `api/v2/me/smssessions` + the given segments (as [`url`](Self::url)).
+    fn sessions_url(&self, segments: &[&str]) -> reqwest::Url {
+        with_segments(&self.sessions, segments)
     }
 
     /// `POST /api/v2/me/smssessions/{id}` with the operation's body. The whole exchange
@@ -196,11 +210,13 @@ impl GwsClient {
         if timeout < MIN_UPSTREAM_BUDGET {
             return Err(UpstreamError::DeadlineTooShort(timeout));
         }
-        let url = self.url(&["api", "v2", "me", "smssessions", session_id]);
-        let body = operation.to_body();
+        let url = self.sessions_url(&[session_id]);
+        // Shared, not copied, by the POST and its retry.
+        let body = Bytes::from(operation.to_body());
         // Set once the POST leaves: from then on a timeout may hide an applied operation.
         let sent = std::sync::atomic::AtomicBool::new(false);
-        let deadline = std::time::Instant::now() + timeout;
+        let started = std::time::Instant::now();
+        let deadline = started + timeout;
         // The minimum holds for the POST itself too, after the CSRF read took its time.
         let budget_left = || {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -226,7 +242,6 @@ impl GwsClient {
             };
             interpret(status, &reply).map(|map| OperationAccepted::from_reply(&map))
         };
-        let started = std::time::Instant::now();
         let result = tokio::time::timeout(timeout, work)
             .await
             .unwrap_or(Err(UpstreamError::Timeout(timeout)));
@@ -260,12 +275,12 @@ impl GwsClient {
         }
         let url = match read {
             Read::Sessions => {
-                let mut url = self.url(&["api", "v2", "me", "smssessions"]);
+                let mut url = self.sessions.clone();
                 url.set_query(Some("fields=*"));
                 url
             }
-            Read::Session(id) => self.url(&["api", "v2", "me", "smssessions", id]),
-            Read::Transcript(id) => self.url(&["api", "v2", "me", "smssessions", id, "messages"]),
+            Read::Session(id) => self.sessions_url(&[id]),
+            Read::Transcript(id) => self.sessions_url(&[id, "messages"]),
         };
         let work = async {
             let resp = self
@@ -305,14 +320,14 @@ impl GwsClient {
         &self,
         agent: &Agent,
         url: &reqwest::Url,
-        body: &[u8],
+        body: &Bytes,
         csrf: Option<(HeaderName, HeaderValue)>,
         timeout: Duration,
-    ) -> Result<(StatusCode, Vec<u8>), UpstreamError> {
+    ) -> Result<(StatusCode, Bytes), UpstreamError> {
         let mut req = agent
             .request(self.http(), Method::POST, url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(body.to_vec());
+            .body(body.clone());
         if let Some((name, value)) = csrf {
             req = req.header(name, value);
         }
@@ -351,7 +366,7 @@ impl GwsClient {
             Csrf::Token { name, value } if !refresh => return Ok(Some((name, value))),
             _ => {}
         }
-        let me = agent.request(self.http(), Method::GET, self.url(&["api", "v2", "me"]));
+        let me = agent.request(self.http(), Method::GET, self.me.clone());
         let resp = self.send(agent, me, timeout).await?;
         let found = csrf_from_headers(resp.headers());
         let (status, reply) = read_reply(resp, timeout).await?;
@@ -367,6 +382,15 @@ impl GwsClient {
             _ => None,
         })
     }
+}
+
+/// `base` + the given path segments, each percent-encoded as one segment.
+fn with_segments(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
+    let mut url = base.clone();
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
 }
 
 fn csrf_from_headers(headers: &http::HeaderMap) -> Option<(HeaderName, HeaderValue)> {
@@ -391,7 +415,7 @@ fn is_csrf_rejection(status: StatusCode, body: &[u8]) -> bool {
 async fn read_reply(
     mut resp: reqwest::Response,
     timeout: Duration,
-) -> Result<(StatusCode, Vec<u8>), UpstreamError> {
+) -> Result<(StatusCode, Bytes), UpstreamError> {
     let status = resp.status();
     let too_big = || UpstreamError::BadBody {
         http_status: status.as_u16(),
@@ -411,7 +435,7 @@ async fn read_reply(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok((status, body))
+    Ok((status, body.into()))
 }
 
 /// Classifies a GWS reply: the body's `statusCode` decides first, the HTTP status second.
@@ -559,6 +583,22 @@ mod tests {
                 .as_str(),
             "http://gws:8080/prefix/api/v2/me/smssessions/a%2Fb%20c"
         );
+        // The prebuilt starts give the same URLs, with or without a trailing slash.
+        for base in ["http://gws:8080/prefix/", "http://gws:8080/prefix"] {
+            let client = GwsClient::new(
+                base.parse().unwrap(),
+                AgentRegistry::new(Default::default()).unwrap(),
+            );
+            assert_eq!(
+                client.sessions_url(&["a/b c"]).as_str(),
+                "http://gws:8080/prefix/api/v2/me/smssessions/a%2Fb%20c"
+            );
+            assert_eq!(
+                client.sessions_url(&["s1", "messages"]).as_str(),
+                "http://gws:8080/prefix/api/v2/me/smssessions/s1/messages"
+            );
+            assert_eq!(client.me.as_str(), "http://gws:8080/prefix/api/v2/me");
+        }
         assert_eq!(client.host(), "gws:8080");
     }
 }
