@@ -129,13 +129,14 @@ impl GwsClient {
         credential: &Credential,
         timeout: Duration,
     ) -> Result<Arc<Agent>, UpstreamError> {
-        // Too little time to check a credential upstream: send nothing (a known agent needs
-        // no check; its call then meets the same rule before its own request).
+        // A known agent needs no check, so no timer either (its call then meets the
+        // deadline rules before its own request). Too little time to check an unknown
+        // credential upstream: send nothing.
+        if let Some(agent) = self.agents.get(&key) {
+            return Ok(agent);
+        }
         if timeout < MIN_UPSTREAM_BUDGET {
-            return self
-                .agents
-                .get(&key)
-                .ok_or(UpstreamError::DeadlineTooShort(timeout));
+            return Err(UpstreamError::DeadlineTooShort(timeout));
         }
         let check = self.agents.admit(key, credential, |agent| async move {
             self.csrf_header(&agent, true, timeout).await
