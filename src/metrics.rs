@@ -24,9 +24,9 @@ const BUCKETS: [f64; 11] = [
 ];
 
 /// One metric's series, by label values. Counting finds a series by the values the caller
-/// passes and allocates only when it creates one: every RPC counts half a dozen series, and
-/// building owned keys for each lookup was a dozen allocations per call. Each value is
-/// shared, so a hot path can keep a handle to its series and count without the lookup.
+/// passes and allocates only when it creates one (building owned keys for each lookup was a
+/// dozen allocations per call). Each value is shared, so a hot path (the gRPC layer) keeps
+/// handles to its series and counts without any lookup.
 struct Series<V>(hashbrown::HashTable<(Vec<String>, Arc<V>)>);
 
 impl<V> Series<V> {
@@ -80,8 +80,10 @@ fn same(key: &[String], labels: &[&str]) -> bool {
 
 /// An FxHash-style hash of the values, eight bytes at a time, each value ended by 0xff
 /// (which UTF-8 never contains). Label values are a few short strings from bounded sets the
-/// gateway chose, so nobody can aim collisions at the table, and std's SipHash cost more
-/// than the rest of counting a call.
+/// gateway chose, so nobody can aim collisions at a series table. The method table is also
+/// looked up by the caller's request path, but it is small and fixed (a lookup never adds
+/// to it), so a colliding path costs a few string comparisons at most. std's SipHash cost
+/// more than the rest of counting a call.
 fn label_hash<S: AsRef<str>>(labels: &[S]) -> u64 {
     const K: u64 = 0xf135_7aea_2e62_a9c5;
     let mix = |hash: u64, word: u64| (hash.rotate_left(26) ^ word).wrapping_mul(K);
@@ -236,7 +238,8 @@ impl Histogram {
 }
 
 /// One histogram series, held by a hot path. A series has its own lock (a scrape reads its
-/// buckets, sum and count together), so observations of different series never meet.
+/// buckets, sum and count together): observing through a handle takes only that lock, not
+/// the metric-wide one [`Histogram::observe`] takes to find the series.
 #[derive(Clone)]
 pub struct HistogramHandle(Arc<Mutex<HistogramData>>);
 
@@ -528,10 +531,10 @@ impl MethodLabels {
     }
 
     fn handled(&self, code: tonic::Code) -> &CounterHandle {
-        // Every `tonic::Code` is 0..=16; a future one shares the last slot's cell only if
-        // it also shares its label, which `code_label` decides.
-        let slot = (code as usize).min(self.handled.len() - 1);
-        self.handled[slot].get_or_init(|| {
+        // `code_label` matches every `tonic::Code` (0..=16, checked at compile time below),
+        // so each code has its own slot.
+        const _: () = assert!(tonic::Code::Unauthenticated as usize == 16);
+        self.handled[code as usize].get_or_init(|| {
             let [kind, service, method] = self.labels();
             GRPC_HANDLED.handle(&[kind, service, method, code_label(code)])
         })

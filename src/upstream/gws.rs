@@ -274,15 +274,7 @@ impl GwsClient {
         if timeout < MIN_UPSTREAM_BUDGET {
             return Err(UpstreamError::DeadlineTooShort(timeout));
         }
-        let url = match read {
-            Read::Sessions => {
-                let mut url = self.sessions.clone();
-                url.set_query(Some("fields=*"));
-                url
-            }
-            Read::Session(id) => self.sessions_url(&[id]),
-            Read::Transcript(id) => self.sessions_url(&[id, "messages"]),
-        };
+        let url = self.read_url(read);
         let work = async {
             let resp = self
                 .send(agent, agent.request(self.http(), Method::GET, url), timeout)
@@ -301,6 +293,19 @@ impl GwsClient {
             .unwrap_or(Err(UpstreamError::Timeout(timeout)));
         crate::metrics::upstream_request(read.name(), started, &result);
         result
+    }
+
+    /// Where `read` is read from.
+    fn read_url(&self, read: &Read) -> reqwest::Url {
+        match read {
+            Read::Sessions => {
+                let mut url = self.sessions.clone();
+                url.set_query(Some("fields=*"));
+                url
+            }
+            Read::Session(id) => self.sessions_url(&[id]),
+            Read::Transcript(id) => self.sessions_url(&[id, "messages"]),
+        }
     }
 
     /// The agent's CSRF header for writes (`None` when GWS does not use CSRF protection),
@@ -324,7 +329,7 @@ impl GwsClient {
         body: &Bytes,
         csrf: Option<(HeaderName, HeaderValue)>,
         timeout: Duration,
-    ) -> Result<(StatusCode, Bytes), UpstreamError> {
+    ) -> Result<(StatusCode, Vec<u8>), UpstreamError> {
         let mut req = agent
             .request(self.http(), Method::POST, url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
@@ -416,7 +421,7 @@ fn is_csrf_rejection(status: StatusCode, body: &[u8]) -> bool {
 async fn read_reply(
     mut resp: reqwest::Response,
     timeout: Duration,
-) -> Result<(StatusCode, Bytes), UpstreamError> {
+) -> Result<(StatusCode, Vec<u8>), UpstreamError> {
     let status = resp.status();
     let too_big = || UpstreamError::BadBody {
         http_status: status.as_u16(),
@@ -436,7 +441,7 @@ async fn read_reply(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok((status, body.into()))
+    Ok((status, body))
 }
 
 /// Classifies a GWS reply: the body's `statusCode` decides first, the HTTP status second.
@@ -599,6 +604,32 @@ mod tests {
                 "http://gws:8080/prefix/api/v2/me/smssessions/s1/messages"
             );
             assert_eq!(client.me.as_str(), "http://gws:8080/prefix/api/v2/me");
+        }
+        let root = GwsClient::new(
+            "http://gws:8080".parse().unwrap(),
+            AgentRegistry::new(Default::default()).unwrap(),
+        );
+        assert_eq!(root.me.as_str(), "http://gws:8080/api/v2/me");
+        assert_eq!(
+            root.sessions_url(&["s1"]).as_str(),
+            "http://gws:8080/api/v2/me/smssessions/s1"
+        );
+        let reads = [
+            (
+                Read::Sessions,
+                "http://gws:8080/api/v2/me/smssessions?fields=*",
+            ),
+            (
+                Read::Session("s1".into()),
+                "http://gws:8080/api/v2/me/smssessions/s1",
+            ),
+            (
+                Read::Transcript("s1".into()),
+                "http://gws:8080/api/v2/me/smssessions/s1/messages",
+            ),
+        ];
+        for (read, want) in reads {
+            assert_eq!(root.read_url(&read).as_str(), want, "{read:?}");
         }
         assert_eq!(client.host(), "gws:8080");
     }
