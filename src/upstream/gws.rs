@@ -78,9 +78,9 @@ impl Read {
 /// The GWS REST client. A cloneable handle.
 #[derive(Debug, Clone)]
 pub struct GwsClient {
-    base: reqwest::Url,
-    /// `base` + `api/v2/me` and `base` + `api/v2/me/smssessions`, built once: every call
-    /// starts from one of them (appending segments costs more than the rest of the URL).
+    /// The GWS root + `api/v2/me` and + `api/v2/me/smssessions`, built once: every call
+    /// starts from one of them (appending a path segment with `url` costs more than
+    /// anything else the gateway does to build a request).
     me: reqwest::Url,
     sessions: reqwest::Url,
     host: String,
@@ -98,7 +98,6 @@ impl GwsClient {
         let me = with_segments(&base, &["api", "v2", "me"]);
         let sessions = with_segments(&me, &["smssessions"]);
         Self {
-            base,
             me,
             sessions,
             host,
@@ -189,12 +188,8 @@ impl GwsClient {
         Ok((agent, result))
     }
 
-    /// `base` + the given path segments, each percent-encoded as one segment.
-    pub fn url(&self, segments: &[&str]) -> reqwest::Url {
-        with_segments(&self.base, segments)
-    }
-
-    /// `base` + `api/v2/me/smssessions` + the given segments (as [`url`](Self::url)).
+    /// The GWS root + `api/v2/me/smssessions` + the given segments, each percent-encoded
+    /// as one segment.
     fn sessions_url(&self, segments: &[&str]) -> reqwest::Url {
         with_segments(&self.sessions, segments)
     }
@@ -579,17 +574,7 @@ mod tests {
 
     #[test]
     fn urls_keep_prefix_and_encode_segments() {
-        let client = GwsClient::new(
-            "http://gws:8080/prefix/".parse().unwrap(),
-            AgentRegistry::new(Default::default()).unwrap(),
-        );
-        assert_eq!(
-            client
-                .url(&["api", "v2", "me", "smssessions", "a/b c"])
-                .as_str(),
-            "http://gws:8080/prefix/api/v2/me/smssessions/a%2Fb%20c"
-        );
-        // The prebuilt starts give the same URLs, with or without a trailing slash.
+        // A path prefix is kept, with or without a trailing slash.
         for base in ["http://gws:8080/prefix/", "http://gws:8080/prefix"] {
             let client = GwsClient::new(
                 base.parse().unwrap(),
@@ -604,6 +589,7 @@ mod tests {
                 "http://gws:8080/prefix/api/v2/me/smssessions/s1/messages"
             );
             assert_eq!(client.me.as_str(), "http://gws:8080/prefix/api/v2/me");
+            assert_eq!(client.host(), "gws:8080");
         }
         let root = GwsClient::new(
             "http://gws:8080".parse().unwrap(),
@@ -631,6 +617,5 @@ mod tests {
         for (read, want) in reads {
             assert_eq!(root.read_url(&read).as_str(), want, "{read:?}");
         }
-        assert_eq!(client.host(), "gws:8080");
     }
 }
