@@ -496,7 +496,7 @@ pub fn outcome_wait(outcome: &crate::events::Outcome) {
 
 /// What the layer knows of a method: its labels, and its series once first counted (found
 /// once, not by their labels on every call).
-struct MethodLabels {
+struct MethodSeries {
     service: Arc<str>,
     method: Arc<str>,
     kind: &'static str,
@@ -510,7 +510,7 @@ struct MethodLabels {
     handled: [OnceLock<CounterHandle>; 17],
 }
 
-impl MethodLabels {
+impl MethodSeries {
     fn labels(&self) -> [&str; 3] {
         [self.kind, &self.service, &self.method]
     }
@@ -549,10 +549,10 @@ pub struct GrpcMetricsLayer {
 }
 
 /// The known methods by path (`/package.Service/Method`).
-struct Methods(hashbrown::HashTable<(String, Arc<MethodLabels>)>);
+struct Methods(hashbrown::HashTable<(String, Arc<MethodSeries>)>);
 
 impl Methods {
-    fn get(&self, path: &str) -> Option<&Arc<MethodLabels>> {
+    fn get(&self, path: &str) -> Option<&Arc<MethodSeries>> {
         let found = self.0.find(label_hash(&[path]), |(p, _)| p == path);
         found.map(|(_, labels)| labels)
     }
@@ -582,7 +582,7 @@ impl GrpcMetricsLayer {
                             (true, true) => "bidi_stream",
                         };
                         let path = format!("/{full}/{}", method.name());
-                        let labels = MethodLabels {
+                        let labels = MethodSeries {
                             service: service_name.clone(),
                             method: method.name().into(),
                             kind,
@@ -672,7 +672,7 @@ where
 
 /// An RPC being observed.
 struct Call {
-    labels: Arc<MethodLabels>,
+    labels: Arc<MethodSeries>,
     started: Instant,
     // Held, not read: dropping it takes the stream off the gauge.
     _stream_open: Option<GaugeGuard>,
