@@ -18,11 +18,14 @@
 //! 32 concurrent callers, then with 1,000 agents taken in turn; RSS per agent for 1,000 and
 //! 10,000 REST-only agents (default `--max-agents`); RSS per agent for 2,000 agents with one
 //! SessionEvents stream each; event latency p50/p99 over those streams; 10,000 streams of
-//! one agent: upstream handshakes, open time, RSS per stream, fan-out latency p50/p99.
+//! one agent: upstream handshakes, open time, RSS per stream, fan-out latency p50/p99;
+//! admission after a restart with the default flags: 1,000 valid agents calling at once
+//! (time until each is served, calls refused on the way) and 2,000 random credentials at
+//! once (requests that reach GWS).
 //! `SCALE_RUN_SECS` sets each saturation run's length (default 3), `SCALE_ROUNDS` how many
 //! rounds the servers take turns in (default 11; the figures are medians over the rounds of
 //! each gateway's ratio to the relay's run in the same round), `SCALE_SECTIONS` picks
-//! sections (default `1234`). The gateway child runs `Telemetry::init` as `main` does, with
+//! sections (default `12345`). The gateway child runs `Telemetry::init` as `main` does, with
 //! its log lines discarded.
 
 #[path = "support/proc.rs"]
@@ -575,8 +578,8 @@ async fn orchestrate() {
     );
     let run = Duration::from_secs(env_or("SCALE_RUN_SECS", 3));
     let rounds: usize = env_or("SCALE_ROUNDS", 11);
-    // SCALE_SECTIONS picks sections, e.g. "1" or "34" (default: all four).
-    let sections = std::env::var("SCALE_SECTIONS").unwrap_or_else(|_| "1234".into());
+    // SCALE_SECTIONS picks sections, e.g. "1" or "34" (default: all five).
+    let sections = std::env::var("SCALE_SECTIONS").unwrap_or_else(|_| "12345".into());
     let http = reqwest::Client::new();
 
     // ---- 1. Throughput and CPU per call: gateway against relay.
@@ -696,7 +699,15 @@ async fn orchestrate() {
         );
     }
 
+    // ---- 5. Admission after a restart, default flags.
+    if sections.contains('5') {
+        admission(&http).await;
+    }
+
     // ---- 3. Memory per agent with one stream each; event latency over those streams.
+    if !sections.contains('3') && !sections.contains('4') {
+        return;
+    }
     let sim = Proc::start(&["sim", "2001"], &[]);
     if sections.contains('3') {
         let mut gw_args = vec!["gateway", "--gws-url", &sim.url];
@@ -849,4 +860,106 @@ async fn orchestrate() {
             own_cpu.as_secs_f64() * 1e3 / events as f64,
         );
     }
+}
+
+/// A freshly started gateway with the default flags: 1,000 valid agents call at once (each
+/// retrying on UNAVAILABLE as its RetryInfo says, as a client library would), then, on
+/// another fresh gateway, 2,000 random credentials call once each.
+async fn admission(http: &reqwest::Client) {
+    let sim = Proc::start(&["sim", "1000"], &[]);
+    let gateway = Proc::start(&["gateway", "--gws-url", &sim.url], &[("RUST_LOG", "warn")]);
+    let cs = clients(&gateway.url, 4).await;
+    let auths: Vec<_> = (0..1000).map(auth).collect();
+    let refused = AtomicUsize::new(0);
+    let failed = AtomicUsize::new(0);
+    let start = Instant::now();
+    let mut served: Vec<f64> = futures::stream::iter(auths.iter().enumerate())
+        .map(|(i, a)| {
+            let mut c = cs[i % cs.len()].clone();
+            let (refused, failed) = (&refused, &failed);
+            async move {
+                loop {
+                    match c.delete_user_data(authed(delete_request(), a)).await {
+                        Ok(_) => return start.elapsed().as_secs_f64(),
+                        Err(s) if s.code() == tonic::Code::Unavailable => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            let wait = tonic_types::StatusExt::get_details_retry_info(&s)
+                                .and_then(|r| r.retry_delay)
+                                .unwrap_or(Duration::from_millis(50));
+                            tokio::time::sleep(wait).await;
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            return f64::NAN;
+                        }
+                    }
+                }
+            }
+        })
+        .buffer_unordered(1000)
+        .collect()
+        .await;
+    served.retain(|t| t.is_finite());
+    served.sort_by(f64::total_cmp);
+    let me_valid = control_json(http, format!("{}/simulator/stats", sim.url)).await["me_requests"]
+        .as_u64()
+        .unwrap_or(0);
+    println!(
+        "admission after a restart (default flags), 1,000 valid agents at once: {} served, last          after {:.2} s (median {:.2} s), {} calls refused UNAVAILABLE on the way, {} failed          otherwise; GWS saw {me_valid} GET /api/v2/me",
+        served.len(),
+        served.last().copied().unwrap_or(f64::NAN),
+        percentile(&served, 0.5),
+        refused.into_inner(),
+        failed.into_inner(),
+    );
+    drop(gateway);
+
+    let gateway = Proc::start(&["gateway", "--gws-url", &sim.url], &[("RUST_LOG", "warn")]);
+    let cs = clients(&gateway.url, 4).await;
+    let random: Vec<_> = (0..2000)
+        .map(|i| {
+            let user = format!("random-{i}-{}", rand_suffix(i));
+            let value = Credential::new(user, "guess").unwrap().authorization();
+            MetadataValue::try_from(value).unwrap()
+        })
+        .collect();
+    let mut codes: HashMap<tonic::Code, usize> = HashMap::new();
+    let results: Vec<tonic::Code> = futures::stream::iter(random.iter().enumerate())
+        .map(|(i, a)| {
+            let mut c = cs[i % cs.len()].clone();
+            async move {
+                match c.delete_user_data(authed(delete_request(), a)).await {
+                    Ok(_) => tonic::Code::Ok,
+                    Err(s) => s.code(),
+                }
+            }
+        })
+        .buffer_unordered(2000)
+        .collect()
+        .await;
+    for code in results {
+        *codes.entry(code).or_default() += 1;
+    }
+    let me_random = control_json(http, format!("{}/simulator/stats", sim.url)).await["me_requests"]
+        .as_u64()
+        .unwrap_or(0)
+        - me_valid;
+    let mut codes: Vec<_> = codes
+        .into_iter()
+        .map(|(c, n)| format!("{c:?} {n}"))
+        .collect();
+    codes.sort();
+    println!(
+        "admission after a restart (default flags), 2,000 random credentials at once: {}; GWS saw \
+         {me_random} upstream requests for them (burst 100 + 50/s)",
+        codes.join(", ")
+    );
+}
+
+/// A per-run suffix so random credentials are never ones a previous run could have known.
+fn rand_suffix(i: usize) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }

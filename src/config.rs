@@ -114,15 +114,20 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED).
     #[arg(long, env = "GATEWAY_MAX_AGENTS", default_value_t = 10_000)]
     pub max_agents: usize,
-    /// First-time credential checks (`GET /api/v2/me` for a credential not seen yet) started
-    /// per second on average; beyond it and --new-agent-burst, calls of new credentials get
-    /// UNAVAILABLE with a RetryInfo, and nothing is sent to GWS. Known agents are not limited.
+    /// Refused first-time credential checks (`GET /api/v2/me` for a credential not seen yet)
+    /// allowed per second on average: each check takes a token, and one GWS accepts gives it
+    /// back. With no token left, calls of new credentials get UNAVAILABLE with a RetryInfo,
+    /// and nothing is sent to GWS. Known agents are not limited.
     #[arg(long, env = "GATEWAY_NEW_AGENT_RATE", default_value_t = 50.0)]
     pub new_agent_rate: f64,
-    /// First-time credential checks that may start at once after a quiet period (the token
-    /// bucket's size).
+    /// Tokens for first-time credential checks after a quiet period (the token bucket's
+    /// size): how many refused credentials a burst may cost GWS.
     #[arg(long, env = "GATEWAY_NEW_AGENT_BURST", default_value_t = 100)]
     pub new_agent_burst: u32,
+    /// First-time credential checks under way at once (at most --new-agent-burst); more
+    /// wait for a turn in arrival order, within their deadline.
+    #[arg(long, env = "GATEWAY_NEW_AGENT_CONCURRENCY", default_value_t = 64)]
+    pub new_agent_concurrency: usize,
     /// SessionEvents streams one agent may hold open at once (all share one upstream CometD
     /// session); beyond, RESOURCE_EXHAUSTED.
     #[arg(long, env = "GATEWAY_MAX_STREAMS_PER_AGENT", default_value_t = 10_000)]
@@ -537,6 +542,7 @@ impl ServeConfig {
             ("--max-outcome-waits", args.max_outcome_waits),
             ("--max-streams-per-agent", args.max_streams_per_agent),
             ("--new-agent-burst", args.new_agent_burst as usize),
+            ("--new-agent-concurrency", args.new_agent_concurrency),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
@@ -791,6 +797,8 @@ mod tests {
             (10_000, 10_000)
         );
         assert_eq!((d.args.new_agent_rate, d.args.new_agent_burst), (50.0, 100));
+        assert_eq!(d.args.new_agent_concurrency, 64);
+        assert!(serve(&["--new-agent-concurrency", "0"]).is_err());
         let d = serve(&["--default-user", "a", "--default-password", "b"]).unwrap();
         assert_eq!(d.default_credential.unwrap().user(), "a");
     }

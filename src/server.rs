@@ -120,6 +120,7 @@ pub async fn serve_on(
         plain_http: gws_url.scheme() == "http",
         new_agent_rate: args.new_agent_rate,
         new_agent_burst: args.new_agent_burst,
+        new_agent_concurrency: args.new_agent_concurrency,
         trusted: config.default_credential.clone(),
         ..AgentsConfig::default()
     })?;

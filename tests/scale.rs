@@ -236,6 +236,9 @@ async fn new_agents_beyond_the_rate_get_unavailable_with_retry_info_and_nothing_
     )
     .await;
     delete(&h, AGENT1).await.expect("the burst admits one");
+    // An accepted check gave its token back; a refused one spends it.
+    let err = delete(&h, ("agent1", "wrong")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     let before = stat(&h.stats().await, "rest_requests");
     let err = delete(&h, AGENT2).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
@@ -253,6 +256,87 @@ async fn new_agents_beyond_the_rate_get_unavailable_with_retry_info_and_nothing_
     );
     // A known agent is not limited.
     delete(&h, AGENT1).await.expect("known agent");
+}
+
+/// `n` callers of `agents` at once, each with its own connection; their results.
+async fn all_at_once(h: &Harness, agents: &[(String, String)]) -> Vec<Result<(), tonic::Status>> {
+    let mut calls = Vec::new();
+    for (user, password) in agents {
+        let (user, password) = (user.clone(), password.clone());
+        let mut client = h.client().await;
+        calls.push(tokio::spawn(async move {
+            let call = client.delete_user_data(authed(delete_request(), (&user, &password)));
+            tokio::time::timeout(STEP, call)
+                .await
+                .expect("answered in time")
+                .map(|_| ())
+        }));
+    }
+    let mut out = Vec::new();
+    for call in calls {
+        out.push(call.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn after_a_restart_valid_agents_beyond_the_burst_are_all_admitted_with_default_flags() {
+    // Three times the default burst of valid agents, all calling at once: none is refused,
+    // since each accepted check gives its token back, and each is checked once.
+    let agents: Vec<_> = (0..300)
+        .map(|i| (format!("a{i}"), "pw".to_string()))
+        .collect();
+    let h = Harness::start(
+        SimulatorConfig {
+            agents: agents.clone(),
+            ..SimulatorConfig::default()
+        },
+        &[],
+    )
+    .await;
+    let results = all_at_once(&h, &agents).await;
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(stat(&h.stats().await, "me_requests"), 300);
+}
+
+#[tokio::test]
+async fn random_credentials_cost_gws_at_most_the_burst_plus_the_rate() {
+    let h = Harness::with_defaults().await;
+    let random: Vec<_> = (0..300)
+        .map(|i| (format!("nobody{i}"), "guess".to_string()))
+        .collect();
+    let started = std::time::Instant::now();
+    let results = all_at_once(&h, &random).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (mut refused, mut limited) = (0, 0);
+    for r in &results {
+        let err = r.as_ref().expect_err("no random credential is admitted");
+        match err.code() {
+            Code::Unauthenticated => refused += 1,
+            Code::Unavailable => {
+                assert_eq!(
+                    err.get_details_error_info().unwrap().reason,
+                    "NEW_AGENT_RATE_LIMITED"
+                );
+                limited += 1;
+            }
+            _ => panic!("{err:?}"),
+        }
+    }
+    let upstream = stat(&h.stats().await, "me_requests");
+    // The default burst (100) plus the default rate (50/s) over the run, and nothing else.
+    let allowed = 100 + (50.0 * elapsed).ceil() as u64;
+    assert!(
+        upstream <= allowed && upstream == refused,
+        "{upstream} upstream checks ({refused} refused, {limited} limited) in {elapsed:.2} s"
+    );
+    assert!(limited > 0, "the spray was limited");
 }
 
 #[tokio::test]

@@ -12,9 +12,16 @@
 //! An agent's state exists only once GWS accepted its credential (or for the configured
 //! default agent): the first call of an unknown credential runs a check upstream (a probe,
 //! e.g. `GET /api/v2/me`) on a provisional state that is inserted only when the probe shows
-//! GWS authenticated it. Concurrent first calls of one credential share one check. New
-//! checks are rate limited by a token bucket, and states are bounded in number and evicted
-//! when idle and unused. States are keyed by [`AgentKey`] (a hash, never the credential in
+//! GWS authenticated it. Concurrent first calls of one credential share one check.
+//!
+//! Admission is sized so that a restart does not refuse valid agents, while a spray of
+//! random credentials still costs GWS little: at most `new_agent_concurrency` checks run at
+//! once (later ones wait their turn, in arrival order, within their deadline), and each check
+//! takes a token from a bucket (`new_agent_burst`, refilled at `new_agent_rate`) when it
+//! starts. A check that GWS accepts gives its token back, so only refused (or unanswered)
+//! credentials drain the bucket: valid agents are admitted as fast as GWS answers, and
+//! refused ones cost at most the burst plus the rate. States are bounded in number and
+//! evicted when idle and unused. States are keyed by [`AgentKey`] (a hash, never the credential in
 //! clear).
 
 use super::cookies::Cookies;
@@ -56,6 +63,10 @@ pub struct AgentsConfig {
     pub new_agent_rate: f64,
     /// First-time credential checks that may start at once after a quiet period.
     pub new_agent_burst: u32,
+    /// First-time credential checks under way at once; more wait for a turn. Capped at
+    /// `new_agent_burst`, so checks of valid credentials in flight can never hold every
+    /// token and refuse the next valid one.
+    pub new_agent_concurrency: usize,
     /// Trusted without a check (the operator's default agent); kept for the whole run.
     pub trusted: Option<Credential>,
 }
@@ -70,6 +81,7 @@ impl Default for AgentsConfig {
             plain_http: false,
             new_agent_rate: 50.0,
             new_agent_burst: 100,
+            new_agent_concurrency: 64,
             trusted: None,
         }
     }
@@ -216,12 +228,14 @@ impl Verdict {
     }
 }
 
-/// A token bucket: `burst` tokens, refilled at `rate` per second.
+/// A token bucket: `burst` tokens, refilled at `rate` per second. A token taken by a check
+/// is `held` until the check settles: given back if GWS accepted the credential.
 #[derive(Debug)]
 struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
+    held: u32,
     at: Instant,
 }
 
@@ -232,22 +246,52 @@ impl TokenBucket {
             rate: rate.max(f64::MIN_POSITIVE),
             burst,
             tokens: burst,
+            held: 0,
             at: now,
         }
     }
 
-    /// Takes a token, or says how long until one is there.
+    /// Takes a token (held until [`TokenBucket::settle`]), or says how long until one is
+    /// there.
     fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.held += 1;
+            Ok(())
+        } else {
+            Err(self.wait())
+        }
+    }
+
+    /// Whether a token may be there for a check that waits for its turn: one is now, or a
+    /// check under way holds one it may give back.
+    fn may_have(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
+        if self.tokens >= 1.0 || self.held > 0 {
+            Ok(())
+        } else {
+            Err(self.wait())
+        }
+    }
+
+    /// Ends a check that took a token: `accepted` gives it back.
+    fn settle(&mut self, accepted: bool) {
+        self.held = self.held.saturating_sub(1);
+        if accepted {
+            self.tokens = (self.tokens + 1.0).min(self.burst);
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = ((1.0 - self.tokens) / self.rate).min(3600.0);
-            Err(Duration::from_secs_f64(wait).max(Duration::from_millis(1)))
-        }
+    }
+
+    fn wait(&self) -> Duration {
+        let wait = ((1.0 - self.tokens) / self.rate).min(3600.0);
+        Duration::from_secs_f64(wait).max(Duration::from_millis(1))
     }
 }
 
@@ -265,6 +309,9 @@ struct Inner {
     config: AgentsConfig,
     http: reqwest::Client,
     maps: Mutex<Maps>,
+    /// Turns to run a first-time check (`new_agent_concurrency` of them). Tokio's semaphore
+    /// is fair: waiters get a turn in the order they asked.
+    check_turns: tokio::sync::Semaphore,
     /// The trusted default agent, held here so it is never evicted.
     _pinned: Option<Arc<Agent>>,
 }
@@ -313,6 +360,20 @@ pub fn build_client(config: &AgentsConfig) -> Result<reqwest::Client, ClientErro
         .map_err(|e| ClientError(e.to_string()))
 }
 
+/// A running check's turn and token. Dropped when the probe ends, or when its caller goes
+/// away mid-probe (then charged: the request may have reached GWS).
+struct CheckTurn<'a> {
+    _permit: tokio::sync::SemaphorePermit<'a>,
+    registry: &'a AgentRegistry,
+    accepted: bool,
+}
+
+impl Drop for CheckTurn<'_> {
+    fn drop(&mut self) {
+        self.registry.maps().bucket.settle(self.accepted);
+    }
+}
+
 impl AgentRegistry {
     pub fn new(config: AgentsConfig) -> Result<Self, ClientError> {
         let http = build_client(&config)?;
@@ -334,8 +395,12 @@ impl AgentRegistry {
             config.new_agent_burst,
             Instant::now(),
         );
+        let turns = config
+            .new_agent_concurrency
+            .clamp(1, config.new_agent_burst.max(1) as usize);
         Ok(Self {
             inner: Arc::new(Inner {
+                check_turns: tokio::sync::Semaphore::new(turns),
                 config,
                 http,
                 maps: Mutex::new(Maps {
@@ -371,8 +436,9 @@ impl AgentRegistry {
     /// state, which joins the registry only if the probe's result shows GWS accepted the
     /// credential; the caller that ran it gets the probe's result back (its first request is
     /// done). Concurrent callers of the same credential wait for that one check. A refused
-    /// credential leaves nothing behind. Fails without any upstream request when the
-    /// registry is full or the rate of new checks is exceeded.
+    /// credential leaves nothing behind. A check waits for a turn (see the module's doc);
+    /// fails without any upstream request when the registry is full or no token is left for
+    /// a check.
     pub async fn admit<T, F, Fut>(
         &self,
         key: AgentKey,
@@ -395,8 +461,10 @@ impl AgentRegistry {
                     Some(rx) => Err(rx.clone()),
                     None => {
                         self.make_room(&mut maps)?;
+                        // No token, and none that may come back: refuse at once rather
+                        // than wait for a turn that would find none either.
                         maps.bucket
-                            .take(Instant::now())
+                            .may_have(Instant::now())
                             .map_err(|retry_after| UpstreamError::RateLimited { retry_after })?;
                         let (tx, rx) = watch::channel(None);
                         maps.checks.insert(key, rx);
@@ -442,9 +510,20 @@ impl AgentRegistry {
             }
         }
         let _done = Done(self, key);
+        let mut turn = match self.start_check().await {
+            Ok(turn) => turn,
+            Err(refused) => {
+                tx.send_replace(Some(Err(refused.clone())));
+                return Err(refused);
+            }
+        };
         let agent = Arc::new(Agent::new(credential)?);
         let result = probe(agent.clone()).await;
-        let outcome = match Verdict::of(&result) {
+        let verdict = Verdict::of(&result);
+        // Only credentials GWS refuses (or leaves unanswered) are charged.
+        turn.accepted = verdict == Verdict::Accepted;
+        drop(turn);
+        let outcome = match verdict {
             Verdict::Accepted => self.insert(agent),
             Verdict::Refused | Verdict::Unknown => {
                 tracing::debug!(agent = ?key, "first-time credential check did not admit the agent");
@@ -457,6 +536,26 @@ impl AgentRegistry {
         };
         tx.send_replace(Some(outcome.clone()));
         outcome.map(|agent| (agent, Some(result)))
+    }
+
+    /// Waits for a turn to check a credential, then takes the check's token.
+    async fn start_check(&self) -> Result<CheckTurn<'_>, UpstreamError> {
+        // The semaphore is never closed: acquiring cannot fail.
+        let permit = self
+            .inner
+            .check_turns
+            .acquire()
+            .await
+            .map_err(|_| UpstreamError::Unreachable("credential checks are shutting down"))?;
+        self.maps()
+            .bucket
+            .take(Instant::now())
+            .map_err(|retry_after| UpstreamError::RateLimited { retry_after })?;
+        Ok(CheckTurn {
+            _permit: permit,
+            registry: self,
+            accepted: false,
+        })
     }
 
     fn insert(&self, agent: Arc<Agent>) -> Result<Arc<Agent>, UpstreamError> {
@@ -646,8 +745,19 @@ mod tests {
         assert_eq!(reg.len(), 1);
     }
 
+    /// Admits `user` with a probe that must never run.
+    async fn admit_unprobed(reg: &AgentRegistry, user: &str) -> UpstreamError {
+        let c = cred(user);
+        reg.admit(c.key(), &c, |_| async {
+            panic!("no probe beyond the rate")
+        })
+        .await
+        .map(|(_, r): (_, Option<Result<(), _>>)| r)
+        .unwrap_err()
+    }
+
     #[tokio::test]
-    async fn new_checks_are_rate_limited_before_any_probe() {
+    async fn refused_checks_are_rate_limited_before_any_probe() {
         let reg = registry(AgentsConfig {
             new_agent_rate: 0.001,
             new_agent_burst: 2,
@@ -655,20 +765,103 @@ mod tests {
         });
         admit(&reg, "a", Ok(())).await.unwrap();
         admit(&reg, "b", Err(refused())).await.unwrap_err();
-        let c = cred("c");
-        let err = reg
-            .admit(c.key(), &c, |_| async {
-                panic!("no probe beyond the rate")
-            })
-            .await
-            .map(|(_, r): (_, Option<Result<(), _>>)| r)
-            .unwrap_err();
+        admit(&reg, "c", Err(refused())).await.unwrap_err();
+        let err = admit_unprobed(&reg, "d").await;
         let UpstreamError::RateLimited { retry_after } = err else {
             panic!("{err:?}")
         };
         assert!(retry_after > Duration::from_secs(60), "{retry_after:?}");
         // Known agents are not checked, so not limited.
         admit(&reg, "a", Ok(())).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn accepted_checks_give_their_token_back() {
+        let reg = registry(AgentsConfig {
+            new_agent_rate: 0.001,
+            new_agent_burst: 2,
+            ..AgentsConfig::default()
+        });
+        // Far more valid agents than the burst: none is charged.
+        for i in 0..20 {
+            admit(&reg, &format!("ok{i}"), Ok(())).await.unwrap();
+        }
+        // An unanswered check is charged like a refused one: GWS said nothing for it.
+        let down = UpstreamError::Unreachable("connection failed");
+        assert_eq!(admit(&reg, "x", Err(down.clone())).await.unwrap_err(), down);
+        admit(&reg, "y", Err(refused())).await.unwrap_err();
+        assert!(matches!(
+            admit_unprobed(&reg, "z").await,
+            UpstreamError::RateLimited { .. }
+        ));
+        assert_eq!(reg.len(), 20);
+    }
+
+    /// Starts `n` first-time checks of distinct credentials whose probes wait for `release`;
+    /// returns the calls and the most probes seen running at once.
+    async fn blocked_checks(
+        reg: &AgentRegistry,
+        n: usize,
+        expect_running: usize,
+    ) -> Vec<Result<Arc<Agent>, UpstreamError>> {
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let calls: Vec<_> = (0..n)
+            .map(|i| {
+                let (reg, running, most) = (reg.clone(), running.clone(), most.clone());
+                let mut released = released.clone();
+                tokio::spawn(async move {
+                    let c = cred(&format!("agent{i}"));
+                    reg.admit(c.key(), &c, |_| async move {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        let _ = released.wait_for(|r| *r).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .await
+                    .map(|(agent, _)| agent)
+                })
+            })
+            .collect();
+        // Every call is either inside its probe or waiting for a turn before release.
+        while running.load(Ordering::SeqCst) < expect_running
+            || reg.inner.check_turns.available_permits() > 0
+        {
+            tokio::task::yield_now().await;
+        }
+        release.send_replace(true);
+        let mut out = Vec::new();
+        for call in calls {
+            out.push(call.await.unwrap());
+        }
+        assert_eq!(most.load(Ordering::SeqCst), expect_running);
+        out
+    }
+
+    #[tokio::test]
+    async fn checks_beyond_the_concurrency_cap_wait_their_turn() {
+        let reg = registry(AgentsConfig {
+            new_agent_concurrency: 3,
+            ..AgentsConfig::default()
+        });
+        let results = blocked_checks(&reg, 12, 3).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(reg.len(), 12);
+    }
+
+    #[tokio::test]
+    async fn concurrency_is_capped_at_the_burst_so_valid_checks_are_never_refused() {
+        // With more checks in flight than tokens, a valid one would find the bucket empty.
+        let reg = registry(AgentsConfig {
+            new_agent_rate: 0.001,
+            new_agent_burst: 2,
+            new_agent_concurrency: 64,
+            ..AgentsConfig::default()
+        });
+        let results = blocked_checks(&reg, 10, 2).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
     }
 
     #[test]
