@@ -8,7 +8,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
-RUN cargo build --release --locked && \
+COPY crates ./crates
+# Without the default `demo` feature: the production binary contains no simulator.
+RUN cargo build --release --locked --no-default-features -p gws-sms-gateway && \
     cp target/release/gws-sms-gateway /gws-sms-gateway
 
 # distroless/cc: glibc and libgcc for the binary, CA certificates for an HTTPS GWS, no shell.

@@ -6,10 +6,10 @@
 //!
 //! `cargo run --release --example bench [-- CALLS SUBSCRIBERS EVENTS]` (defaults 2000 50 2000).
 
+use gws_simulator::{self as simulator, SimulatorConfig};
 use gws_sms_gateway::config::{Cli, Command, ServeConfig};
 use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;
 use gws_sms_gateway::proto::{DeleteUserDataRequest, SessionEventsRequest};
-use gws_sms_gateway::simulator::{self, SimulatorConfig};
 use gws_sms_gateway::upstream::Credential;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;

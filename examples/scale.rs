@@ -32,6 +32,7 @@
 mod proc_stats;
 
 use futures::StreamExt;
+use gws_simulator::{self as simulator, SimulatorConfig};
 use gws_sms_gateway::config::{Cli, Command as CliCommand, ServeConfig};
 use gws_sms_gateway::proto::session_events_response::Event;
 use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;
@@ -39,7 +40,6 @@ use gws_sms_gateway::proto::sms_session_service_server::{
     SmsSessionService, SmsSessionServiceServer,
 };
 use gws_sms_gateway::proto::*;
-use gws_sms_gateway::simulator::{self, SimulatorConfig};
 use gws_sms_gateway::upstream::Credential;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -16,12 +16,12 @@
 //! those notifications are gone (the streams are told: UPSTREAM_LOST, then RESTORED); that is
 //! the whole expected shortfall, so it is printed next to the number of drops.
 
+use gws_simulator::{self as simulator, SimulatorConfig};
 use gws_sms_gateway::proto::session_events_response::Event;
 use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;
 use gws_sms_gateway::proto::{
     AttachUserDataRequest, DeleteUserDataRequest, NoticeKind, SessionEventsRequest,
 };
-use gws_sms_gateway::simulator::{self, SimulatorConfig};
 use gws_sms_gateway::upstream::Credential;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

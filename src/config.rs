@@ -38,8 +38,10 @@ pub enum Command {
     /// Run the gateway against the GWS at --gws-url (production).
     Serve(ServeArgs),
     /// Run the gateway with an embedded GWS simulator on loopback (what no subcommand runs).
+    #[cfg(feature = "demo")]
     Demo(ServeArgs),
     /// Run the GWS simulator alone.
+    #[cfg(feature = "demo")]
     Simulate(SimulateArgs),
     /// Call a running gateway.
     Client(ClientArgs),
@@ -479,9 +481,14 @@ impl ServeConfig {
     pub fn new(mode: Mode, args: ServeArgs) -> Result<Self, String> {
         match (mode, &args.gws_url) {
             (Mode::Serve, None) => {
-                return Err("serve needs --gws-url (or GWS_URL), the GWS to talk to; \
-                    run `demo` for the embedded simulator"
-                    .into());
+                let demo = if cfg!(feature = "demo") {
+                    "; run `demo` for the embedded simulator"
+                } else {
+                    ""
+                };
+                return Err(format!(
+                    "serve needs --gws-url (or GWS_URL), the GWS to talk to{demo}"
+                ));
             }
             (Mode::Demo, Some(_)) => {
                 return Err("demo runs the embedded simulator and takes no --gws-url \
@@ -620,6 +627,7 @@ impl ServeConfig {
 }
 
 /// Validated `simulate` agents (and its address: loopback only).
+#[cfg(feature = "demo")]
 pub fn simulator_agents(args: &SimulateArgs) -> Result<Vec<(String, String)>, String> {
     if !args.listen.ip().is_loopback() {
         return Err(format!(
@@ -629,7 +637,7 @@ pub fn simulator_agents(args: &SimulateArgs) -> Result<Vec<(String, String)>, St
         ));
     }
     if args.agents.is_empty() {
-        return Ok(crate::simulator::default_agents());
+        return Ok(gws_simulator::default_agents());
     }
     args.agents
         .iter()

@@ -8,10 +8,12 @@
 //! - [`bayeux`]: the Bayeux (CometD long-polling) client.
 //! - [`mapping`]: GWS notification JSON -> proto, lossless and total.
 //! - [`events`]: the per-agent hub: one upstream CometD session, fan-out, replay, resume.
-//! - [`json`]: bounded JSON from upstream: no recursion limit, no stack overflow, values a
-//!   `serde_json::Value` cannot hold kept as their exact JSON text.
-//! - [`simulator`]: the GWS simulator (REST + CometD + control API) for demos and tests.
+//! - [`json`]: bounded JSON from upstream (from the shared `gws_model` crate).
 //! - [`client`]: the built-in command-line client.
+//!
+//! Beside it, in `crates/`: `gws-model` (the operation wire type, credentials, bounded JSON:
+//! what the gateway and the simulator share) and `gws-simulator` (the GWS stand-in, linked only
+//! with the default `demo` feature and into tests).
 //!
 //! Operations: [`tls`] (the listener's reloadable TLS, trust towards GWS), [`metrics`]
 //! (Prometheus series and the per-RPC layer), [`telemetry`] (logs, traces, `traceparent`).
@@ -22,14 +24,14 @@ pub mod client;
 pub mod config;
 pub mod events;
 pub mod grpc;
-pub mod json;
 pub mod mapping;
 pub mod metrics;
 pub mod server;
-pub mod simulator;
 pub mod telemetry;
 pub mod tls;
 pub mod upstream;
+
+pub use gws_model::json;
 
 /// Code generated from `proto/gws/sms/v1/sms_session.proto`.
 pub mod proto {

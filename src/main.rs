@@ -5,10 +5,12 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use gws_sms_gateway::config::{self, Cli, Command, EX_USAGE, Mode, ServeArgs, ServeConfig};
+#[cfg(feature = "demo")]
+use gws_simulator as simulator;
+use gws_sms_gateway::client;
+use gws_sms_gateway::config::{Cli, Command, EX_USAGE, Mode, ServeArgs, ServeConfig};
 use gws_sms_gateway::server::{self, ServerError};
 use gws_sms_gateway::telemetry::Telemetry;
-use gws_sms_gateway::{client, simulator};
 use std::process::ExitCode;
 
 /// A port could not be bound (sysexits EX_UNAVAILABLE).
@@ -17,11 +19,17 @@ const EX_UNAVAILABLE: u8 = 69;
 const EX_DRAIN_TIMED_OUT: u8 = 75;
 
 fn main() -> ExitCode {
-    // No subcommand means `demo`, so `cargo run` starts the gateway with its simulator.
+    // No subcommand means `demo`, so `cargo run` starts the gateway with its simulator; a
+    // build without the simulator (no `demo` feature) has only `serve` to run.
+    let default_command = if cfg!(feature = "demo") {
+        "demo"
+    } else {
+        "serve"
+    };
     let parsed = Cli::try_parse().and_then(|cli| match cli.command {
         Some(command) => Ok((cli.log_format, command)),
-        None => Cli::try_parse_from(["gws-sms-gateway", "demo"])
-            .map(|c| (cli.log_format, c.command.expect("demo given"))),
+        None => Cli::try_parse_from(["gws-sms-gateway", default_command])
+            .map(|c| (cli.log_format, c.command.expect("a command given"))),
     });
     let (log_format, command) = match parsed {
         Ok(parsed) => parsed,
@@ -39,6 +47,7 @@ fn main() -> ExitCode {
     // Configuration is validated before anything starts: a bad one is exit 64, unbound.
     let gateway = match &command {
         Command::Serve(args) => Some(check(Mode::Serve, args.clone())),
+        #[cfg(feature = "demo")]
         Command::Demo(args) => Some(check(Mode::Demo, args.clone())),
         _ => None,
     };
@@ -74,7 +83,10 @@ fn main() -> ExitCode {
             }
         };
         let code = match (command, gateway) {
-            (Command::Serve(_) | Command::Demo(_), Some(config)) => serve(config).await,
+            (Command::Serve(_), Some(config)) => serve(config).await,
+            #[cfg(feature = "demo")]
+            (Command::Demo(_), Some(config)) => serve(config).await,
+            #[cfg(feature = "demo")]
             (Command::Simulate(args), _) => simulate(args).await,
             (Command::Client(args), _) => client::run(args).await,
             _ => unreachable!("gateway commands have a configuration"),
@@ -117,8 +129,9 @@ async fn serve(config: ServeConfig) -> ExitCode {
     }
 }
 
-async fn simulate(args: config::SimulateArgs) -> ExitCode {
-    let agents = match config::simulator_agents(&args) {
+#[cfg(feature = "demo")]
+async fn simulate(args: gws_sms_gateway::config::SimulateArgs) -> ExitCode {
+    let agents = match gws_sms_gateway::config::simulator_agents(&args) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");

@@ -10,9 +10,10 @@ use crate::events::{EventsConfig, EventsHub};
 use crate::grpc::{SmsSessionApi, deadline};
 use crate::metrics::GrpcMetricsLayer;
 use crate::proto::sms_session_service_server::SmsSessionServiceServer;
-use crate::simulator::{self, RunningSimulator, SimulatorConfig, seed};
 use crate::telemetry::TraceLayer;
 use crate::upstream::{AgentRegistry, AgentsConfig, GwsClient};
+#[cfg(feature = "demo")]
+use gws_simulator::{self as simulator, SimulatorConfig, seed};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -22,6 +23,12 @@ use tokio::net::TcpListener;
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Longest wait for upstream CometD disconnects at shutdown.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+
+/// The simulator `demo` embeds; a build without the `demo` feature has none to embed.
+#[cfg(feature = "demo")]
+type Embedded = gws_simulator::RunningSimulator;
+#[cfg(not(feature = "demo"))]
+type Embedded = std::convert::Infallible;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -105,6 +112,10 @@ pub async fn serve_on(
     let (gws_url, embedded) = match (&args.gws_url, config.mode) {
         (Some(url), _) => (url.clone(), None),
         (None, Mode::Serve) => return Err(ServerError::NoUpstream),
+        // Without the simulator built in, `demo` cannot be chosen; it would have no upstream.
+        #[cfg(not(feature = "demo"))]
+        (None, Mode::Demo) => return Err(ServerError::NoUpstream),
+        #[cfg(feature = "demo")]
         (None, Mode::Demo) => {
             let sim = simulator::start(&SimulatorConfig::default(), args.simulator_listen)
                 .await
@@ -256,9 +267,12 @@ pub async fn serve_on(
         }
     };
     sweeper.abort();
+    #[cfg(feature = "demo")]
     if let Some(sim) = embedded {
         sim.shutdown().await;
     }
+    #[cfg(not(feature = "demo"))]
+    let _: Option<Embedded> = embedded;
     tracing::info!("gateway stopped");
     result
 }
@@ -266,7 +280,7 @@ pub async fn serve_on(
 fn announce(
     local: Option<std::net::SocketAddr>,
     gws_url: &reqwest::Url,
-    embedded: Option<&RunningSimulator>,
+    embedded: Option<&Embedded>,
     tls: bool,
     metrics: Option<std::net::SocketAddr>,
 ) {
@@ -275,6 +289,9 @@ fn announce(
     if let Some(metrics) = metrics {
         tracing::info!(metrics = %format!("http://{metrics}/metrics"), "metrics serving");
     }
+    #[cfg(not(feature = "demo"))]
+    let _ = embedded;
+    #[cfg(feature = "demo")]
     if embedded.is_some() {
         tracing::warn!(
             "DEMO MODE: the upstream is the embedded GWS simulator with well-known passwords, \

@@ -6,8 +6,8 @@
 mod gateway;
 
 use gateway::{AGENT1, AGENT2, Harness, SEED_SESSION, STEP, authed};
+use gws_simulator::SimulatorConfig;
 use gws_sms_gateway::proto::DeleteUserDataRequest;
-use gws_sms_gateway::simulator::SimulatorConfig;
 use serde_json::json;
 use std::time::Duration;
 use tonic::{Code, Request, Status};

@@ -180,7 +180,11 @@ fn the_containers_arguments_pass_check_config() {
 #[test]
 fn dockerfile_builds_locked_and_runs_unprivileged() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile")).unwrap();
-    assert!(text.contains("cargo build --release --locked"));
+    assert!(text.contains("cargo build --release --locked --no-default-features"));
+    assert!(
+        text.contains("COPY crates ./crates"),
+        "the workspace's crates are built too"
+    );
     assert!(
         text.lines()
             .any(|l| l.starts_with("USER ") && !l.contains(" 0") && !l.contains("root"))

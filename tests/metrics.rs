@@ -6,10 +6,10 @@
 mod gateway;
 
 use gateway::{AGENT1, SEED_SESSION, STEP, authed, serve_config};
+use gws_simulator::{self as simulator, SimulatorConfig};
 use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;
 use gws_sms_gateway::proto::{DeleteUserDataRequest, SessionEventsRequest};
 use gws_sms_gateway::server;
-use gws_sms_gateway::simulator::{self, SimulatorConfig};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 

@@ -8,12 +8,12 @@ mod certs;
 #[path = "support/process.rs"]
 mod process;
 
+use gws_simulator::{self as simulator, SimulatorConfig};
 use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;
 use gws_sms_gateway::proto::{
     DeleteUserDataRequest, GetSessionRequest, NoticeKind, SessionEventsRequest,
     session_events_response::Event,
 };
-use gws_sms_gateway::simulator::{self, SimulatorConfig};
 use gws_sms_gateway::upstream::Credential;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,

@@ -9,11 +9,11 @@ mod gateway;
 
 use certs::{Ca, Leaf, TempDir};
 use gateway::{AGENT1, Harness, SEED_SESSION, STEP, authed, serve_config};
+use gws_simulator::{Simulator, SimulatorConfig};
 use gws_sms_gateway::config::ServeConfig;
 use gws_sms_gateway::proto::DeleteUserDataRequest;
 use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;
 use gws_sms_gateway::server::{self, ServerError};
-use gws_sms_gateway::simulator::{Simulator, SimulatorConfig};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -11,8 +11,8 @@ mod gateway;
 
 use events::{open, subscribed};
 use gateway::{AGENT1, AGENT2, Harness, SEED_SESSION, STEP, authed, eventually};
+use gws_simulator::{self as simulator, SimulatorConfig};
 use gws_sms_gateway::proto::{DeleteUserDataRequest, ListSessionsRequest, SessionEventsRequest};
-use gws_sms_gateway::simulator::{self, SimulatorConfig};
 use gws_sms_gateway::upstream::{
     AgentRegistry, AgentsConfig, Credential, GwsClient, UpstreamError,
 };

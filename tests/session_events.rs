@@ -356,7 +356,7 @@ async fn stream_survives_gws_forgetting_the_http_session() {
 
 #[tokio::test]
 async fn works_with_csrf_off() {
-    let sim = gws_sms_gateway::simulator::SimulatorConfig {
+    let sim = gws_simulator::SimulatorConfig {
         csrf: false,
         ..Default::default()
     };

@@ -4,10 +4,10 @@
 
 #![allow(dead_code)]
 
+use gws_simulator::{self as simulator, RunningSimulator, SimulatorConfig};
 use gws_sms_gateway::config::{Cli, Command, ServeConfig};
 use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;
 use gws_sms_gateway::server::{self, ServerError};
-use gws_sms_gateway::simulator::{self, RunningSimulator, SimulatorConfig};
 use gws_sms_gateway::upstream::Credential;
 use serde_json::Value;
 use std::net::SocketAddr;

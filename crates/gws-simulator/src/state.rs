@@ -10,7 +10,7 @@
 use super::seed;
 use super::session::{Effect, Participant, ParticipantType, Refused, SessionState, SmsSession};
 use super::session::{MessageType, Visibility, new_session_id};
-use crate::upstream::operation::{Operation, PartyTarget, TransferTarget};
+use gws_model::operation::{Operation, PartyTarget, TransferTarget};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};

@@ -8,13 +8,13 @@
 
 use super::state::{Authenticated, Reply, State as SimState};
 use super::{NOTIFICATIONS_PATH, Simulator};
-use crate::upstream::Credential;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use gws_model::Credential;
 use serde_json::Value;
 
 /// Largest request body accepted, as a real server would bound it.
@@ -120,7 +120,7 @@ async fn notifications(State(sim): State<Simulator>, headers: HeaderMap, body: B
     let reply = sim.hub().handle(&auth.agent, messages).await;
     // Written with raw markers expanded: notifications published raw (deep, huge numbers,
     // malformed) go out exactly as given.
-    let body = crate::json::to_text(&reply);
+    let body = gws_model::json::to_text(&reply);
     let json = [(header::CONTENT_TYPE, "application/json")];
     with_cookie((StatusCode::OK, json, body).into_response(), &auth)
 }

@@ -148,7 +148,7 @@ async fn inject_raw(
     Query(query): Query<HashMap<String, String>>,
     body: String,
 ) -> Response {
-    publish_repeated(&sim, &user, &query, crate::json::raw(body))
+    publish_repeated(&sim, &user, &query, gws_model::json::raw(body))
 }
 
 async fn drop_sessions(State(sim): State<Simulator>, Path(user): Path<String>) -> Response {

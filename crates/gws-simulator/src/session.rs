@@ -9,7 +9,7 @@
 //! milliseconds, as in GWS) never decreases within a session, even if the wall clock steps
 //! back; the transcript and the participant list are bounded.
 
-use crate::upstream::operation::{Operation, PartyTarget};
+use gws_model::operation::{Operation, PartyTarget};
 use rand::Rng;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value, json};
@@ -532,7 +532,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::operation::TransferTarget;
+    use gws_model::operation::TransferTarget;
 
     fn invited() -> SmsSession {
         let mut s = SmsSession::new("S1", "http://sim/", SessionState::Invited, Map::new());

@@ -125,7 +125,7 @@ impl Simulator {
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| crate::upstream::Credential::from_authorization(v).ok());
+            .and_then(|v| gws_model::Credential::from_authorization(v).ok());
         if let (Some(peer), Some(user)) = (peer, user) {
             self.state().saw_connection(peer.0, user.user());
         }
