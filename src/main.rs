@@ -141,6 +141,8 @@ async fn simulate(args: gws_sms_gateway::config::SimulateArgs) -> ExitCode {
     let sim_config = simulator::SimulatorConfig {
         agents,
         csrf: !args.no_csrf,
+        // The seed page's pattern (no referenceId in replies) is a control-API switch.
+        reply_reference_ids: true,
         cometd: simulator::cometd::CometdConfig {
             timeout: args.cometd_timeout,
             max_interval: args.cometd_max_interval,

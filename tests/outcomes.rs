@@ -533,3 +533,191 @@ async fn resuming_from_a_snapshot_loses_nothing_queued_behind_it() {
     let replayed = next(&mut resumed).await.unwrap();
     assert_eq!(replayed.resume_token, raced.resume_token);
 }
+
+/// The seed page's pattern: GWS replies `{"statusCode":0}` and only the notifications carry
+/// the operation's referenceId. The simulator applies operations but publishes nothing, so
+/// each test says which notifications come, and when.
+async fn seed_pattern() -> Harness {
+    let h = Harness::with_defaults().await;
+    h.faults(json!({"withhold_notifications": true, "reply_without_reference_id": true}))
+        .await;
+    h
+}
+
+/// The `n`-th operation agent1 POSTed, once it is there: its reply must name no
+/// referenceId; returns the one the simulator gave it (its notifications carry it).
+async fn nth_reference(h: &Harness, n: usize) -> i64 {
+    eventually("the operation reached upstream", || async {
+        h.requests("agent1").await.len() > n
+    })
+    .await;
+    let request = &h.requests("agent1").await[n];
+    assert_eq!(request["reply"], json!({"statusCode": 0}), "{request}");
+    request["reference_id"]
+        .as_i64()
+        .expect("the operation's referenceId")
+}
+
+fn assert_failed(status: &tonic::Status, message: &str) {
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains(message), "{}", status.message());
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "GWS_OPERATION_FAILED");
+    assert_eq!(info.metadata["error_message"], message);
+}
+
+#[tokio::test]
+async fn in_the_seed_reply_pattern_a_failure_is_aborted_within_the_wait() {
+    let h = seed_pattern().await;
+    let mut c = h.client().await;
+    let started = Instant::now();
+    let call = tokio::spawn(async move {
+        c.send_message(authed(
+            SendMessageRequest {
+                session_id: SEED_SESSION.into(),
+                text: "Your parcel is on its way".into(),
+                wait_for_outcome: true,
+            },
+            AGENT1,
+        ))
+        .await
+    });
+    let reference = nth_reference(&h, 0).await;
+    h.inject_error(
+        "agent1",
+        SEED_SESSION,
+        "message rejected by the carrier",
+        Some(reference),
+    )
+    .await;
+    let status = tokio::time::timeout(STEP, call)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_failed(&status, "message rejected by the carrier");
+    // Not the whole wait (`--outcome-timeout`, 10 s) with UNCONFIRMED at its end.
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn in_the_seed_reply_pattern_two_waits_on_a_session_get_their_own_outcome() {
+    let h = seed_pattern().await;
+    let first = {
+        let mut c = h.client().await;
+        tokio::spawn(async move {
+            let ud = [("Tier".to_string(), user_data_value(&json!("gold")))].into();
+            c.attach_user_data(authed(
+                AttachUserDataRequest {
+                    session_id: SEED_SESSION.into(),
+                    user_data: ud,
+                    wait_for_outcome: true,
+                },
+                AGENT1,
+            ))
+            .await
+        })
+    };
+    let first_reference = nth_reference(&h, 0).await;
+    let second = {
+        let mut c = h.client().await;
+        tokio::spawn(async move {
+            c.invite(authed(
+                InviteRequest {
+                    session_id: SEED_SESSION.into(),
+                    target: Some(invite_request::Target::TargetPath("/agents/busy".into())),
+                    wait_for_outcome: true,
+                },
+                AGENT1,
+            ))
+            .await
+        })
+    };
+    let second_reference = nth_reference(&h, 1).await;
+    // The second fails first: while the first still waits, the Error could be either's.
+    h.inject_error(
+        "agent1",
+        SEED_SESSION,
+        "target is busy",
+        Some(second_reference),
+    )
+    .await;
+    // Then the first's own notification, as GWS would have published it.
+    let session = h.sim_session("agent1", SEED_SESSION).await;
+    assert_eq!(session["userData"]["Tier"], "gold", "the first was applied");
+    let props = json!({"messageType": "SMSsessionStateChangeMessage",
+        "notificationType": "PropertiesUpdated", "referenceId": first_reference,
+        "smssession": session});
+    assert_eq!(h.inject("agent1", props).await, 1);
+
+    let r = tokio::time::timeout(STEP, first)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the first is not failed")
+        .into_inner();
+    let item = confirmed(r.outcome);
+    assert_eq!(state_change(&item).reference_id, Some(first_reference));
+    assert_eq!(r.reference_id, None, "its reply named none");
+    let status = tokio::time::timeout(STEP, second)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_failed(&status, "target is busy");
+}
+
+#[tokio::test]
+async fn in_the_seed_reply_pattern_an_error_of_a_call_that_did_not_wait_fails_no_waiting_call() {
+    let h = seed_pattern().await;
+    // A stream of the agent's: once it delivers the Error, the waiting call was offered it.
+    let mut stream = subscribed(&h, AGENT1, SessionEventsRequest::default()).await;
+    let waiting = {
+        let mut c = h.client().await;
+        tokio::spawn(async move {
+            let mut req = authed(
+                InviteRequest {
+                    session_id: SEED_SESSION.into(),
+                    target: Some(invite_request::Target::TargetPath("/agents/a2".into())),
+                    wait_for_outcome: true,
+                },
+                AGENT1,
+            );
+            req.set_timeout(Duration::from_secs(4));
+            c.invite(req).await
+        })
+    };
+    nth_reference(&h, 0).await;
+    let mut c = h.client().await;
+    let r = c
+        .add_comment(authed(
+            AddCommentRequest {
+                session_id: SEED_SESSION.into(),
+                comment: "called back".into(),
+                wait_for_outcome: false,
+            },
+            AGENT1,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.outcome.is_none() && r.reference_id.is_none());
+    let unwaited = nth_reference(&h, 1).await;
+    // The comment's operation fails: its Error is about the session the Invite waits on,
+    // with a referenceId no reply named.
+    h.inject_error("agent1", SEED_SESSION, "comment not stored", Some(unwaited))
+        .await;
+    let error = next(&mut stream).await.unwrap();
+    assert_eq!(
+        state_change(&error).notification_type(),
+        NotificationType::Error
+    );
+    assert!(!waiting.is_finished(), "the Error failed no waiting call");
+    let r = tokio::time::timeout(STEP, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("accepted, not failed")
+        .into_inner();
+    assert_eq!(r.outcome.unwrap().status(), OutcomeStatus::Unconfirmed);
+}

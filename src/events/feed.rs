@@ -85,13 +85,14 @@ pub struct Feed {
 
 impl Feed {
     pub fn new(agent: Arc<Agent>, epoch: u64, seq: Arc<AtomicU64>, replay: ReplayBuffer) -> Self {
+        let waiters = Waiters::new(agent.unsettled().clone());
         Self {
             agent,
             epoch,
             seq,
             state: Mutex::new(FeedState {
                 slots: HashMap::new(),
-                waiters: Waiters::default(),
+                waiters,
                 next_slot: 0,
                 interest: 0,
                 replay,

@@ -168,7 +168,8 @@ impl Drop for Interest {
 }
 
 /// A `wait_for_outcome` call between its registration and its answer. Dropping it (the
-/// call ended, however) removes the waiter: nothing of the call is kept.
+/// call ended, however) removes the waiter: nothing of the call is kept, except that its
+/// operation's end is unknown (see `outcome::Waiters::remove`).
 pub struct PendingOutcome {
     id: u64,
     rx: tokio::sync::oneshot::Receiver<Outcome>,
@@ -179,6 +180,12 @@ impl PendingOutcome {
     /// The POST was answered: `reference_id` is what the reply carried.
     pub fn arm(&self, reference_id: Option<i64>) {
         self.interest.feed.lock().waiters.arm(self.id, reference_id);
+    }
+
+    /// The POST was refused by GWS or never sent: the call ends, and nothing of its
+    /// operation can follow (an Error about its session is not about it).
+    pub fn not_applied(self) {
+        self.interest.feed.lock().waiters.not_applied(self.id);
     }
 
     /// Waits for the confirming notification until `deadline`.

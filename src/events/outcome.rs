@@ -3,24 +3,51 @@
 //!
 //! A waiter is registered *before* its POST is sent (the feed is already subscribed), so
 //! its notification cannot be missed, even when GWS publishes it before the HTTP reply
-//! arrives. Matching, for a notification about session S of the expected kind (an `Error`
-//! about S fits every waiter on S):
-//! - with a `referenceId` r: the first waiter whose reply carried r; else the first whose
-//!   reply carried no referenceId (order is all there is); else it is kept as a candidate by
-//!   every waiter still waiting for its reply, which checks them when the reply comes;
+//! arrives. The rule never tells a call something false: where a notification cannot be
+//! attributed for certain, the call stays UNCONFIRMED.
+//!
+//! A confirmation (a notification about session S of the expected kind):
+//! - with a `referenceId` r: the first waiter whose reply carried r; else, unless r is
+//!   another operation's (another waiter's reply named it, or it already confirmed or failed
+//!   a call, or a call that did not wait was answered with it), the first waiter whose reply
+//!   carried none (order is all there is); else it is kept for every waiter still waiting
+//!   for its reply, which checks it when the reply comes;
 //! - without a `referenceId`: the first waiter on S in the order the calls were sent.
 //!
-//! Everything is bounded: waiters per agent (by the hub), candidates per waiter.
+//! An `Error` about S (it fits every waiter on S):
+//! - with a `referenceId` r: the waiter whose reply carried r; never anyone if r is another
+//!   operation's (as above);
+//! - otherwise (a referenceId no reply named, or none at all) it fails a call only when that
+//!   call is the one operation on S it can be about: its reply named no referenceId, and
+//!   every other operation of this agent on S that this gateway sent and that could own the
+//!   Error has been shown not to. The candidates are fixed when the Error comes: the waiters
+//!   on S whose reply is outstanding or named none (for an unreferenced Error, every waiter
+//!   on S: a reply's referenceId does not rule one out). A candidate is ruled out when its
+//!   reply names another referenceId (referenced Errors only), when it is confirmed or failed
+//!   (an operation has one fate), or when its POST was refused or never sent. A candidate that
+//!   ends with its fate unknown (timed out, caller gone) rules the Error out for everyone. An
+//!   operation on S sent without a waiting call and still unanswered, or one whose fate
+//!   became unknown a moment ago ([`Unsettled`]), makes the Error unattributable.
+//!
+//! Once a referenceId has confirmed or failed a call, it is remembered (bounded, in
+//! [`Unsettled`]) and never used for another. Everything is bounded: waiters per agent (by
+//! the hub), kept notifications, candidates per kept Error.
 
 use super::feed::Item;
 use crate::proto::session_events_response::Event;
 use crate::proto::{NotificationType, TranscriptMessage};
-use crate::upstream::{Confirmation, Operation};
+use crate::upstream::{Confirmation, Operation, Unsettled};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// Notifications with a `referenceId` kept for calls whose reply is still outstanding.
+/// Notifications kept for calls that may still claim them (referenced ones for calls whose
+/// reply is still outstanding, Errors for the calls they may be about).
 const MAX_RECENT: usize = 64;
+/// The most calls one kept Error may be about. It fails one only once all others are shown
+/// to be elsewhere, which many concurrent unreferenced operations on one session make
+/// unlikely within a wait; beyond this it stays unpinned (the calls UNCONFIRMED).
+const MAX_CANDIDATES: usize = 16;
 
 /// What confirms one operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,18 +250,61 @@ struct Waiter {
     tx: oneshot::Sender<Outcome>,
 }
 
+impl Waiter {
+    /// Whether `error` (about this call's session) may be about this call's operation: an
+    /// unreferenced one always (even a reply's referenceId does not rule it out); a referenced
+    /// one unless the reply named another referenceId.
+    fn may_own(&self, error: &Seen) -> bool {
+        error.fits(&self.expect)
+            && match (error.reference_id, self.reply) {
+                (Some(r), Reply::Arrived(Some(own))) => r == own,
+                (Some(_), Reply::Pending | Reply::Arrived(None)) | (None, _) => true,
+            }
+    }
+}
+
+/// A notification kept for calls that may still claim it: a referenced confirmation for the
+/// calls still waiting for their reply, or an Error for the calls it may be about.
+struct Kept(
+    /// Its number: a confirmation goes only to a call registered before it (`since <= n`).
+    u64,
+    Seen,
+    Outcome,
+    /// For an Error: the calls it may be about when it came, less those since shown to be
+    /// elsewhere. It fails the last one left once that call's reply named no referenceId.
+    Vec<u64>,
+);
+
 /// The calls waiting on one agent's feed, in the order their POSTs were sent, and the
-/// recent referenced notifications that calls still waiting for their reply may claim.
+/// recent notifications that calls may still claim.
 #[derive(Default)]
 pub struct Waiters {
     list: Vec<Waiter>,
     next_id: u64,
-    /// `(number, notification, its outcome)`, oldest first; each is claimed at most once.
-    recent: VecDeque<(u64, Seen, Outcome)>,
+    /// Oldest first; each is claimed at most once.
+    recent: VecDeque<Kept>,
     next_recent: u64,
+    /// The agent's operations whose end is unknown, and the referenceIds known to be taken
+    /// (shared with the gRPC edge, which records the calls that do not wait).
+    ops: Arc<Unsettled>,
+}
+
+/// Whether `reference_id` belongs to an operation other than the waiting calls whose reply
+/// named none: a waiting call's reply named it, or a call already ended with it.
+fn owned(list: &[Waiter], ops: &Unsettled, reference_id: i64) -> bool {
+    list.iter()
+        .any(|w| w.reply == Reply::Arrived(Some(reference_id)))
+        || ops.is_known(reference_id)
 }
 
 impl Waiters {
+    pub fn new(ops: Arc<Unsettled>) -> Self {
+        Self {
+            ops,
+            ..Self::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.list.len()
     }
@@ -253,42 +323,89 @@ impl Waiters {
         id
     }
 
-    /// The call is over (answered, timed out or gone): nothing of it is kept.
+    /// The call is over without an outcome (timed out, or the caller left): nothing of it is
+    /// kept. Its operation may still have been applied, and may still fail: a referenceId its
+    /// reply named stays known as its own; without one, its session is unsettled for a while
+    /// (an Error there may be this operation's), and no kept Error is pinned on anyone else.
     pub fn remove(&mut self, id: u64) {
-        self.list.retain(|w| w.id != id);
-        if self.list.is_empty() {
-            self.recent.clear();
+        let Some(pos) = self.list.iter().position(|w| w.id == id) else {
+            return;
+        };
+        let waiter = self.list.remove(pos);
+        match waiter.reply {
+            Reply::Arrived(Some(r)) => self.ops.remember(r),
+            Reply::Pending | Reply::Arrived(None) => self.ops.unsettle(&waiter.expect.session_id),
         }
+        // Whatever Error it was a candidate for may be its own: never pinned on another.
+        self.recent.retain(|k| !k.3.contains(&id));
+        self.settle();
     }
 
-    /// Ends every wait (the feed ended): the calls see their sender dropped.
+    /// The call's POST was refused by GWS or never sent: nothing of its operation follows,
+    /// so no Error is about it.
+    pub fn not_applied(&mut self, id: u64) {
+        let Some(pos) = self.list.iter().position(|w| w.id == id) else {
+            return;
+        };
+        self.list.remove(pos);
+        self.rule_out(id);
+        self.settle();
+    }
+
+    /// Ends every wait (the feed ended): the calls see their sender dropped. Their
+    /// operations' ends are unknown, as for [`Waiters::remove`].
     pub fn clear(&mut self) {
-        self.list.clear();
+        for waiter in self.list.drain(..) {
+            match waiter.reply {
+                Reply::Arrived(Some(r)) => self.ops.remember(r),
+                Reply::Pending | Reply::Arrived(None) => {
+                    self.ops.unsettle(&waiter.expect.session_id);
+                }
+            }
+        }
         self.recent.clear();
     }
 
     /// The call's HTTP reply arrived with `reference_id`: a notification seen meanwhile may
-    /// already be its confirmation (with a referenceId, only the one carrying it).
+    /// already be its confirmation (with a referenceId, only the one carrying it), or its
+    /// failure (with a referenceId, the Error carrying it; without, an Error it was the only
+    /// candidate for).
     pub fn arm(&mut self, id: u64, reference_id: Option<i64>) {
         let Some(pos) = self.list.iter().position(|w| w.id == id) else {
             return;
         };
-        let waiter = &mut self.list[pos];
-        waiter.reply = Reply::Arrived(reference_id);
-        let claim = self.recent.iter().position(|(n, seen, _)| {
+        self.list[pos].reply = Reply::Arrived(reference_id);
+        let waiter = &self.list[pos];
+        let (list, ops) = (&self.list, &*self.ops);
+        let claim = self.recent.iter().position(|Kept(n, seen, _, candidates)| {
             *n >= waiter.since
                 && seen.fits(&waiter.expect)
-                && match reference_id {
-                    Some(r) => seen.reference_id == Some(r),
-                    // No referenceId to go by: an unreferenced Error stays ambiguous.
-                    None => !seen.is_error(),
+                && match (reference_id, seen.is_error()) {
+                    (Some(r), _) => seen.reference_id == Some(r),
+                    // By order: a confirmation no other call's referenceId claims.
+                    (None, false) => seen.reference_id.is_none_or(|r| !owned(list, ops, r)),
+                    // An Error only if this call is all it can be about.
+                    (None, true) => {
+                        candidates[..] == [id]
+                            && seen.reference_id.is_none_or(|r| !owned(list, ops, r))
+                    }
                 }
         });
         if let Some(c) = claim
-            && let Some((_, _, outcome)) = self.recent.remove(c)
+            && let Some(Kept(_, seen, outcome, _)) = self.recent.remove(c)
         {
-            self.resolve(pos, outcome);
+            self.resolve(pos, outcome, seen.reference_id);
+        } else if let Some(own) = reference_id {
+            // A referenced Error naming another referenceId is not about this call.
+            for Kept(_, seen, _, candidates) in &mut self.recent {
+                if seen.reference_id.is_some_and(|r| r != own) {
+                    candidates.retain(|c| *c != id);
+                }
+            }
+            self.recent
+                .retain(|Kept(_, seen, _, candidates)| !seen.is_error() || !candidates.is_empty());
         }
+        self.settle();
     }
 
     /// Offers one delivered item to the waiting calls.
@@ -299,49 +416,157 @@ impl Waiters {
         let Some(seen) = item.event.as_ref().and_then(Seen::of) else {
             return;
         };
+        if seen.is_error() {
+            self.offer_error(seen, item);
+        } else {
+            self.offer_confirmation(seen, item);
+        }
+        self.settle();
+    }
+
+    fn offer_confirmation(&mut self, seen: Seen, item: &Item) {
         let fits = |w: &Waiter| seen.fits(&w.expect);
-        let pos = match (seen.reference_id, seen.is_error()) {
-            (Some(r), _) => self
+        let pos = match seen.reference_id {
+            Some(r) => self
                 .list
                 .iter()
                 .position(|w| fits(w) && w.reply == Reply::Arrived(Some(r)))
                 .or_else(|| {
-                    self.list.iter().position(|w| {
-                        fits(w) && w.reply == Reply::Arrived(None) && !seen.is_error()
-                    })
+                    // By order, unless the referenceId is another operation's.
+                    if owned(&self.list, &self.ops, r) {
+                        return None;
+                    }
+                    self.list
+                        .iter()
+                        .position(|w| fits(w) && w.reply == Reply::Arrived(None))
                 }),
-            // An Error without a referenceId cannot be about a call whose reply named
-            // another one: it goes to the oldest call on the session without one.
-            (None, true) => self
-                .list
-                .iter()
-                .position(|w| fits(w) && matches!(w.reply, Reply::Pending | Reply::Arrived(None))),
-            (None, false) => self.list.iter().position(fits),
+            None => self.list.iter().position(fits),
         };
         if let Some(pos) = pos {
             let outcome = seen.outcome(item);
-            self.resolve(pos, outcome);
-        } else if seen.reference_id.is_some()
+            self.resolve(pos, outcome, seen.reference_id);
+        } else if let Some(r) = seen.reference_id
+            && !owned(&self.list, &self.ops, r)
             && self
                 .list
                 .iter()
                 .any(|w| w.reply == Reply::Pending && fits(w))
         {
-            if self.recent.len() >= MAX_RECENT {
-                self.recent.pop_front();
-            }
             let outcome = seen.outcome(item);
-            self.recent.push_back((self.next_recent, seen, outcome));
-            self.next_recent += 1;
+            self.keep(seen, outcome, Vec::new());
         }
     }
 
-    fn resolve(&mut self, pos: usize, outcome: Outcome) {
+    /// An Error about a session fails the call whose reply named its referenceId; else it
+    /// is kept for the calls it may be about, and fails one only when that call is the one
+    /// operation of the agent's on the session it can be about ([`Waiters::settle`]).
+    fn offer_error(&mut self, seen: Seen, item: &Item) {
+        if let Some(r) = seen.reference_id {
+            let exact = self
+                .list
+                .iter()
+                .position(|w| seen.fits(&w.expect) && w.reply == Reply::Arrived(Some(r)));
+            if let Some(pos) = exact {
+                let outcome = seen.outcome(item);
+                self.resolve(pos, outcome, Some(r));
+                return;
+            }
+            if owned(&self.list, &self.ops, r) {
+                return;
+            }
+        }
+        // An operation on the session in flight without a waiting call, or ended a moment
+        // ago with its fate unknown, may be the one that failed: no call is told it was its.
+        if self.ops.is_unsettled(&seen.session_id) {
+            return;
+        }
+        let candidates: Vec<u64> = self
+            .list
+            .iter()
+            .filter(|w| w.may_own(&seen))
+            .map(|w| w.id)
+            .take(MAX_CANDIDATES + 1)
+            .collect();
+        if candidates.is_empty() || candidates.len() > MAX_CANDIDATES {
+            return;
+        }
+        let outcome = seen.outcome(item);
+        self.keep(seen, outcome, candidates);
+    }
+
+    fn keep(&mut self, seen: Seen, outcome: Outcome, candidates: Vec<u64>) {
+        if self.recent.len() >= MAX_RECENT {
+            self.recent.pop_front();
+        }
+        self.recent
+            .push_back(Kept(self.next_recent, seen, outcome, candidates));
+        self.next_recent += 1;
+    }
+
+    /// The call at `pos` ended with `outcome`, carried by a notification with `reference_id`.
+    fn resolve(&mut self, pos: usize, outcome: Outcome, reference_id: Option<i64>) {
         let waiter = self.list.remove(pos);
+        // Never used for another call (an Accept publishes three notifications with its
+        // one referenceId; an Error may trail a confirmation).
+        for r in [reference_id, waiter.reply_id()].into_iter().flatten() {
+            self.ops.remember(r);
+        }
         // The caller may have gone (deadline, client left): nothing to do then.
         let _ = waiter.tx.send(outcome);
+        // An operation has one fate: a kept Error is not about this one.
+        self.rule_out(waiter.id);
         if self.list.is_empty() {
             self.recent.clear();
+        }
+    }
+
+    /// `id` is no candidate for any kept Error; one left with no candidate is dropped.
+    fn rule_out(&mut self, id: u64) {
+        for Kept(_, _, _, candidates) in &mut self.recent {
+            candidates.retain(|c| *c != id);
+        }
+        self.recent
+            .retain(|Kept(_, seen, _, candidates)| !seen.is_error() || !candidates.is_empty());
+    }
+
+    /// Fails every call that a kept Error is now provably about: its one candidate left,
+    /// answered without a referenceId, and the Error's referenceId (if any) is no other
+    /// operation's. Each pinned Error may rule its call out of others: repeat until none.
+    /// With no call left, nothing is kept.
+    fn settle(&mut self) {
+        loop {
+            let (list, ops) = (&self.list, &*self.ops);
+            let found = self.recent.iter().enumerate().find_map(|(c, kept)| {
+                let Kept(_, seen, _, candidates) = kept;
+                let [only] = candidates[..] else {
+                    return None;
+                };
+                let pos = list
+                    .iter()
+                    .position(|w| w.id == only && w.reply == Reply::Arrived(None))?;
+                seen.reference_id
+                    .is_none_or(|r| !owned(list, ops, r))
+                    .then_some((c, pos))
+            });
+            let Some((c, pos)) = found else {
+                // Nobody left to claim anything.
+                if self.list.is_empty() {
+                    self.recent.clear();
+                }
+                return;
+            };
+            if let Some(Kept(_, seen, outcome, _)) = self.recent.remove(c) {
+                self.resolve(pos, outcome, seen.reference_id);
+            }
+        }
+    }
+}
+
+impl Waiter {
+    fn reply_id(&self) -> Option<i64> {
+        match self.reply {
+            Reply::Arrived(r) => r,
+            Reply::Pending => None,
         }
     }
 }
@@ -595,5 +820,221 @@ mod tests {
         );
         w.remove(id);
         assert_eq!((w.len(), w.recent.len()), (0, 0));
+    }
+
+    fn props(session: &str, reference: i64) -> Value {
+        state("PropertiesUpdated", session, "Chatting", Some(reference))
+    }
+
+    fn failed(rx: &mut oneshot::Receiver<Outcome>) -> bool {
+        matches!(rx.try_recv(), Ok(Outcome::Failed(_)))
+    }
+
+    fn comment() -> Operation {
+        Operation::AddComment {
+            comment: "c".into(),
+        }
+    }
+
+    #[test]
+    fn in_the_seed_pattern_an_error_fails_the_one_call_it_can_be_about() {
+        // Reply `{"statusCode":0}`, then a notification carrying the referenceId.
+        let mut w = Waiters::default();
+        let (id, mut rx) = wait(&mut w, "S", comment());
+        w.arm(id, None);
+        offer(&mut w, error("OTHER", Some(15)), "elsewhere");
+        assert_eq!(token(&mut rx), None, "another session's Error");
+        offer(&mut w, error("S", Some(15)), "e");
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Outcome::Failed("target not reachable".into())
+        );
+        // Its referenceId is now taken: it fails no later call, confirms none either.
+        let (id, mut rx) = wait(&mut w, "S", comment());
+        w.arm(id, None);
+        offer(&mut w, error("S", Some(15)), "again");
+        offer(&mut w, props("S", 15), "stale");
+        assert_eq!(token(&mut rx), None);
+        offer(&mut w, props("S", 16), "mine");
+        assert_eq!(token(&mut rx).as_deref(), Some("mine"));
+    }
+
+    #[test]
+    fn of_two_waits_on_a_session_the_confirmed_one_rules_itself_out() {
+        for error_first in [false, true] {
+            let mut w = Waiters::default();
+            let (a, mut rx_a) = wait(&mut w, "S", comment());
+            let (b, mut rx_b) = wait(&mut w, "S", comment());
+            w.arm(a, None);
+            w.arm(b, None);
+            if error_first {
+                // Either call's: kept, pinned on neither yet.
+                offer(&mut w, error("S", Some(16)), "e");
+                assert_eq!((token(&mut rx_a), token(&mut rx_b)), (None, None));
+            }
+            offer(&mut w, props("S", 15), "a's");
+            assert_eq!(token(&mut rx_a).as_deref(), Some("a's"), "{error_first}");
+            if !error_first {
+                offer(&mut w, error("S", Some(16)), "e");
+            }
+            assert!(failed(&mut rx_b), "{error_first}: b is all it can be about");
+            assert_eq!(w.len(), 0);
+        }
+    }
+
+    #[test]
+    fn an_error_before_the_reply_waits_for_the_replies() {
+        let mut w = Waiters::default();
+        let (a, mut rx_a) = wait(&mut w, "S", comment());
+        let (b, mut rx_b) = wait(&mut w, "S", comment());
+        offer(&mut w, error("S", Some(20)), "e");
+        w.arm(a, None);
+        assert_eq!(token(&mut rx_a), None, "b's reply may still name 20");
+        w.arm(b, Some(21));
+        assert!(failed(&mut rx_a), "b's reply named another: only a is left");
+        assert_eq!(token(&mut rx_b), None);
+
+        // A refused POST rules its call out too.
+        let mut w = Waiters::default();
+        let (a, mut rx_a) = wait(&mut w, "S", comment());
+        let (b, _rx_b) = wait(&mut w, "S", comment());
+        offer(&mut w, error("S", Some(20)), "e");
+        w.arm(a, None);
+        w.not_applied(b);
+        assert!(failed(&mut rx_a));
+
+        // The reply naming the Error's referenceId: its own, even with others around.
+        let mut w = Waiters::default();
+        let (a, mut rx_a) = wait(&mut w, "S", comment());
+        let (b, mut rx_b) = wait(&mut w, "S", comment());
+        offer(&mut w, error("S", Some(20)), "e");
+        w.arm(b, Some(20));
+        assert!(failed(&mut rx_b));
+        w.arm(a, None);
+        assert_eq!(token(&mut rx_a), None, "20 is b's");
+    }
+
+    #[test]
+    fn a_candidate_ending_unknown_leaves_the_error_pinned_on_nobody() {
+        let ops = Arc::new(Unsettled::default());
+        let mut w = Waiters::new(ops.clone());
+        let (a, _rx_a) = wait(&mut w, "S", comment());
+        let (b, mut rx_b) = wait(&mut w, "S", comment());
+        w.arm(a, None);
+        w.arm(b, None);
+        offer(&mut w, error("S", Some(20)), "e");
+        // a timed out: its operation may be the one that failed.
+        w.remove(a);
+        assert_eq!(token(&mut rx_b), None);
+        assert!(ops.is_unsettled("S"), "and the session stays unsettled");
+        offer(&mut w, error("S", Some(21)), "later");
+        assert_eq!(token(&mut rx_b), None, "a's may come later too");
+    }
+
+    #[test]
+    fn an_error_is_never_pinned_while_a_call_that_does_not_wait_may_own_it() {
+        let ops = Arc::new(Unsettled::default());
+        let mut w = Waiters::new(ops.clone());
+        let (id, mut rx) = wait(&mut w, "S", comment());
+        w.arm(id, None);
+        // In flight without a waiter:
+        let sending = ops.sending("S");
+        offer(&mut w, error("S", Some(30)), "e");
+        assert_eq!(token(&mut rx), None);
+        // Answered with its referenceId: an Error naming it is its own.
+        sending.answered(Some(31));
+        offer(&mut w, error("S", Some(31)), "e");
+        assert_eq!(token(&mut rx), None);
+        // Refused: nothing of it follows; an Error naming another referenceId is this call's.
+        ops.sending("S").not_applied();
+        offer(&mut w, error("S", Some(32)), "e");
+        assert!(failed(&mut rx));
+
+        // Answered without a referenceId: nobody can tell its notifications apart.
+        let (id, mut rx) = wait(&mut w, "S", comment());
+        w.arm(id, None);
+        ops.sending("S").answered(None);
+        offer(&mut w, error("S", Some(33)), "e");
+        assert_eq!(token(&mut rx), None);
+        // Another session is not affected.
+        let (id, mut rx) = wait(&mut w, "T", comment());
+        w.arm(id, None);
+        offer(&mut w, error("T", Some(34)), "e");
+        assert!(failed(&mut rx));
+    }
+
+    #[test]
+    fn a_reference_id_is_used_for_one_call_only() {
+        let mut w = Waiters::default();
+        let (a, mut rx_a) = wait(&mut w, "S", Operation::Accept { nickname: None });
+        let invite = Operation::Invite {
+            target: PartyTarget::TargetUri("u".into()),
+        };
+        let (b, mut rx_b) = wait(&mut w, "S", invite);
+        w.arm(a, None);
+        w.arm(b, None);
+        // Accept publishes three notifications with its one referenceId.
+        offer(
+            &mut w,
+            state("StatusChange", "S", "Chatting", Some(16)),
+            "a",
+        );
+        offer(
+            &mut w,
+            state("ParticipantsUpdated", "S", "Chatting", Some(16)),
+            "a's too",
+        );
+        assert_eq!(token(&mut rx_a).as_deref(), Some("a"));
+        assert_eq!(token(&mut rx_b), None, "16 is the Accept's");
+        offer(&mut w, error("S", Some(16)), "e");
+        assert_eq!(token(&mut rx_b), None);
+        offer(
+            &mut w,
+            state("ParticipantsUpdated", "S", "Chatting", Some(17)),
+            "b",
+        );
+        assert_eq!(token(&mut rx_b).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn an_unreferenced_error_fails_only_the_one_call_it_can_be_about() {
+        let mut w = Waiters::default();
+        let (a, mut rx_a) = wait(&mut w, "S", comment());
+        let (b, mut rx_b) = wait(&mut w, "S", comment());
+        w.arm(a, None);
+        w.arm(b, Some(5));
+        // b's reply named a referenceId, but an unreferenced Error may still be b's.
+        offer(&mut w, error("S", None), "e");
+        assert_eq!((token(&mut rx_a), token(&mut rx_b)), (None, None));
+        offer(&mut w, props("S", 5), "b's");
+        assert_eq!(token(&mut rx_b).as_deref(), Some("b's"));
+        assert!(
+            failed(&mut rx_a),
+            "b is confirmed: a is all it can be about"
+        );
+
+        // Before the reply: only once the reply named none.
+        let (a, mut rx_a) = wait(&mut w, "S", comment());
+        offer(&mut w, error("S", None), "e");
+        assert_eq!(token(&mut rx_a), None);
+        w.arm(a, Some(9));
+        assert_eq!(token(&mut rx_a), None, "its reply named a referenceId");
+        let (c, mut rx_c) = wait(&mut w, "S", comment());
+        offer(&mut w, error("S", None), "e");
+        w.arm(c, None);
+        assert_eq!(token(&mut rx_c), None, "a (reply 9) may be the one");
+    }
+
+    #[test]
+    fn feed_end_leaves_the_sessions_unsettled() {
+        let ops = Arc::new(Unsettled::default());
+        let mut w = Waiters::new(ops.clone());
+        let (a, _rx_a) = wait(&mut w, "S", comment());
+        let (b, _rx_b) = wait(&mut w, "T", comment());
+        w.arm(a, None);
+        w.arm(b, Some(40));
+        w.clear();
+        assert!(ops.is_unsettled("S") && !ops.is_unsettled("T"));
+        assert!(ops.is_known(40));
     }
 }

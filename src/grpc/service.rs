@@ -132,12 +132,35 @@ impl SmsSessionApi {
             } else {
                 None
             };
+            // A call that does not wait is still recorded: until it is answered, an Error
+            // about its session may be its own, not a waiting call's.
+            let sending = match pending {
+                None => Some(agent.unsettled().sending(&op.session_id)),
+                Some(_) => None,
+            };
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let accepted = self
+            let result = self
                 .gws
                 .operation(&agent, &op.session_id, &op.operation, remaining)
-                .await
-                .map_err(|e| Error::upstream(e, host))?;
+                .await;
+            let pending = match (&result, sending, pending) {
+                (Ok(accepted), Some(sending), _) => {
+                    sending.answered(accepted.reference.id);
+                    None
+                }
+                (Err(e), sending, pending) if e.not_applied() => {
+                    if let Some(sending) = sending {
+                        sending.not_applied();
+                    }
+                    if let Some(pending) = pending {
+                        pending.not_applied();
+                    }
+                    None
+                }
+                // Dropped with the error: the operation may have been applied.
+                (_, _, pending) => pending,
+            };
+            let accepted = result.map_err(|e| Error::upstream(e, host))?;
             let Some(pending) = pending else {
                 return Ok((accepted, None));
             };

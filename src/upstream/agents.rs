@@ -25,6 +25,7 @@
 //! clear).
 
 use super::cookies::Cookies;
+use super::unsettled::Unsettled;
 use super::{AgentKey, Credential, UpstreamError};
 use http::{HeaderName, HeaderValue};
 use std::collections::HashMap;
@@ -112,6 +113,9 @@ pub struct Agent {
     /// When last handed out, in milliseconds since [`origin`]: an atomic, so the hot path
     /// takes no lock for it.
     last_used: AtomicU64,
+    /// What was sent on each session and not heard the end of (shared with the agent's
+    /// event feed, which asks it before pinning an Error on a waiting call).
+    unsettled: Arc<Unsettled>,
 }
 
 /// The instant `last_used` counts from.
@@ -144,6 +148,7 @@ impl Agent {
             cookies: Cookies::default(),
             csrf: Mutex::new(Csrf::Unknown),
             last_used: AtomicU64::new(millis_since_origin(Instant::now())),
+            unsettled: Arc::default(),
         })
     }
 
@@ -176,6 +181,11 @@ impl Agent {
         if set.iter().next().is_some() {
             self.cookies.absorb(set.iter(), response.url());
         }
+    }
+
+    /// The operations on this agent's sessions whose end is not known yet.
+    pub fn unsettled(&self) -> &Arc<Unsettled> {
+        &self.unsettled
     }
 
     pub fn csrf(&self) -> Csrf {

@@ -50,6 +50,25 @@ impl UpstreamError {
     /// The one transport failure that proves nothing was sent: no connection was made.
     pub const CONNECT_FAILED: &'static str = "connection failed";
 
+    /// Whether an operation that ended with this error certainly was not applied: GWS refused
+    /// it, or it was never sent. (Anything else may hide an applied operation, including an
+    /// accepted one whose reply could not be read.)
+    pub fn not_applied(&self) -> bool {
+        match self {
+            Self::Gws { .. }
+            | Self::Timeout(_)
+            | Self::DeadlineTooShort(_)
+            | Self::Unreachable(_)
+            | Self::TooManyAgents
+            | Self::RateLimited { .. } => true,
+            Self::Http { .. }
+            | Self::BadBody { .. }
+            | Self::Unmappable(_)
+            | Self::TimeoutAfterSend(_)
+            | Self::UnreachableAfterSend(_) => false,
+        }
+    }
+
     /// Classifies a reqwest error without exposing its text (which can contain URLs).
     pub fn from_reqwest(err: &reqwest::Error, timeout: std::time::Duration) -> Self {
         // A connect timeout is both: GWS is unreachable, which is not the caller's deadline.

@@ -1,15 +1,18 @@
 //! The GWS REST side: the per-agent upstream state ([`agents`]: cookie jar ([`cookies`]), CSRF
-//! token, over one shared HTTP client), the REST operations ([`gws`]) and what can go wrong on
-//! the way ([`error`]). Who the agent is and what an operation's body is come from the shared
-//! model (`gws_model`), which the simulator reads too. Nothing here knows about gRPC.
+//! token, over one shared HTTP client), the REST operations ([`gws`]), what can go wrong on the
+//! way ([`error`]), and what was sent and not heard the end of ([`unsettled`]). Who the agent
+//! is and what an operation's body is come from the shared model (`gws_model`), which the
+//! simulator reads too. Nothing here knows about gRPC.
 
 pub mod agents;
 mod cookies;
 pub mod error;
 pub mod gws;
+pub mod unsettled;
 
 pub use agents::{Agent, AgentRegistry, AgentsConfig, ClientError, Verdict};
 pub use error::UpstreamError;
 pub use gws::{GwsClient, MIN_UPSTREAM_BUDGET, OperationAccepted, Read};
 pub use gws_model::credential::{self, AgentKey, Credential, CredentialError};
 pub use gws_model::operation::{self, Confirmation, Operation, PartyTarget, TransferTarget};
+pub use unsettled::{Sending, Unsettled};

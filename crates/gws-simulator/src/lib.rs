@@ -35,6 +35,9 @@ pub struct SimulatorConfig {
     pub agents: Vec<(String, String)>,
     /// Whether writes need the CSRF token (GWS's optional protection).
     pub csrf: bool,
+    /// Whether accepted operations' replies carry their `referenceId`; off, they are
+    /// `{"statusCode":0}` as on GWS's documentation page, the notifications carrying it.
+    pub reply_reference_ids: bool,
     pub cometd: CometdConfig,
 }
 
@@ -43,6 +46,7 @@ impl Default for SimulatorConfig {
         Self {
             agents: default_agents(),
             csrf: true,
+            reply_reference_ids: true,
             cometd: CometdConfig::default(),
         }
     }
@@ -75,9 +79,11 @@ const MAX_TRACEPARENTS: usize = 1000;
 impl Simulator {
     /// `base_url` is where it is served; session `uri`s point there.
     pub fn new(config: &SimulatorConfig, base_url: &str) -> Self {
+        let mut state = State::new(&config.agents, config.csrf, base_url);
+        state.reply_reference_ids = config.reply_reference_ids;
         Self {
             inner: Arc::new(Inner {
-                state: Mutex::new(State::new(&config.agents, config.csrf, base_url)),
+                state: Mutex::new(state),
                 hub: CometdHub::new(config.cometd.clone()),
                 traceparents: Mutex::new(std::collections::VecDeque::new()),
             }),

@@ -65,6 +65,10 @@ pub struct Faults {
     /// that is accepted and never confirmed (or, with an injected Error, fails later).
     #[serde(default)]
     pub withhold_notifications: bool,
+    /// Answer accepted operations `{"statusCode":0}`, without the `referenceId` their
+    /// notifications still carry: the pattern of GWS's own documentation (the seed page).
+    #[serde(default)]
+    pub reply_without_reference_id: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -123,6 +127,10 @@ pub struct RecordedRequest {
     pub body: Value,
     /// The reply's body, so a test can learn what it was answered (e.g. its referenceId).
     pub reply: Value,
+    /// The referenceId the operation's notifications carry, when the reply left it out
+    /// (`reply_reference_ids` off): so a test can still name the operation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_id: Option<i64>,
 }
 
 /// What a control-API call asking for a customer-side event did wrong.
@@ -161,6 +169,10 @@ pub struct State {
     requests: VecDeque<RecordedRequest>,
     peers: HashMap<std::net::SocketAddr, PeerSeen>,
     pub csrf: bool,
+    /// Whether accepted operations' replies carry their `referenceId` (GWS's documentation
+    /// shows both patterns). Replies leave it out when this is off, or while
+    /// [`Faults::reply_without_reference_id`] is on.
+    pub reply_reference_ids: bool,
     pub faults: Faults,
     pub stats: Stats,
 }
@@ -214,6 +226,7 @@ impl State {
             requests: VecDeque::new(),
             peers: HashMap::new(),
             csrf,
+            reply_reference_ids: true,
             faults: Faults::default(),
             stats: Stats::default(),
         }
@@ -367,6 +380,8 @@ impl State {
 
     /// `POST /api/v2/me/smssessions/{id}` as received: records the raw body, then runs it
     /// as [`State::operation`] (a body that is not JSON is a validation error, code 10).
+    /// The reply loses its `referenceId` when replies are to carry none (the notifications
+    /// keep theirs); the recorded request still names it.
     pub fn receive(&mut self, agent: &str, id: &str, raw: &[u8]) -> (Reply, Vec<Publish>) {
         let body = serde_json::from_slice::<Value>(raw);
         if self.requests.len() >= MAX_RECORDED_REQUESTS {
@@ -380,16 +395,27 @@ impl State {
                 Err(_) => Value::String(String::from_utf8_lossy(raw).into_owned()),
             },
             reply: Value::Null,
+            reference_id: None,
         });
-        let (reply, publishes) = match body {
+        let (mut reply, publishes) = match body {
             Ok(body) => self.operation(agent, id, &body),
             Err(_) => (
                 Reply::error(400, 10, "request body is not JSON"),
                 Vec::new(),
             ),
         };
+        let withheld = if self.reply_reference_ids && !self.faults.reply_without_reference_id {
+            None
+        } else {
+            reply
+                .body
+                .as_object_mut()
+                .and_then(|body| body.remove("referenceId"))
+                .and_then(|r| r.as_i64())
+        };
         if let Some(recorded) = self.requests.back_mut() {
             recorded.reply = reply.body.clone();
+            recorded.reference_id = withheld;
         }
         (reply, publishes)
     }
@@ -1152,6 +1178,34 @@ mod tests {
             format!("s{}", MAX_RECORDED_REQUESTS + 9)
         );
         assert!(s.requests("b").is_empty(), "the oldest went first");
+    }
+
+    #[test]
+    fn replies_can_leave_the_reference_id_to_the_notifications() {
+        let mut s = state();
+        let body = br#"{"operationName":"AddComment","comment":"c"}"#;
+        let (reply, publishes) = s.receive("a", seed::SEED_SESSION_ID, body);
+        let first = reply.body["referenceId"].as_i64().unwrap();
+        assert_eq!(s.requests("a")[0].reference_id, None, "the reply said it");
+        s.faults.reply_without_reference_id = true;
+        let (reply, publishes2) = s.receive("a", seed::SEED_SESSION_ID, body);
+        assert_eq!(
+            reply.body,
+            json!({"statusCode": 0}),
+            "the seed page's reply"
+        );
+        assert_eq!(publishes2[0].data["referenceId"], first + 1);
+        assert_eq!(s.requests("a")[1].reference_id, Some(first + 1));
+        assert_eq!(s.requests("a")[1].reply, json!({"statusCode": 0}));
+        s.faults = Faults::default();
+        s.reply_reference_ids = false;
+        let (reply, _) = s.receive("a", seed::SEED_SESSION_ID, body);
+        assert!(reply.body.get("referenceId").is_none());
+        // A refusal has no referenceId to leave out.
+        let (reply, _) = s.receive("a", "nope", body);
+        assert_eq!(reply.body["statusCode"], 6);
+        assert_eq!(s.requests("a")[3].reference_id, None);
+        assert_eq!(publishes[0].data["referenceId"], first);
     }
 
     #[test]

@@ -1,0 +1,241 @@
+//! What this gateway sent for one agent and has not heard the end of, per SMS session: the
+//! operations in flight without a waiting call, the sessions where an operation's fate
+//! became unknown a moment ago (sent, and no referenceId or outcome to tell its
+//! notifications apart), and the referenceIds known to belong to an operation. It exists for
+//! one question `events::outcome` asks before pinning an `Error` notification on a waiting
+//! call by order (its reply named no referenceId): could another operation own it? If
+//! anything here says so, the call stays UNCONFIRMED rather than be told "failed" for what
+//! may have been applied. Synchronous; its lock is never held across an `.await`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a session stays unsettled after an operation on it ended with its fate unknown.
+/// GWS reports an accepted operation's failure once its backend gave up on it, typically
+/// within seconds; a minute covers that several times over, while a session busy with
+/// operations whose ends nobody watches never has its Errors pinned on anyone.
+pub const UNSETTLED_FOR: Duration = Duration::from_secs(60);
+
+/// ReferenceIds remembered per agent. They guard against the stray notifications of
+/// operations that just ended (an Accept publishes three with its one referenceId, an Error
+/// may trail a confirmation) and against the referenceIds of calls that did not wait; those
+/// arrive within seconds of their operation, so the latest few hundred cover every
+/// operation that can still have notifications in flight, at 8 bytes each.
+pub const MAX_KNOWN: usize = 256;
+
+/// Sessions tracked per agent; beyond it the whole agent counts as unsettled for
+/// [`UNSETTLED_FOR`] (honest, and bounded whatever the load).
+pub const MAX_SESSIONS: usize = 1024;
+
+#[derive(Debug, Default)]
+pub struct Unsettled {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: HashMap<String, Entry>,
+    /// Set when `sessions` was full: every session is unsettled until then.
+    all_until: Option<Instant>,
+    /// Newest last.
+    known: VecDeque<i64>,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// POSTs sent without a waiting call and not yet answered.
+    in_flight: u32,
+    /// Unsettled until then: an operation on the session ended with its fate unknown.
+    until: Option<Instant>,
+}
+
+impl Entry {
+    fn idle(&self, now: Instant) -> bool {
+        self.in_flight == 0 && self.until.is_none_or(|u| u <= now)
+    }
+}
+
+impl Unsettled {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A POST on `session_id` that no call waits on is about to be sent: the session is
+    /// unsettled until the guard says how it ended (dropped unsaid: the call was cancelled or
+    /// its fate is unknown).
+    pub fn sending<'a>(&'a self, session_id: &'a str) -> Sending<'a> {
+        self.lock()
+            .sessions
+            .entry(session_id.to_string())
+            .or_default()
+            .in_flight += 1;
+        Sending {
+            tracker: self,
+            session_id,
+            done: false,
+        }
+    }
+
+    /// An operation on `session_id` ended with its fate unknown.
+    pub fn unsettle(&self, session_id: &str) {
+        self.unsettle_at(session_id, Instant::now());
+    }
+
+    fn unsettle_at(&self, session_id: &str, now: Instant) {
+        let until = now + UNSETTLED_FOR;
+        let mut inner = self.lock();
+        if !inner.sessions.contains_key(session_id) && inner.sessions.len() >= MAX_SESSIONS {
+            inner.sessions.retain(|_, e| !e.idle(now));
+            if inner.sessions.len() >= MAX_SESSIONS {
+                inner.all_until = Some(until);
+                return;
+            }
+        }
+        inner
+            .sessions
+            .entry(session_id.to_string())
+            .or_default()
+            .until = Some(until);
+    }
+
+    /// Whether an operation on `session_id` is in flight without a waiting call, or ended
+    /// with its fate unknown a moment ago.
+    pub fn is_unsettled(&self, session_id: &str) -> bool {
+        self.is_unsettled_at(session_id, Instant::now())
+    }
+
+    fn is_unsettled_at(&self, session_id: &str, now: Instant) -> bool {
+        let inner = self.lock();
+        inner.all_until.is_some_and(|u| u > now)
+            || inner.sessions.get(session_id).is_some_and(|e| !e.idle(now))
+    }
+
+    /// `reference_id` belongs to an operation (its reply or its outcome carried it).
+    pub fn remember(&self, reference_id: i64) {
+        let mut inner = self.lock();
+        if inner.known.contains(&reference_id) {
+            return;
+        }
+        if inner.known.len() >= MAX_KNOWN {
+            inner.known.pop_front();
+        }
+        inner.known.push_back(reference_id);
+    }
+
+    pub fn is_known(&self, reference_id: i64) -> bool {
+        self.lock().known.contains(&reference_id)
+    }
+
+    fn finish(&self, session_id: &str, unsettle: bool) {
+        let now = Instant::now();
+        {
+            let mut inner = self.lock();
+            if let Some(entry) = inner.sessions.get_mut(session_id) {
+                entry.in_flight = entry.in_flight.saturating_sub(1);
+                if !unsettle && entry.idle(now) {
+                    inner.sessions.remove(session_id);
+                }
+            }
+        }
+        if unsettle {
+            self.unsettle_at(session_id, now);
+        }
+    }
+}
+
+/// One POST without a waiting call, between its sending and its answer.
+pub struct Sending<'a> {
+    tracker: &'a Unsettled,
+    session_id: &'a str,
+    done: bool,
+}
+
+impl Sending<'_> {
+    /// GWS accepted it. With a referenceId, its notifications are known to be its own; without
+    /// one nobody can tell them apart, and nobody watches them: its fate is unknown.
+    pub fn answered(mut self, reference_id: Option<i64>) {
+        self.done = true;
+        if let Some(r) = reference_id {
+            self.tracker.remember(r);
+        }
+        self.tracker.finish(self.session_id, reference_id.is_none());
+    }
+
+    /// It was refused, or never sent: nothing of it can follow.
+    pub fn not_applied(mut self) {
+        self.done = true;
+        self.tracker.finish(self.session_id, false);
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Cancelled or ended without an answer that says: it may have been applied.
+            self.tracker.finish(self.session_id, true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_unsettled_while_a_post_is_out_and_after_an_unknown_end() {
+        let t = Unsettled::default();
+        assert!(!t.is_unsettled("S"));
+        let refused = t.sending("S");
+        let other = t.sending("S");
+        assert!(t.is_unsettled("S") && !t.is_unsettled("T"));
+        refused.not_applied();
+        assert!(t.is_unsettled("S"), "one is still out");
+        other.answered(Some(7));
+        assert!(!t.is_unsettled("S"), "answered with its referenceId");
+        assert!(t.is_known(7) && !t.is_known(8));
+        assert!(
+            t.lock().sessions.is_empty(),
+            "nothing kept for a settled session"
+        );
+
+        t.sending("S").answered(None);
+        assert!(
+            t.is_unsettled("S"),
+            "accepted without a referenceId: fate unknown"
+        );
+        drop(t.sending("T"));
+        assert!(
+            t.is_unsettled("T"),
+            "cancelled or unanswered: may have been applied"
+        );
+        let later = Instant::now() + UNSETTLED_FOR + Duration::from_millis(1);
+        assert!(!t.is_unsettled_at("S", later) && !t.is_unsettled_at("T", later));
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let t = Unsettled::default();
+        for r in 0..(MAX_KNOWN as i64 + 10) {
+            t.remember(r);
+            t.remember(r);
+        }
+        assert_eq!(t.lock().known.len(), MAX_KNOWN);
+        assert!(!t.is_known(9) && t.is_known(10) && t.is_known(MAX_KNOWN as i64 + 9));
+
+        let now = Instant::now();
+        for i in 0..MAX_SESSIONS {
+            t.unsettle_at(&format!("s{i}"), now);
+        }
+        assert!(t.lock().all_until.is_none());
+        // Full of live entries: the agent as a whole is unsettled instead.
+        t.unsettle_at("one-more", now);
+        assert_eq!(t.lock().sessions.len(), MAX_SESSIONS);
+        assert!(t.is_unsettled_at("never-seen", now));
+        // Expired entries make room again.
+        let later = now + UNSETTLED_FOR + Duration::from_millis(1);
+        t.unsettle_at("fresh", later);
+        assert_eq!(t.lock().sessions.len(), 1);
+        assert!(t.is_unsettled_at("fresh", later) && !t.is_unsettled_at("s1", later));
+    }
+}
