@@ -453,7 +453,7 @@ impl GatewayAddr {
         &self.0
     }
 
-    /// The host and port, as a resolver takes them.
+    /// The HOST:PORT part (HOST alone when a URL gave no port).
     pub fn authority(&self) -> &str {
         self.0.authority().map(|a| a.as_str()).unwrap_or_default()
     }
