@@ -1,5 +1,6 @@
-//! Command line and environment, validated before any port is bound. A bad configuration is
-//! one clear line on stderr and exit code 64 (EX_USAGE).
+//! Command line and environment, validated before any port is bound. A command line that does
+//! not parse gets clap's whole message (what is wrong, the usage, its tips) and exit code 2; a
+//! configuration that parses but cannot be used is one clear line and exit code 64 (EX_USAGE).
 
 use crate::telemetry::LogFormat;
 use crate::tls::{ReloadableTls, ServerTlsFiles, UpstreamTls};
@@ -36,9 +37,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway against the GWS at --gws-url (production).
+    // One flag set for both modes; each mode's help leaves out the flag only the other takes
+    // (serve ignores --simulator-listen; demo refuses --gws-url, with a reason, so it still
+    // parses it: GWS_URL may be set in the environment).
+    #[command(mut_arg("simulator_listen", |a| a.hide(true)))]
     Serve(ServeArgs),
     /// Run the gateway with an embedded GWS simulator on loopback (what no subcommand runs).
     #[cfg(feature = "demo")]
+    #[command(mut_arg("gws_url", |a| a.hide(true)))]
     Demo(ServeArgs),
     /// Run the GWS simulator alone.
     #[cfg(feature = "demo")]
@@ -56,7 +62,7 @@ pub struct ServeArgs {
     #[arg(long, env = "GWS_URL", value_parser = parse_url)]
     pub gws_url: Option<reqwest::Url>,
     /// Check the configuration (files readable, URLs, addresses) and exit without binding:
-    /// 0 when valid, 64 when not.
+    /// 0 when valid, 64 when not (2 when the command line itself does not parse).
     #[arg(long)]
     pub check_config: bool,
     /// PEM certificate chain of the gRPC listener: serve TLS (with --tls-key).
@@ -207,16 +213,25 @@ pub struct SimulateArgs {
     pub cometd_max_interval: Duration,
 }
 
+// Global: the flags go before or after the command (`client --user U sessions` and
+// `client sessions --user U`), and every command's help lists them.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// The gateway's address.
-    #[arg(long, env = "GATEWAY_ADDR", default_value = "http://127.0.0.1:50051")]
-    pub addr: String,
-    /// GWS agent user.
-    #[arg(long, env = "GWS_USER")]
+    /// The gateway's address: HOST:PORT (plaintext gRPC, http:// assumed) or a URL like
+    /// http://127.0.0.1:50051.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAY_ADDR",
+        default_value = "127.0.0.1:50051",
+        value_parser = parse_gateway_addr
+    )]
+    pub addr: GatewayAddr,
+    /// GWS agent user (with --password).
+    #[arg(long, global = true, env = "GWS_USER")]
     pub user: Option<String>,
-    /// GWS agent password.
-    #[arg(long, env = "GWS_PASSWORD", hide_env_values = true)]
+    /// GWS agent password (with --user).
+    #[arg(long, global = true, env = "GWS_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     #[command(subcommand)]
     pub call: ClientCall,
@@ -433,6 +448,70 @@ pub struct PartyArgs {
     /// The target's path.
     #[arg(long = "target-path")]
     pub target_path: Option<String>,
+}
+
+/// Where the built-in client calls: an `http://HOST:PORT` URI (the client speaks plaintext
+/// gRPC only), shown as the user would type it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayAddr(http::Uri);
+
+impl GatewayAddr {
+    pub fn uri(&self) -> &http::Uri {
+        &self.0
+    }
+
+    /// The HOST:PORT part (HOST alone when a URL gave no port).
+    pub fn authority(&self) -> &str {
+        self.0.authority().map(|a| a.as_str()).unwrap_or_default()
+    }
+}
+
+impl std::str::FromStr for GatewayAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_gateway_addr(text)
+    }
+}
+
+impl std::fmt::Display for GatewayAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}", self.authority())
+    }
+}
+
+/// `--addr`: HOST:PORT (what grpcurl and the Node example take) or an `http://` URL.
+fn parse_gateway_addr(text: &str) -> Result<GatewayAddr, String> {
+    let text = text.trim();
+    const FORM: &str = "give HOST:PORT, e.g. 127.0.0.1:50051, or a URL like http://127.0.0.1:50051";
+    let (url, scheme_given) = match text.split_once("://") {
+        Some(("https", _)) => {
+            return Err(
+                "the built-in client speaks plaintext gRPC only (http://); call a TLS \
+                 listener with a client given its CA, e.g. grpcurl -cacert"
+                    .into(),
+            );
+        }
+        Some(("http", _)) => (text.to_string(), true),
+        Some((scheme, _)) => return Err(format!("{scheme}:// is not supported: {FORM}")),
+        None => (format!("http://{text}"), false),
+    };
+    let uri: http::Uri = url.parse().map_err(|_| format!("not an address: {FORM}"))?;
+    let authority = match uri.authority() {
+        Some(a) if !a.host().is_empty() => a,
+        _ => return Err(format!("no host: {FORM}")),
+    };
+    if authority.as_str().contains('@') {
+        return Err("must not contain user:password@: give --user and --password".into());
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!("a gRPC address has no path: {FORM}"));
+    }
+    // Without a scheme the user typed HOST:PORT; a bare host would silently mean port 80.
+    if !scheme_given && authority.port().is_none() {
+        return Err(format!("no port: {FORM}"));
+    }
+    Ok(GatewayAddr(uri))
 }
 
 fn parse_json_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
@@ -767,6 +846,73 @@ mod tests {
         let err = serve(&["--stream-buffer", "100", "--replay-max-events", "99"]).unwrap_err();
         assert!(err.contains("at least --stream-buffer"), "{err}");
         assert!(serve(&["--stream-buffer", "100", "--replay-max-events", "100"]).is_ok());
+    }
+
+    #[test]
+    fn gateway_addresses_are_host_port_or_http_urls() {
+        let addr = |t: &str| parse_gateway_addr(t).map(|a| a.to_string());
+        for (given, means) in [
+            ("127.0.0.1:50051", "http://127.0.0.1:50051"),
+            ("http://127.0.0.1:50051", "http://127.0.0.1:50051"),
+            ("http://127.0.0.1:50051/", "http://127.0.0.1:50051"),
+            ("localhost:50051", "http://localhost:50051"),
+            ("[::1]:50051", "http://[::1]:50051"),
+            ("http://gateway.example", "http://gateway.example"),
+        ] {
+            assert_eq!(addr(given).as_deref(), Ok(means), "{given}");
+        }
+        for (given, says) in [
+            ("localhost", "no port"),
+            ("https://localhost:15051", "plaintext gRPC only"),
+            ("ftp://x:1", "ftp:// is not supported"),
+            ("http://127.0.0.1:50051/api", "no path"),
+            (
+                "http://agent1:password1@127.0.0.1:50051",
+                "--user and --password",
+            ),
+            ("", "HOST:PORT"),
+            ("not an address", "HOST:PORT"),
+        ] {
+            let err = addr(given).unwrap_err();
+            assert!(err.contains(says), "{given}: {err}");
+        }
+    }
+
+    #[test]
+    fn each_command_lists_its_own_flags() {
+        use clap::CommandFactory;
+        let help = |path: &[&str]| {
+            let mut command = Cli::command();
+            command.build();
+            let mut sub = &mut command;
+            for name in path {
+                sub = sub.find_subcommand_mut(name).unwrap();
+            }
+            sub.render_long_help().to_string()
+        };
+        let serve = help(&["serve"]);
+        assert!(serve.contains("--gws-url") && !serve.contains("--simulator-listen"));
+        let demo = help(&["demo"]);
+        assert!(demo.contains("--simulator-listen") && !demo.contains("--gws-url"));
+        for flag in ["--addr", "--user", "--password"] {
+            assert!(help(&["client", "accept"]).contains(flag), "{flag}");
+        }
+        // The flags of the client go before or after its command.
+        let cli = Cli::try_parse_from([
+            "gws-sms-gateway",
+            "client",
+            "sessions",
+            "--user",
+            "agent1",
+            "--addr",
+            "127.0.0.1:1",
+        ])
+        .unwrap();
+        let Some(Command::Client(args)) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(args.user.as_deref(), Some("agent1"));
+        assert_eq!(args.addr.to_string(), "http://127.0.0.1:1");
     }
 
     #[test]

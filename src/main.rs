@@ -1,7 +1,8 @@
 //! The `gws-sms-gateway` binary: parse the command line, set up logging and traces, and hand
 //! over to the library (`server::run`, the simulator, or the built-in client). Exit codes:
-//! 0 after a clean drain; 64 bad configuration; 69 a port cannot be bound; 75 the drain
-//! timed out (calls still in flight were cut); 1 any other failure.
+//! 0 after a clean drain; 2 the command line does not parse (clap's message); 64 bad
+//! configuration; 69 a port cannot be bound; 75 the drain timed out (calls still in flight
+//! were cut); 1 any other failure.
 #![forbid(unsafe_code)]
 
 use clap::Parser;
@@ -13,6 +14,8 @@ use gws_sms_gateway::server::{self, ServerError};
 use gws_sms_gateway::telemetry::Telemetry;
 use std::process::ExitCode;
 
+/// The command line does not parse (clap's exit code).
+const EX_ARGUMENTS: u8 = 2;
 /// A port could not be bound (sysexits EX_UNAVAILABLE).
 const EX_UNAVAILABLE: u8 = 69;
 /// The drain ran out of time and cut calls (sysexits EX_TEMPFAIL).
@@ -33,15 +36,11 @@ fn main() -> ExitCode {
     });
     let (log_format, command) = match parsed {
         Ok(parsed) => parsed,
-        Err(e) if e.use_stderr() => {
-            // One clear line, not clap's usage block.
-            let line = e.to_string();
-            eprintln!("{}", line.lines().next().unwrap_or("invalid arguments"));
-            return ExitCode::from(EX_USAGE);
-        }
         Err(e) => {
+            // clap's whole message: what is missing, the usage line, its tips ("a similar
+            // argument exists"); exit 2 for an argument error, 0 for --help and --version.
             let _ = e.print();
-            return ExitCode::SUCCESS;
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EX_ARGUMENTS));
         }
     };
     // Configuration is validated before anything starts: a bad one is exit 64, unbound.

@@ -1,5 +1,7 @@
 //! The binary as a newcomer runs it: `serve` with the embedded simulator, `client events` and
-//! `client delete-user-data` as separate processes, SIGTERM; and bad configuration -> exit 64.
+//! `client delete-user-data` as separate processes, SIGTERM; a command line that does not parse
+//! -> clap's whole message and exit 2, bad configuration -> one line and exit 64; the client's
+//! messages (missing credentials, a refused connection, each command's help) and its JSON.
 
 #[path = "support/process.rs"]
 mod process;
@@ -75,11 +77,7 @@ fn wait_exit(proc: &mut Proc) -> std::process::ExitStatus {
 #[test]
 fn bad_configuration_is_one_line_and_exit_64() {
     for args in [
-        &["serve", "--listen", "not-an-address"][..],
-        &["serve", "--gws-url", "ftp://x"],
-        &["serve", "--upstream-timeout", "soon"],
-        &["serve", "--default-user", "only-user"],
-        &["serve", "--no-such-flag"],
+        &["serve", "--default-user", "only-user"][..],
         // serve never falls back to the simulator; the simulator stays on loopback.
         &["serve"],
         &["serve", "--listen", "0.0.0.0:0"],
@@ -130,6 +128,118 @@ fn bad_configuration_is_one_line_and_exit_64() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
     }
+}
+
+/// Runs the binary to its end: exit code, stdout, stderr.
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("GWS_URL")
+        .env_remove("GATEWAY_ADDR")
+        .env_remove("GWS_USER")
+        .env_remove("GWS_PASSWORD")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_command_line_that_does_not_parse_gets_clap_s_whole_message_and_exit_2() {
+    for args in [
+        &["serve", "--listen", "not-an-address"][..],
+        &["serve", "--gws-url", "ftp://x"],
+        &["serve", "--upstream-timeout", "soon"],
+        &["serve", "--no-such-flag"],
+    ] {
+        let (code, _, stderr) = run(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains("For more information, try '--help'."),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A missing argument is named, with the command's usage.
+    let (code, _, stderr) = run(&["client", "accept"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the following required arguments were not provided")
+            && stderr.contains("--session <SESSION>")
+            && stderr.contains("Usage: gws-sms-gateway client accept --session <SESSION>"),
+        "{stderr}"
+    );
+    // clap's tips are kept.
+    let (code, _, stderr) = run(&["client", "accept", "--sesion", "S"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("tip: a similar argument exists: '--session'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn client_flags_go_before_or_after_the_command_and_every_command_s_help_lists_them() {
+    for args in [
+        &["client", "accept", "--help"][..],
+        &["client", "sessions", "--help"],
+        &["client", "events", "--help"],
+    ] {
+        let (code, stdout, _) = run(args);
+        assert_eq!(code, Some(0), "{args:?}");
+        for flag in ["--addr <ADDR>", "--user <USER>", "--password <PASSWORD>"] {
+            assert!(stdout.contains(flag), "{args:?} lacks {flag}: {stdout}");
+        }
+    }
+    // Given after the command, the flags are taken (here: a half credential is refused for
+    // what it is, before anything connects).
+    let (code, _, stderr) = run(&["client", "sessions", "--user", "agent1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--user and --password go together"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn each_mode_s_help_lists_only_its_flags() {
+    let (code, serve, _) = run(&["serve", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(serve.contains("--gws-url"), "{serve}");
+    assert!(!serve.contains("--simulator-listen"), "{serve}");
+    let (code, demo, _) = run(&["demo", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(demo.contains("--simulator-listen"), "{demo}");
+    assert!(!demo.contains("--gws-url"), "{demo}");
+}
+
+#[test]
+fn a_refused_connection_asks_whether_the_gateway_runs_there() {
+    // A port that was just free: nothing listens on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    for given in [addr.clone(), format!("http://{addr}")] {
+        let (code, _, stderr) = run(&["client", "--addr", &given, "sessions"]);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert_eq!(
+            stderr.trim(),
+            format!("error: connection refused: is the gateway running at http://{addr}?")
+        );
+    }
+    // The client speaks plaintext only: an https:// address is refused for that reason.
+    let (code, _, stderr) = run(&["client", "--addr", "https://localhost:15051", "sessions"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("plaintext gRPC only"), "{stderr}");
+    // HOST without a port would silently mean port 80.
+    let (code, _, stderr) = run(&["client", "--addr", "localhost", "sessions"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no port"), "{stderr}");
 }
 
 #[test]
@@ -263,7 +373,8 @@ fn inbound_flow_with_the_built_in_client() {
             .unwrap_or_else(|| panic!("no {key} in {line}"))
             .to_string()
     };
-    let addr = format!("http://{}", field(&line, "listen="));
+    // HOST:PORT, as grpcurl and the Node example take it.
+    let addr = field(&line, "listen=");
     let simulator = field(
         &wait_for(&server_out, "started the embedded GWS simulator"),
         "simulator=",
@@ -297,8 +408,18 @@ fn inbound_flow_with_the_built_in_client() {
         args.extend(["events", "--snapshot"]);
         spawn(&args)
     };
-    wait_for(&events_out, "NOTICE_KIND_SUBSCRIBED");
-    wait_for(&events_out, "\"snapshot\"");
+    proto_json(&wait_for(&events_out, "NOTICE_KIND_SUBSCRIBED"));
+    proto_json(&wait_for(&events_out, "\"snapshot\""));
+
+    // Without credentials, the answer says how to give them.
+    let (code, _, err) = run(&["client", "--addr", &addr, "sessions"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("Unauthenticated")
+            && err.contains("--user USER --password PASSWORD")
+            && err.contains("GWS_USER and GWS_PASSWORD"),
+        "{err}"
+    );
 
     // A customer writes (the simulator's control API), the agent answers with the client.
     let created = post(
@@ -307,7 +428,11 @@ fn inbound_flow_with_the_built_in_client() {
         r#"{"text":"Hi, where is my parcel?"}"#,
     );
     let id = created["id"].as_str().unwrap().to_string();
-    wait_for(&events_out, "\"state\":\"Invited\"");
+    let invited = proto_json(&wait_for(&events_out, "\"state\":\"Invited\""));
+    assert_eq!(
+        invited["event"]["notificationType"], "StatusChange",
+        "{invited}"
+    );
     let (code, out, err) = client(&["sessions"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
@@ -317,6 +442,11 @@ fn inbound_flow_with_the_built_in_client() {
     );
     let (_, out, _) = client(&["transcript", "--session", &id]);
     assert!(out.contains("Hi, where is my parcel?"), "{out}");
+    for line in out.lines() {
+        let message: serde_json::Value = serde_json::from_str(line).unwrap();
+        let time = message["time"].as_str().unwrap_or_else(|| panic!("{line}"));
+        assert!(time.parse::<prost_types::Timestamp>().is_ok(), "{line}");
+    }
 
     let (code, out, err) = client(&["accept", "--session", &id, "--nickname", "Ann", "--wait"]);
     assert_eq!(code, Some(0), "{err}");
@@ -325,16 +455,25 @@ fn inbound_flow_with_the_built_in_client() {
         "{out}"
     );
     assert!(out.contains("\"state\":\"Chatting\""), "{out}");
-    wait_for(&events_out, "ParticipantJoined");
+    let joined = proto_json(&wait_for(&events_out, "ParticipantJoined"));
+    assert!(
+        joined["event"]["messages"][0]["time"].is_string(),
+        "{joined}"
+    );
     for text in ["Hello, this is Ann", "It arrives tomorrow"] {
         let (code, _, err) = client(&["send-message", "--session", &id, "--text", text]);
         assert_eq!(code, Some(0), "{err}");
-        wait_for(&events_out, text);
+        proto_json(&wait_for(&events_out, text));
     }
     let (code, out, err) = client(&["complete", "--session", &id, "--wait"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("\"state\":\"Completed\""), "{out}");
-    wait_for(&events_out, "\"state\":\"Completed\"");
+    let confirmed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("confirmed: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    proto_json(confirmed);
+    proto_json(&wait_for(&events_out, "\"state\":\"Completed\""));
     let (code, _, err) = client(&["send-message", "--session", &id, "--text", "late"]);
     assert_eq!(code, Some(1));
     assert!(
@@ -343,7 +482,34 @@ fn inbound_flow_with_the_built_in_client() {
     );
     // Bad arguments are refused by the client before any call.
     let (code, _, err) = client(&["send-url", "--session", &id]);
-    assert_eq!(code, Some(64), "{err}");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--url <URL>"), "{err}");
+}
+
+/// One `client events` line, checked against the proto3 JSON mapping's rules: the time is
+/// RFC 3339, and no field is null (user data is GWS's own JSON, where null is a value).
+fn proto_json(line: &str) -> serde_json::Value {
+    fn no_null(v: &serde_json::Value, at: &str, line: &str) {
+        match v {
+            serde_json::Value::Null => panic!("{at} is null: {line}"),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| no_null(v, at, line)),
+            serde_json::Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| *k != "userData")
+                .for_each(|(k, v)| no_null(v, k, line)),
+            _ => {}
+        }
+    }
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    no_null(&v, "", line);
+    let time = v["time"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no time: {line}"));
+    assert!(
+        time.ends_with('Z') && time.parse::<prost_types::Timestamp>().is_ok(),
+        "{line}"
+    );
+    v
 }
 
 /// A minimal HTTP/1.1 POST (the control API of the simulator), answering the JSON body.

@@ -4,48 +4,111 @@
 //! print what GWS answered, reads print JSON, `events` prints the stream as it arrives,
 //! one JSON line per item; errors print the gRPC code and details.
 
-use crate::config::{ClientArgs, ClientCall, OnSession};
+use crate::config::{ClientArgs, ClientCall, GatewayAddr, OnSession};
 use crate::mapping::{user_data_map_to_json, user_data_value};
 use crate::proto::session_events_response::Event;
 use crate::proto::sms_session_service_client::SmsSessionServiceClient;
 use crate::proto::*;
-use crate::upstream::Credential;
+use crate::upstream::{Credential, CredentialError};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
 use tonic::Request;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
+
+/// Longest wait for the TCP connection to the gateway: an address that drops packets fails
+/// with a message instead of waiting for the operating system's limit (minutes).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: ClientArgs) -> ExitCode {
     match call(args).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("{message}");
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn call(args: ClientArgs) -> Result<(), String> {
+/// Why a client command failed, each worded as what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("--user and --password go together (or GWS_USER and GWS_PASSWORD): give both")]
+    HalfCredential,
+    #[error("--user/--password: {0}")]
+    Credential(#[from] CredentialError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The gateway (or the connection to it) answered with a gRPC status.
+    #[error("{}", describe(.status, *.credential_sent))]
+    Call {
+        status: tonic::Status,
+        credential_sent: bool,
+    },
+}
+
+/// What failed when connecting to the gateway, from the error chain's I/O error.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection refused: is the gateway running at {addr}?")]
+    Refused { addr: GatewayAddr },
+    #[error("no connection to {addr} within {}s: is the address right and reachable?", CONNECT_TIMEOUT.as_secs())]
+    TimedOut { addr: GatewayAddr },
+    #[error("cannot connect to {addr}: {cause}")]
+    Other { addr: GatewayAddr, cause: String },
+}
+
+impl ConnectError {
+    /// Classifies a connection failure by the I/O error somewhere in its chain.
+    fn new(addr: GatewayAddr, error: &(dyn std::error::Error + 'static)) -> Self {
+        let io = chain(error).find_map(|e| e.downcast_ref::<std::io::Error>());
+        match io.map(|e| e.kind()) {
+            Some(std::io::ErrorKind::ConnectionRefused) => Self::Refused { addr },
+            Some(std::io::ErrorKind::TimedOut) => Self::TimedOut { addr },
+            _ => Self::Other {
+                addr,
+                cause: chain_text(error),
+            },
+        }
+    }
+}
+
+/// An error and its sources, outermost first.
+fn chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
+}
+
+/// "transport error: tcp connect error: Connection refused": each source once (libraries often
+/// repeat their source in their own message).
+fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    for e in chain(error) {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+async fn call(args: ClientArgs) -> Result<(), ClientError> {
     let credential = match (&args.user, &args.password) {
-        (Some(user), Some(password)) => Some(
-            Credential::new(user.clone(), password.clone()).map_err(|e| format!("error: {e}"))?,
-        ),
+        (Some(user), Some(password)) => Some(Credential::new(user.clone(), password.clone())?),
         (None, None) => None,
-        _ => return Err("error: --user and --password (or GWS_PASSWORD) go together".into()),
+        _ => return Err(ClientError::HalfCredential),
     };
-    let channel = Channel::from_shared(args.addr.clone())
-        .map_err(|_| {
-            format!(
-                "error: --addr {:?} is not a URL like http://127.0.0.1:50051",
-                args.addr
-            )
-        })?
+    let channel = Endpoint::from(args.addr.uri().clone())
+        .connect_timeout(CONNECT_TIMEOUT)
         .connect()
         .await
-        .map_err(|e| format!("error: cannot connect to {}: {e}", args.addr))?;
+        .map_err(|e| ConnectError::new(args.addr.clone(), &e))?;
     let mut call = Caller {
         client: SmsSessionServiceClient::new(channel),
         credential,
@@ -69,12 +132,13 @@ macro_rules! operation {
             .client
             .$method(request)
             .await
-            .map_err(describe)?
+            .map_err($self.failed())?
             .into_inner();
         print_accepted(
             &label(stringify!($method)),
             &on.session,
             response.reference_id,
+            &response.reference_id_json,
             response.outcome.as_ref(),
         );
         Ok(())
@@ -95,7 +159,17 @@ impl Caller {
         request
     }
 
-    async fn run(&mut self, call: ClientCall) -> Result<(), String> {
+    /// Turns a status into the command's error; without credentials sent, an
+    /// UNAUTHENTICATED answer gets a hint naming the flags.
+    fn failed(&self) -> impl Fn(tonic::Status) -> ClientError + use<> {
+        let credential_sent = self.credential.is_some();
+        move |status| ClientError::Call {
+            status,
+            credential_sent,
+        }
+    }
+
+    async fn run(&mut self, call: ClientCall) -> Result<(), ClientError> {
         use ClientCall as C;
         let session_id = |on: &OnSession| on.session.clone();
         match call {
@@ -300,7 +374,11 @@ impl Caller {
             }
             C::Sessions { opts } => {
                 let request = self.request(ListSessionsRequest {}, opts.timeout);
-                let response = self.client.list_sessions(request).await.map_err(describe)?;
+                let response = self
+                    .client
+                    .list_sessions(request)
+                    .await
+                    .map_err(self.failed())?;
                 for session in &response.get_ref().sessions {
                     println!("{}", session_json(session));
                 }
@@ -313,7 +391,11 @@ impl Caller {
                     },
                     opts.timeout,
                 );
-                let response = self.client.get_session(request).await.map_err(describe)?;
+                let response = self
+                    .client
+                    .get_session(request)
+                    .await
+                    .map_err(self.failed())?;
                 let session = response.into_inner().session.unwrap_or_default();
                 println!("{}", session_json(&session));
                 Ok(())
@@ -329,7 +411,7 @@ impl Caller {
                     .client
                     .get_transcript(request)
                     .await
-                    .map_err(describe)?;
+                    .map_err(self.failed())?;
                 for message in &response.get_ref().messages {
                     println!("{}", message_json(message));
                 }
@@ -354,11 +436,11 @@ impl Caller {
                     .client
                     .session_events(request)
                     .await
-                    .map_err(describe)?
+                    .map_err(self.failed())?
                     .into_inner();
                 loop {
                     tokio::select! {
-                        item = stream.message() => match item.map_err(describe)? {
+                        item = stream.message() => match item.map_err(self.failed())? {
                             Some(item) => println!("{}", render(&item)),
                             None => return Ok(()),
                         },
@@ -396,11 +478,15 @@ fn print_accepted(
     operation: &str,
     session: &str,
     reference_id: Option<i64>,
+    reference_id_json: &str,
     outcome: Option<&OperationOutcome>,
 ) {
-    let reference = reference_id
-        .map(|r| format!(" (referenceId {r})"))
-        .unwrap_or_default();
+    let reference = match (reference_id, reference_id_json) {
+        (Some(r), _) => format!(" (referenceId {r})"),
+        (None, "") => String::new(),
+        // GWS sent a referenceId that is not an int64: its exact text.
+        (None, text) => format!(" (referenceId {text})"),
+    };
     println!("{operation} accepted by GWS: session {session}{reference}");
     match outcome.map(|o| (o.status(), o.event.as_ref())) {
         None => {}
@@ -414,9 +500,22 @@ fn print_accepted(
     }
 }
 
-/// A gRPC error, with its ErrorInfo and BadRequest details.
-fn describe(status: tonic::Status) -> String {
-    let mut out = format!("error: {:?}: {}", status.code(), status.message());
+/// A gRPC error, with its ErrorInfo and BadRequest details; a status made on this side of
+/// the connection (no answer from the gateway) also names its cause.
+fn describe(status: &tonic::Status, credential_sent: bool) -> String {
+    let mut out = format!("{:?}: {}", status.code(), status.message());
+    if let Some(source) = std::error::Error::source(status) {
+        let cause = chain_text(source);
+        if !status.message().contains(&cause) {
+            out.push_str(&format!(": {cause}"));
+        }
+    }
+    if status.code() == tonic::Code::Unauthenticated && !credential_sent {
+        out.push_str(
+            "\n  no credentials were sent: give --user USER --password PASSWORD \
+             (before or after the command), or set GWS_USER and GWS_PASSWORD",
+        );
+    }
     if let Some(info) = status.get_details_error_info() {
         let mut meta: Vec<_> = info
             .metadata
@@ -439,13 +538,19 @@ fn describe(status: tonic::Status) -> String {
     out
 }
 
+// The JSON below is the client's own compact shape (user data as plain JSON values, types
+// kept), written with the proto3 JSON mapping's rules, as the Python and Node examples print
+// messages: camelCase names, a Timestamp as RFC 3339 in UTC ("2026-12-03T08:00:00.260Z"),
+// and a field that is not set left out rather than written as null.
+
+/// A `google.protobuf.Timestamp` as the proto3 JSON mapping writes it: RFC 3339, `Z`, and
+/// 0, 3, 6 or 9 fractional digits.
+fn timestamp_json(t: &prost_types::Timestamp) -> Value {
+    json!(t.to_string())
+}
+
 /// One stream item as one JSON line.
 pub fn render(item: &SessionEventsResponse) -> String {
-    let time = item
-        .receive_time
-        .as_ref()
-        .map(|t| format!("{}.{:03}", t.seconds, t.nanos / 1_000_000))
-        .unwrap_or_default();
     let body = match &item.event {
         Some(Event::Notice(n)) => json!({
             "notice": NoticeKind::try_from(n.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN"),
@@ -453,15 +558,23 @@ pub fn render(item: &SessionEventsResponse) -> String {
         }),
         Some(Event::StateChange(c)) => {
             let session = c.session.clone().unwrap_or_default();
-            json!({
+            let mut change = json!({
                 "notificationType": c.notification_type_name,
-                "referenceId": c.reference_id,
                 "session": session.id,
                 "state": session.state_name,
                 "userData": user_data_map_to_json(&session.user_data),
                 "participants": session.participants.iter().map(participant_json).collect::<Vec<_>>(),
-                "error": if c.error_message.is_empty() { Value::Null } else { json!(c.error_message) },
-            })
+            });
+            if let Some(r) = c.reference_id {
+                change["referenceId"] = json!(r);
+            }
+            if !c.reference_id_json.is_empty() {
+                change["referenceIdJson"] = json!(c.reference_id_json);
+            }
+            if !c.error_message.is_empty() {
+                change["error"] = json!(c.error_message);
+            }
+            change
         }
         Some(Event::MessageLog(m)) => json!({
             "messageLog": m.session_id,
@@ -472,7 +585,11 @@ pub fn render(item: &SessionEventsResponse) -> String {
         }),
         None => json!({}),
     };
-    json!({ "time": time, "resumeToken": item.resume_token, "event": body }).to_string()
+    let mut line = json!({ "resumeToken": item.resume_token, "event": body });
+    if let Some(t) = &item.receive_time {
+        line["time"] = timestamp_json(t);
+    }
+    line.to_string()
 }
 
 fn participant_json(p: &Participant) -> Value {
@@ -493,10 +610,132 @@ pub fn session_json(s: &SmsSession) -> Value {
 fn message_json(t: &TranscriptMessage) -> Value {
     let mut m = json!({
         "index": t.index, "type": t.r#type, "text": t.text, "visibility": t.visibility,
-        "from": t.sender.as_ref().map(|s| s.nickname.clone()),
     });
+    if let Some(sender) = &t.sender {
+        m["from"] = json!(sender.nickname);
+    }
+    if let Some(time) = &t.time {
+        m["time"] = timestamp_json(time);
+    }
     if !t.url.is_empty() {
         m["url"] = json!(t.url);
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_types::Timestamp;
+
+    fn has_null(v: &Value) -> bool {
+        match v {
+            Value::Null => true,
+            Value::Array(a) => a.iter().any(has_null),
+            Value::Object(o) => o.values().any(has_null),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_and_unset_fields_are_left_out() {
+        let change = SessionEventsResponse {
+            resume_token: "t1".into(),
+            receive_time: Some(Timestamp {
+                seconds: 1_796_284_800,
+                nanos: 260_000_000,
+            }),
+            event: Some(Event::StateChange(SessionStateChange {
+                notification_type_name: "StatusChange".into(),
+                session: Some(SmsSession {
+                    id: "s1".into(),
+                    state_name: "Chatting".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
+        };
+        let line: Value = serde_json::from_str(&render(&change)).unwrap();
+        assert_eq!(line["time"], "2026-12-03T08:00:00.260Z", "{line}");
+        assert!(!has_null(&line), "{line}");
+        assert!(line["event"].get("referenceId").is_none(), "{line}");
+        assert!(line["event"].get("error").is_none(), "{line}");
+
+        let log = SessionEventsResponse {
+            resume_token: "t2".into(),
+            receive_time: None,
+            event: Some(Event::MessageLog(MessageLogUpdate {
+                session_id: "s1".into(),
+                messages: vec![
+                    TranscriptMessage {
+                        index: 1,
+                        text: "hi".into(),
+                        r#type: "Text".into(),
+                        time: Some(Timestamp {
+                            seconds: 1_796_284_800,
+                            nanos: 0,
+                        }),
+                        ..Default::default()
+                    },
+                    TranscriptMessage {
+                        index: 2,
+                        ..Default::default()
+                    },
+                ],
+            })),
+        };
+        let line: Value = serde_json::from_str(&render(&log)).unwrap();
+        assert!(!has_null(&line), "{line}");
+        assert!(line.get("time").is_none(), "{line}");
+        let messages = &line["event"]["messages"];
+        assert_eq!(messages[0]["time"], "2026-12-03T08:00:00Z", "{line}");
+        assert!(messages[1].get("time").is_none() && messages[1].get("from").is_none());
+    }
+
+    #[test]
+    fn set_fields_are_kept() {
+        let change = SessionEventsResponse {
+            event: Some(Event::StateChange(SessionStateChange {
+                reference_id: Some(15),
+                error_message: "boom".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let line: Value = serde_json::from_str(&render(&change)).unwrap();
+        assert_eq!(line["event"]["referenceId"], 15);
+        assert_eq!(line["event"]["error"], "boom");
+    }
+
+    #[test]
+    fn connection_failures_say_what_failed() {
+        let addr: GatewayAddr = "127.0.0.1:50051".parse().unwrap();
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            ConnectError::new(addr.clone(), &refused).to_string(),
+            "connection refused: is the gateway running at http://127.0.0.1:50051?"
+        );
+        let timed_out = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(matches!(
+            ConnectError::new(addr.clone(), &timed_out),
+            ConnectError::TimedOut { .. }
+        ));
+        let other = std::io::Error::other("no route");
+        assert_eq!(
+            ConnectError::new(addr, &other).to_string(),
+            "cannot connect to http://127.0.0.1:50051: no route"
+        );
+    }
+
+    #[test]
+    fn unauthenticated_without_credentials_names_the_flags() {
+        let status = tonic::Status::unauthenticated("no credentials");
+        let text = describe(&status, false);
+        assert!(
+            text.contains("--user USER --password PASSWORD") && text.contains("GWS_USER"),
+            "{text}"
+        );
+        // With credentials sent, the hint would be wrong: GWS refused the ones given.
+        assert!(!describe(&status, true).contains("--user"));
+    }
 }
