@@ -4,12 +4,14 @@
 //! print what GWS answered, reads print JSON, `events` prints the stream as it arrives,
 //! one JSON line per item; errors print the gRPC code and details.
 
-use crate::config::{ClientArgs, ClientCall, GatewayAddr, OnSession};
+pub mod args;
+
 use crate::mapping::{user_data_map_to_json, user_data_value};
 use crate::proto::session_events_response::Event;
 use crate::proto::sms_session_service_client::SmsSessionServiceClient;
 use crate::proto::*;
 use crate::upstream::{Credential, CredentialError};
+use args::{ClientArgs, ClientCall, GatewayAddr, OnSession};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::process::ExitCode;
