@@ -31,7 +31,7 @@ use tokio::sync::watch;
 /// and every CometD session parks one long-poll; 256 idle connections keep a burst of a
 /// few busy agents from closing and reopening connections, at a few KiB each.
 const POOL_MAX_IDLE_PER_HOST: usize = 256;
-/// An idle pooled connection is closed after this. Below the usual 60 s idle timeouts of
+/// An idle pooled connection is closed after this by default. Below the usual 60 s idle timeouts of
 /// load balancers and servlet containers in front of GWS, so the gateway closes first and
 /// never writes into a connection the far side is closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
@@ -58,6 +58,8 @@ pub struct AgentsConfig {
     pub new_agent_burst: u32,
     /// Trusted without a check (the operator's default agent); kept for the whole run.
     pub trusted: Option<Credential>,
+    /// An idle pooled connection is closed after this (`--upstream-idle-timeout`).
+    pub pool_idle_timeout: Duration,
 }
 
 impl Default for AgentsConfig {
@@ -71,6 +73,7 @@ impl Default for AgentsConfig {
             new_agent_rate: 50.0,
             new_agent_burst: 100,
             trusted: None,
+            pool_idle_timeout: POOL_IDLE_TIMEOUT,
         }
     }
 }
@@ -307,7 +310,7 @@ pub fn build_client(config: &AgentsConfig) -> Result<reqwest::Client, ClientErro
         // Small request bodies and latency-bound replies: Nagle would only delay them.
         .tcp_nodelay(true)
         .tcp_keepalive(TCP_KEEPALIVE)
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_idle_timeout(config.pool_idle_timeout)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .build()
         .map_err(|e| ClientError(e.to_string()))
