@@ -18,6 +18,9 @@ const RESERVED: u64 = 64;
 /// The smallest spare budget the shares are cut from, so a tiny limit still gives every
 /// share at least a few slots (the gateway then simply serves little).
 const MIN_SPARE: u64 = 16;
+/// The fewest pending handshakes a listener allows: with fewer, two clients connecting
+/// back to back could evict each other before their prefaces arrive.
+const MIN_PENDING: usize = 8;
 /// At most one WARN line per place this often; the counter counts every occurrence.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -63,7 +66,7 @@ impl Budget {
     /// Default of `--max-pending-handshakes` per listener: a sixteenth. Connections that
     /// have not finished their TLS handshake or sent the HTTP/2 preface yet.
     pub fn pending_handshakes(&self) -> usize {
-        self.share(1, 16)
+        self.share(1, 16).max(MIN_PENDING)
     }
 }
 
@@ -228,7 +231,8 @@ mod tests {
         );
         // A tiny limit still gives every share something; a huge one does not overflow.
         let tiny = Budget::new(20);
-        assert!(tiny.upstream_rest() >= 1 && tiny.pending_handshakes() >= 1);
+        assert!(tiny.upstream_rest() >= 1);
+        assert_eq!(tiny.pending_handshakes(), MIN_PENDING);
         assert!(Budget::new(u64::MAX).upstream_rest() > 1_000_000);
     }
 

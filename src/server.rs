@@ -181,6 +181,9 @@ pub async fn serve_on(
 
     let local = listener.local_addr().ok();
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(health) = health_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        tracing::info!(health = %health, "plaintext health serving");
+    }
     // Always watch SIGHUP: without TLS there is nothing to reload, but the signal's default
     // action would kill the gateway without a drain.
     let _reloader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(

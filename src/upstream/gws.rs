@@ -147,7 +147,10 @@ impl GwsClient {
             waited: timeout,
         };
         let run = async {
-            let _slot = share.acquire(timeout).await.map_err(|_| no_slot())?;
+            // A slot that comes with less than the minimum left is no use: nothing could be
+            // sent on it any more, so the wait ends that much earlier.
+            let wait = timeout.saturating_sub(MIN_UPSTREAM_BUDGET);
+            let _slot = share.acquire(wait).await.map_err(|_| no_slot())?;
             slotted.store(true, std::sync::atomic::Ordering::Relaxed);
             work.await
         };
