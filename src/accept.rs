@@ -130,7 +130,13 @@ where
                 }
             };
             let _ = stream.set_nodelay(true);
-            pending.retain(|task| !task.is_finished());
+            // Cheap in the common case (the oldest is done); a full pass only near the cap.
+            while pending.front().is_some_and(|task| task.is_finished()) {
+                pending.pop_front();
+            }
+            if pending.len() >= max_pending {
+                pending.retain(|task| !task.is_finished());
+            }
             if pending.len() >= max_pending
                 && let Some(oldest) = pending.pop_front()
             {
@@ -243,9 +249,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefaced<IO> {
     }
 }
 
-impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected
-    for Prefaced<IO>
-{
+impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connected for Prefaced<IO> {
     type ConnectInfo = IO::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {

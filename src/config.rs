@@ -175,7 +175,7 @@ pub struct ServeArgs {
     pub feed_max_in_flight: Option<usize>,
     /// Connections per listener that have not finished their TLS handshake or sent the
     /// HTTP/2 preface yet; beyond, the oldest is closed [default: a sixteenth of the
-    /// open-files budget, at least 8].
+    /// open-files budget, between 8 and 1,024].
     #[arg(long, env = "GATEWAY_MAX_PENDING_HANDSHAKES")]
     pub max_pending_handshakes: Option<usize>,
     /// A connection (gRPC or health listener, TLS or not) that has not sent the HTTP/2

@@ -21,6 +21,10 @@ const MIN_SPARE: u64 = 16;
 /// The fewest pending handshakes a listener allows: with fewer, two clients connecting
 /// back to back could evict each other before their prefaces arrive.
 const MIN_PENDING: usize = 8;
+/// The most a listener allows by default: a real client's preface follows its connect within
+/// a round trip, so more pending ones would only let a flood hold more descriptors (and
+/// make the accept loop's bookkeeping longer).
+const MAX_PENDING: usize = 1024;
 /// At most one WARN line per place this often; the counter counts every occurrence.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -63,10 +67,11 @@ impl Budget {
         self.share(1, 8)
     }
 
-    /// Default of `--max-pending-handshakes` per listener: a sixteenth. Connections that
-    /// have not finished their TLS handshake or sent the HTTP/2 preface yet.
+    /// Default of `--max-pending-handshakes` per listener: a sixteenth, at least 8 and at
+    /// most 1,024. Connections that have not finished their TLS handshake or sent the HTTP/2
+    /// preface yet.
     pub fn pending_handshakes(&self) -> usize {
-        self.share(1, 16).max(MIN_PENDING)
+        self.share(1, 16).clamp(MIN_PENDING, MAX_PENDING)
     }
 }
 
@@ -117,7 +122,9 @@ pub fn is_exhaustion(error: &std::io::Error) -> bool {
 pub fn in_chain(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
-        if e.downcast_ref::<std::io::Error>().is_some_and(is_exhaustion) {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(is_exhaustion)
+        {
             return true;
         }
         next = e.source();
@@ -234,6 +241,7 @@ mod tests {
         assert!(tiny.upstream_rest() >= 1);
         assert_eq!(tiny.pending_handshakes(), MIN_PENDING);
         assert!(Budget::new(u64::MAX).upstream_rest() > 1_000_000);
+        assert_eq!(Budget::new(1 << 20).pending_handshakes(), MAX_PENDING);
     }
 
     #[test]

@@ -19,8 +19,7 @@ use gws_sms_gateway::proto::session_events_response::Event;
 use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;
 use gws_sms_gateway::proto::user_data_value::Kind;
 use gws_sms_gateway::proto::{
-    NoticeKind, SessionEventsRequest, SessionEventsResponse, UpdateUserDataRequest,
-    UserDataValue,
+    NoticeKind, SessionEventsRequest, SessionEventsResponse, UpdateUserDataRequest, UserDataValue,
 };
 use gws_sms_gateway::simulator::{self, RunningSimulator, SimulatorConfig};
 use serde_json::{Value, json};
@@ -84,7 +83,13 @@ impl Gateway {
 
     /// The next log line containing `needle` (every line is kept for [`Self::logged`]).
     fn wait_line(&self, needle: &str) -> String {
-        if let Some(line) = self.seen.lock().unwrap().iter().find(|l| l.contains(needle)) {
+        if let Some(line) = self
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+        {
             return line.clone();
         }
         let deadline = std::time::Instant::now() + STEP;
@@ -100,7 +105,10 @@ impl Gateway {
 
     fn logged(&self, needle: &str) -> Vec<String> {
         let seen = self.seen.lock().unwrap();
-        seen.iter().filter(|l| l.contains(needle)).cloned().collect()
+        seen.iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
     }
 
     /// A number the gateway logged in its "open-files budget" line.
@@ -393,7 +401,9 @@ async fn four_times_the_in_flight_limit_is_served_or_refused_honestly_and_stream
                 no_slot += 1
             }
             // Got its slot late and was sent: it says the operation may have been applied.
-            ((r, applied), Code::DeadlineExceeded) if r == "UPSTREAM_TIMEOUT" && applied == "true" => {
+            ((r, applied), Code::DeadlineExceeded)
+                if r == "UPSTREAM_TIMEOUT" && applied == "true" =>
+            {
                 late += 1
             }
             // Got its slot with too little time left to send anything, and sent nothing.
@@ -416,7 +426,13 @@ async fn four_times_the_in_flight_limit_is_served_or_refused_honestly_and_stream
     );
 
     // The load gone: calls are served again and idle upstream connections are closed.
-    control(&sim, reqwest::Method::DELETE, "/simulator/faults", json!({})).await;
+    control(
+        &sim,
+        reqwest::Method::DELETE,
+        "/simulator/faults",
+        json!({}),
+    )
+    .await;
     clients[0]
         .update_user_data(authed(update(-3), AGENT1))
         .await
@@ -489,8 +505,7 @@ async fn silent_and_dribbling_connections_are_closed_and_new_clients_served() {
                     sent += 1;
                     let mut buf = [0; 1];
                     // The dribbler's pace; the wait is on the gateway closing the socket.
-                    match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
-                    {
+                    match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
                         Ok(Ok(0) | Err(_)) => break,
                         _ => {}
                     }
@@ -501,12 +516,18 @@ async fn silent_and_dribbling_connections_are_closed_and_new_clients_served() {
         .collect();
     for d in dribblers {
         let sent = d.await.unwrap();
-        assert!(sent < PREFACE.len(), "closed before the preface: {sent} bytes");
+        assert!(
+            sent < PREFACE.len(),
+            "closed before the preface: {sent} bytes"
+        );
     }
 
     // The plaintext health listener is bounded the same way.
     let mut idle = TcpStream::connect(health).await.unwrap();
-    assert!(closed_by_peer(&mut idle).await, "health: silent connection closed");
+    assert!(
+        closed_by_peer(&mut idle).await,
+        "health: silent connection closed"
+    );
     assert!(served(health).await);
 
     assert!(
@@ -524,10 +545,7 @@ async fn silent_and_dribbling_connections_are_closed_and_new_clients_served() {
             .await
             >= 1.0
     );
-    assert_eq!(
-        g.metric("gws_gateway_open_files_limit").await,
-        LIMIT as f64
-    );
+    assert_eq!(g.metric("gws_gateway_open_files_limit").await, LIMIT as f64);
     eventually("descriptors back to their baseline", || async {
         g.fds() <= baseline
     })
@@ -549,10 +567,16 @@ async fn out_of_descriptors_on_accept_is_logged_counted_backed_off_and_recovered
         held.push(s);
     }
     let warn = g.wait_line("out of file descriptors");
-    assert!(warn.contains("WARN") && warn.contains("place=\"grpc_accept\""), "{warn}");
+    assert!(
+        warn.contains("WARN") && warn.contains("place=\"grpc_accept\""),
+        "{warn}"
+    );
     drop(held);
     // Recovered: the connections queued meanwhile and new ones are served.
-    assert!(served(g.addr).await, "served once descriptors are free again");
+    assert!(
+        served(g.addr).await,
+        "served once descriptors are free again"
+    );
     let errors = g
         .metric("gws_gateway_accept_errors_total{listener=\"grpc\",kind=\"descriptors\"}")
         .await;
@@ -611,7 +635,11 @@ async fn out_of_descriptors_towards_gws_is_resource_exhausted_never_unreachable(
     let calls: Vec<_> = (0..120)
         .map(|i| {
             let mut client = clients[i % 2].clone();
-            tokio::spawn(async move { client.update_user_data(authed(update(i as i64), AGENT1)).await })
+            tokio::spawn(async move {
+                client
+                    .update_user_data(authed(update(i as i64), AGENT1))
+                    .await
+            })
         })
         .collect();
     let (mut ok, mut exhausted) = (0, 0);
@@ -629,11 +657,27 @@ async fn out_of_descriptors_towards_gws_is_resource_exhausted_never_unreachable(
             }
         }
     }
-    assert!(ok > 0 && exhausted > 0, "{ok} ok, {exhausted} out of descriptors");
-    assert_eq!(rest_requests(&sim).await - sent_before, ok as u64, "none of the others was sent");
+    assert!(
+        ok > 0 && exhausted > 0,
+        "{ok} ok, {exhausted} out of descriptors"
+    );
+    assert_eq!(
+        rest_requests(&sim).await - sent_before,
+        ok as u64,
+        "none of the others was sent"
+    );
     let warn = g.wait_line("place=\"upstream\"");
-    assert!(warn.contains("WARN") && warn.contains("out of file descriptors"), "{warn}");
-    control(&sim, reqwest::Method::DELETE, "/simulator/faults", json!({})).await;
+    assert!(
+        warn.contains("WARN") && warn.contains("out of file descriptors"),
+        "{warn}"
+    );
+    control(
+        &sim,
+        reqwest::Method::DELETE,
+        "/simulator/faults",
+        json!({}),
+    )
+    .await;
     clients[0]
         .update_user_data(authed(update(-2), AGENT1))
         .await

@@ -102,7 +102,9 @@ async fn execute(
     // Held until the reply's body is read: the connection is busy until then.
     let waiting = Instant::now();
     let _slot = config.slots.acquire(timeout).await.map_err(|_| {
-        RequestError::Transport("the gateway's limit of event-feed requests in flight was reached".into())
+        RequestError::Transport(
+            "the gateway's limit of event-feed requests in flight was reached".into(),
+        )
     })?;
     let timeout = timeout.saturating_sub(waiting.elapsed());
     let mut response = agent

@@ -5,9 +5,9 @@
 //! Every call is bounded by one timeout covering all its round trips, and every reply
 //! body is read up to a size limit. Every call first takes a slot of its share
 //! ([`super::slots`]): REST calls share `--upstream-max-in-flight`, the event feed's reads
-//! and CSRF fetches `--feed-max-in-flight`; a call's round trips run one at a time on it. Requests go out on the one shared client, built by the
-//! agent ([`Agent::request`]: its credentials and cookies), and every reply's cookies go
-//! back into that agent's jar.
+//! and CSRF fetches `--feed-max-in-flight`; a call's round trips run one at a time on it.
+//! Requests go out on the one shared client, built by the agent ([`Agent::request`]: its
+//! credentials and cookies), and every reply's cookies go back into that agent's jar.
 
 use super::agents::Csrf;
 use super::error::excerpt;
@@ -146,11 +146,17 @@ impl GwsClient {
             limit: share.max(),
             waited: timeout,
         };
+        let deadline = std::time::Instant::now() + timeout;
         let run = async {
             // A slot that comes with less than the minimum left is no use: nothing could be
-            // sent on it any more, so the wait ends that much earlier.
+            // sent on it any more, so the wait ends that much earlier, and a slot freed just
+            // then (by another call's timeout, typically) counts as none.
             let wait = timeout.saturating_sub(MIN_UPSTREAM_BUDGET);
-            let _slot = share.acquire(wait).await.map_err(|_| no_slot())?;
+            let slot = share.acquire(wait).await.map_err(|_| no_slot())?;
+            if deadline.saturating_duration_since(std::time::Instant::now()) < MIN_UPSTREAM_BUDGET {
+                return Err(no_slot());
+            }
+            let _slot = slot;
             slotted.store(true, std::sync::atomic::Ordering::Relaxed);
             work.await
         };
