@@ -505,9 +505,9 @@ async fn silent_and_dribbling_connections_are_closed_and_new_clients_served() {
                     sent += 1;
                     let mut buf = [0; 1];
                     // The dribbler's pace; the wait is on the gateway closing the socket.
-                    match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
-                        Ok(Ok(0) | Err(_)) => break,
-                        _ => {}
+                    let read = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf));
+                    if let Ok(Ok(0) | Err(_)) = read.await {
+                        break;
                     }
                 }
                 sent
