@@ -176,12 +176,59 @@ pub struct ServeArgs {
     /// Longest wait for in-flight calls on shutdown.
     #[arg(long, env = "GATEWAY_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// REST calls to GWS in flight at once (each holds an upstream connection); beyond, a
+    /// call waits for a slot in arrival order, within its deadline and --upstream-timeout,
+    /// and one that never got a slot is refused having sent nothing [default: half of the
+    /// open-files budget, see README "Production"].
+    #[arg(long, env = "GATEWAY_UPSTREAM_MAX_IN_FLIGHT")]
+    pub upstream_max_in_flight: Option<usize>,
+    /// Event-feed requests to GWS in flight at once (CometD long-polls and handshakes, one
+    /// per agent with streams, and stream snapshot reads): a share of their own, so unary
+    /// calls never starve streams [default: an eighth of the open-files budget].
+    #[arg(long, env = "GATEWAY_FEED_MAX_IN_FLIGHT")]
+    pub feed_max_in_flight: Option<usize>,
+    /// Connections per listener that have not finished their TLS handshake or sent the
+    /// HTTP/2 preface yet; beyond, the oldest is closed [default: a sixteenth of the
+    /// open-files budget, between 8 and 1,024].
+    #[arg(long, env = "GATEWAY_MAX_PENDING_HANDSHAKES")]
+    pub max_pending_handshakes: Option<usize>,
+    /// A connection (gRPC or health listener, TLS or not) that has not sent the HTTP/2
+    /// client preface (after its TLS handshake) within this is closed.
+    #[arg(long, env = "GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// An idle pooled connection to GWS is closed after this (keep it below the idle
+    /// timeout of whatever is in front of GWS).
+    #[arg(long, env = "GWS_IDLE_TIMEOUT", default_value = "50s", value_parser = parse_duration)]
+    pub upstream_idle_timeout: Duration,
     /// Listen address of the embedded simulator (`demo` only; loopback only).
     #[arg(long, env = "SIMULATOR_LISTEN", default_value = "127.0.0.1:0")]
     pub simulator_listen: SocketAddr,
 }
 
+/// The bounds that keep the gateway within its open-files budget: as set, or sized from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub upstream_max_in_flight: usize,
+    pub feed_max_in_flight: usize,
+    pub max_pending_handshakes: usize,
+}
+
 impl ServeArgs {
+    /// The bounds under `budget`, for those not set on the command line.
+    pub fn bounds(&self, budget: &crate::descriptors::Budget) -> Bounds {
+        Bounds {
+            upstream_max_in_flight: self
+                .upstream_max_in_flight
+                .unwrap_or_else(|| budget.upstream_rest()),
+            feed_max_in_flight: self
+                .feed_max_in_flight
+                .unwrap_or_else(|| budget.upstream_feed()),
+            max_pending_handshakes: self
+                .max_pending_handshakes
+                .unwrap_or_else(|| budget.pending_handshakes()),
+        }
+    }
+
     /// `--replay-max-events`, or its default: four stream buffers.
     pub fn replay_max_events(&self) -> usize {
         self.replay_max_events
@@ -310,6 +357,15 @@ impl ServeConfig {
             ("--max-streams-per-agent", args.max_streams_per_agent),
             ("--new-agent-burst", args.new_agent_burst as usize),
             ("--new-agent-concurrency", args.new_agent_concurrency),
+            (
+                "--upstream-max-in-flight",
+                args.upstream_max_in_flight.unwrap_or(1),
+            ),
+            ("--feed-max-in-flight", args.feed_max_in_flight.unwrap_or(1)),
+            (
+                "--max-pending-handshakes",
+                args.max_pending_handshakes.unwrap_or(1),
+            ),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be at least 1"));
@@ -334,6 +390,12 @@ impl ServeConfig {
         }
         if args.outcome_timeout.is_zero() {
             return Err("--outcome-timeout must be more than 0".into());
+        }
+        if args.handshake_timeout.is_zero() {
+            return Err("--handshake-timeout must be more than 0".into());
+        }
+        if args.upstream_idle_timeout.is_zero() {
+            return Err("--upstream-idle-timeout must be more than 0".into());
         }
         let default_credential = match (&args.default_user, &args.default_password) {
             (None, None) => None,
@@ -567,6 +629,39 @@ mod tests {
     }
 
     #[test]
+    fn bounds_are_sized_from_the_open_files_budget_unless_set() {
+        let budget = crate::descriptors::Budget::new(1024);
+        let sized = serve(&[]).unwrap().args.bounds(&budget);
+        assert_eq!(
+            sized,
+            Bounds {
+                upstream_max_in_flight: budget.upstream_rest(),
+                feed_max_in_flight: budget.upstream_feed(),
+                max_pending_handshakes: budget.pending_handshakes(),
+            }
+        );
+        let set = serve(&[
+            "--upstream-max-in-flight",
+            "7",
+            "--feed-max-in-flight",
+            "8",
+            "--max-pending-handshakes",
+            "9",
+        ])
+        .unwrap()
+        .args
+        .bounds(&budget);
+        assert_eq!(
+            set,
+            Bounds {
+                upstream_max_in_flight: 7,
+                feed_max_in_flight: 8,
+                max_pending_handshakes: 9,
+            }
+        );
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
@@ -604,6 +699,17 @@ mod tests {
         assert_eq!((d.args.new_agent_rate, d.args.new_agent_burst), (50.0, 100));
         assert_eq!(d.args.new_agent_concurrency, 64);
         assert!(serve(&["--new-agent-concurrency", "0"]).is_err());
+        assert_eq!(d.args.handshake_timeout, Duration::from_secs(10));
+        assert!(serve(&["--handshake-timeout", "0"]).is_err());
+        assert!(serve(&["--upstream-idle-timeout", "0"]).is_err());
+        for flag in [
+            "--upstream-max-in-flight",
+            "--feed-max-in-flight",
+            "--max-pending-handshakes",
+        ] {
+            let err = serve(&[flag, "0"]).unwrap_err();
+            assert!(err.contains(flag), "{err}");
+        }
         let d = serve(&["--default-user", "a", "--default-password", "b"]).unwrap();
         assert_eq!(d.default_credential.unwrap().user(), "a");
     }

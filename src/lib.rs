@@ -2,6 +2,8 @@
 //!
 //! A request reads top to bottom, an event bottom to top:
 //! - [`config`]: command line and environment, validated before any port is bound.
+//! - [`descriptors`]: the open-files budget (raised at start, cut into shares) and
+//!   recognising its exhaustion.
 //! - [`server`]: assembles tonic (service, health, reflection) and the shutdown drain.
 //! - [`grpc`]: the edge: request validation, the service, the one `Error -> Status` mapping.
 //! - [`upstream`]: the GWS REST client and per-agent state (cookies, CSRF, credential key).
@@ -15,13 +17,16 @@
 //! what the gateway and the simulator share) and `gws-simulator` (the GWS stand-in, linked only
 //! with the default `demo` feature and into tests).
 //!
-//! Operations: [`tls`] (the listener's reloadable TLS, trust towards GWS), [`metrics`]
+//! Operations: [`accept`] (the listeners' bounded accept loop: handshake timeout, pending
+//! cap, backoff), [`tls`] (the listener's reloadable TLS, trust towards GWS), [`metrics`]
 //! (Prometheus series and the per-RPC layer), [`telemetry`] (logs, traces, `traceparent`).
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod bayeux;
 pub mod client;
 pub mod config;
+pub mod descriptors;
 pub mod events;
 pub mod grpc;
 pub mod mapping;

@@ -182,6 +182,10 @@ impl Gauge {
         self.value.load(Ordering::Relaxed)
     }
 
+    pub fn set(&self, n: i64) {
+        self.value.store(n, Ordering::Relaxed);
+    }
+
     /// Adds one now and takes it back when the guard drops: the gauge cannot drift when the
     /// holder ends by any path (return, error, cancellation).
     pub fn hold(&'static self) -> GaugeGuard {
@@ -287,7 +291,7 @@ pub static GRPC_HANDLING: Histogram = Histogram::new(
 );
 pub static UPSTREAM_REQUESTS: Counter = Counter::new(
     "gws_gateway_upstream_requests_total",
-    "GWS REST requests by operation and outcome (ok, gws_status_<statusCode>, http_<status>, timeout, deadline_too_short (none sent), transport, bad_body).",
+    "GWS REST requests by operation and outcome (ok, gws_status_<statusCode>, http_<status>, timeout, deadline_too_short and no_slot (none sent), descriptors_exhausted, transport, bad_body).",
     &["operation", "outcome"],
 );
 pub static UPSTREAM_SECONDS: Histogram = Histogram::new(
@@ -338,6 +342,34 @@ pub static OUTCOME_WAITS: Counter = Counter::new(
     &["result"],
 );
 
+pub static OPEN_FILES_LIMIT: Gauge = Gauge::new(
+    "gws_gateway_open_files_limit",
+    "The soft open-files limit (RLIMIT_NOFILE) in effect, after raising it to the hard limit at start.",
+);
+pub static DESCRIPTORS_EXHAUSTED: Counter = Counter::new(
+    "gws_gateway_descriptors_exhausted_total",
+    "Times the process ran out of file descriptors (EMFILE/ENFILE), by place (grpc_accept, health_accept, upstream, feed).",
+    &["place"],
+);
+pub static ACCEPT_ERRORS: Counter = Counter::new(
+    "gws_gateway_accept_errors_total",
+    "Failed accepts by listener (grpc, health) and kind (descriptors, other); accepting backs off after each.",
+    &["listener", "kind"],
+);
+pub static HANDSHAKES_DROPPED: Counter = Counter::new(
+    "gws_gateway_handshakes_dropped_total",
+    "Connections closed before serving, by listener and reason: timeout (no TLS handshake or HTTP/2 preface within --handshake-timeout), evicted (the oldest pending one, to make room under --max-pending-handshakes), failed (TLS handshake error or closed early).",
+    &["listener", "reason"],
+);
+pub static UPSTREAM_IN_FLIGHT: Gauge = Gauge::new(
+    "gws_gateway_upstream_in_flight",
+    "REST calls to GWS holding one of the --upstream-max-in-flight slots now.",
+);
+pub static UPSTREAM_WAITING: Gauge = Gauge::new(
+    "gws_gateway_upstream_waiting",
+    "REST calls waiting for an --upstream-max-in-flight slot now (in arrival order).",
+);
+
 /// Renders every series in the Prometheus text exposition format (version 0.0.4).
 pub fn render() -> String {
     let mut out = String::new();
@@ -356,6 +388,12 @@ pub fn render() -> String {
     render_counter(&mut out, &STREAMS_CUT);
     render_counter(&mut out, &REPLAY);
     render_counter(&mut out, &OUTCOME_WAITS);
+    render_gauge(&mut out, &OPEN_FILES_LIMIT);
+    render_counter(&mut out, &DESCRIPTORS_EXHAUSTED);
+    render_counter(&mut out, &ACCEPT_ERRORS);
+    render_counter(&mut out, &HANDSHAKES_DROPPED);
+    render_gauge(&mut out, &UPSTREAM_IN_FLIGHT);
+    render_gauge(&mut out, &UPSTREAM_WAITING);
     out
 }
 
@@ -452,6 +490,8 @@ pub fn upstream_request<T>(
         Err(E::BadBody { .. } | E::Unmappable(_)) => "bad_body".into(),
         Err(E::Timeout(_) | E::TimeoutAfterSend(_)) => "timeout".into(),
         Err(E::DeadlineTooShort(_)) => "deadline_too_short".into(),
+        Err(E::NoSlot { .. } | E::NoSlotBeforeDeadline { .. }) => "no_slot".into(),
+        Err(E::OutOfDescriptors) => "descriptors_exhausted".into(),
         Err(_) => "transport".into(),
     };
     UPSTREAM_REQUESTS.inc(&[operation, &outcome]);

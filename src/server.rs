@@ -1,4 +1,4 @@
-//! Assembles the gateway: the service, health (`grpc.health.v1`, for `""` and the service
+//! Assembles the gateway: the open-files budget and the bounds sized from it, the service, health (`grpc.health.v1`, for `""` and the service
 //! name), reflection (v1 and v1alpha, the google.rpc error details included), the per-RPC
 //! trace span and metrics layers, TLS on the listener (reloaded on SIGHUP), the metrics
 //! endpoint, the embedded simulator in `demo` mode, and the shutdown protocol: signal ->
@@ -109,6 +109,15 @@ pub async fn serve_on(
         health: health_listener,
     } = listeners;
     let args = &config.args;
+    // Before anything opens a descriptor it could be refused: every bound below is sized
+    // from the limit in effect.
+    let raised = crate::descriptors::raise();
+    let bounds = args.bounds(&crate::descriptors::Budget::new(raised.limit));
+    announce_budget(raised, bounds);
+    let accept_limits = crate::accept::Limits {
+        handshake_timeout: args.handshake_timeout,
+        max_pending: bounds.max_pending_handshakes,
+    };
     let (gws_url, embedded) = match (&args.gws_url, config.mode) {
         (Some(url), _) => (url.clone(), None),
         (None, Mode::Serve) => return Err(ServerError::NoUpstream),
@@ -133,9 +142,11 @@ pub async fn serve_on(
         new_agent_burst: args.new_agent_burst,
         new_agent_concurrency: args.new_agent_concurrency,
         trusted: config.default_credential.clone(),
+        pool_idle_timeout: args.upstream_idle_timeout,
         ..AgentsConfig::default()
     })?;
-    let gws = GwsClient::new(gws_url.clone(), agents.clone());
+    let gws = GwsClient::new(gws_url.clone(), agents.clone())
+        .with_limits(bounds.upstream_max_in_flight, bounds.feed_max_in_flight);
     let mut events_config =
         EventsConfig::new(config.notifications_url(&gws_url), args.channels.clone());
     events_config.replay_max_events = args.replay_max_events();
@@ -182,6 +193,9 @@ pub async fn serve_on(
 
     let local = listener.local_addr().ok();
     let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(health) = health_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        tracing::info!(health = %health, "plaintext health serving");
+    }
     // Always watch SIGHUP: without TLS there is nothing to reload, but the signal's default
     // action would kill the gateway without a drain.
     let _reloader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
@@ -210,7 +224,11 @@ pub async fn serve_on(
         background(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(crate::tls::plain_incoming(l))
+                .serve_with_incoming(crate::accept::plain(
+                    l,
+                    crate::accept::Listener::Health,
+                    accept_limits,
+                ))
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "health listener failed");
@@ -235,12 +253,18 @@ pub async fn serve_on(
     let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
         match &config.server_tls {
             Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-                crate::tls::tls_incoming(listener, tls.clone()),
+                crate::accept::tls(
+                    listener,
+                    crate::accept::Listener::Grpc,
+                    accept_limits,
+                    tls.clone(),
+                ),
                 stopped,
             )),
-            None => Box::pin(
-                router.serve_with_incoming_shutdown(crate::tls::plain_incoming(listener), stopped),
-            ),
+            None => Box::pin(router.serve_with_incoming_shutdown(
+                crate::accept::plain(listener, crate::accept::Listener::Grpc, accept_limits),
+                stopped,
+            )),
         };
     tokio::pin!(serve);
 
@@ -275,6 +299,33 @@ pub async fn serve_on(
     let _: Option<Embedded> = embedded;
     tracing::info!("gateway stopped");
     result
+}
+
+/// The open-files limit in effect and the bounds sized from it; a WARN when the bounds as
+/// set leave no room for gRPC connections.
+fn announce_budget(raised: crate::descriptors::Raised, bounds: crate::config::Bounds) {
+    tracing::info!(
+        open_files_limit = raised.limit,
+        raised_from = raised.before,
+        hard_limit = raised.hard,
+        upstream_max_in_flight = bounds.upstream_max_in_flight,
+        feed_max_in_flight = bounds.feed_max_in_flight,
+        max_pending_handshakes = bounds.max_pending_handshakes,
+        "open-files budget"
+    );
+    let committed = bounds
+        .upstream_max_in_flight
+        .saturating_add(bounds.feed_max_in_flight)
+        .saturating_add(bounds.max_pending_handshakes.saturating_mul(2));
+    if committed as u64 >= raised.limit {
+        tracing::warn!(
+            open_files_limit = raised.limit,
+            committed,
+            "the upstream and handshake bounds add up to the open-files limit or more: \
+             descriptors can run out (calls then get RESOURCE_EXHAUSTED); raise the limit \
+             or lower the bounds"
+        );
+    }
 }
 
 fn announce(

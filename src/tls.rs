@@ -1,29 +1,17 @@
 //! TLS, both ways. Towards callers: the gRPC listener's rustls configuration (certificate,
 //! key, and for mutual TLS the CA that client certificates must chain to), held behind a lock
 //! that a reload (SIGHUP) swaps, so new connections get the new certificate while open ones
-//! keep theirs; a failed reload keeps the old configuration. The accept loop hands tonic
-//! finished TLS streams, handshaking off the accept path under a bound and a time limit.
+//! keep theirs; a failed reload keeps the old configuration. The accept loop that handshakes
+//! with it, bounded as the plain one is, is [`crate::accept`].
 //! Towards GWS: extra trust roots (a private CA) and a client identity for reqwest, built in
 //! one function from the configuration.
 
-use futures::Stream;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
-
-/// Handshakes in progress at once; beyond, accepting waits (bounded work per listener).
-const MAX_HANDSHAKES: usize = 256;
-/// A peer that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -180,66 +168,6 @@ pub fn reload_on_sighup(
             std::future::pending::<()>().await;
         }
     }
-}
-
-/// Accepted plain TCP connections with `TCP_NODELAY` set (gRPC frames are small and
-/// latency-bound: Nagle's algorithm would hold them back).
-pub fn plain_incoming(
-    listener: TcpListener,
-) -> impl Stream<Item = Result<TcpStream, std::io::Error>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| {
-            let _ = stream.set_nodelay(true);
-            stream
-        });
-        Some((accepted, listener))
-    })
-}
-
-/// Accepted connections after a successful TLS handshake with the configuration current at
-/// accept time. Handshakes run concurrently (at most [`MAX_HANDSHAKES`], each within
-/// [`HANDSHAKE_TIMEOUT`]) so a slow or silent peer cannot stall accepting; failed ones are
-/// logged at debug and dropped. The accept task stops when the stream is dropped.
-pub fn tls_incoming(
-    listener: TcpListener,
-    tls: ReloadableTls,
-) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let accepted = tokio::select! {
-                () = tx.closed() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(tls.current());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls_stream)) => {
-                        let _ = tx.send(Ok(tls_stream)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }
 
 /// What the GWS client needs for HTTPS beyond the system's trust: extra roots and a client

@@ -37,6 +37,9 @@ pub struct BayeuxConfig {
     /// Sent on every request besides the HTTP client's own defaults, e.g. GWS's CSRF header
     /// (GWS wants it on every POST, and long-polling is POST).
     pub headers: http::HeaderMap,
+    /// The slots every request takes first (the gateway's event-feed share, so its
+    /// long-polls never wait behind REST calls); unbounded by default.
+    pub slots: crate::upstream::slots::Share,
 }
 
 impl BayeuxConfig {
@@ -50,6 +53,7 @@ impl BayeuxConfig {
             max_backoff: Duration::from_secs(60),
             use_ack: true,
             headers: http::HeaderMap::new(),
+            slots: crate::upstream::slots::Share::new(usize::MAX),
         }
     }
 }

@@ -99,6 +99,14 @@ async fn execute(
     timeout: std::time::Duration,
 ) -> Result<Vec<Message>, RequestError> {
     let body = body.map_err(|_| RequestError::Malformed("request not serializable".into()))?;
+    // Held until the reply's body is read: the connection is busy until then.
+    let waiting = Instant::now();
+    let _slot = config.slots.acquire(timeout).await.map_err(|_| {
+        RequestError::Transport(
+            "the gateway's limit of event-feed requests in flight was reached".into(),
+        )
+    })?;
+    let timeout = timeout.saturating_sub(waiting.elapsed());
     let mut response = agent
         .request(http, reqwest::Method::POST, config.url.clone())
         .headers(config.headers.clone())
@@ -135,7 +143,10 @@ async fn execute(
 /// A short, credential-free description of a reqwest failure (its Display would
 /// include the URL and nested causes; we keep only the category).
 fn classify(e: reqwest::Error) -> RequestError {
-    let what = if e.is_timeout() {
+    let what = if crate::descriptors::in_chain(&e) {
+        crate::descriptors::exhausted(crate::descriptors::Place::Feed);
+        "the gateway is out of file descriptors"
+    } else if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
         "connection failed"

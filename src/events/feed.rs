@@ -433,7 +433,7 @@ pub async fn read_snapshot(
     timeout: Duration,
 ) -> Result<Vec<SmsSession>, String> {
     let reply = gws
-        .read(agent, &Read::Sessions, timeout)
+        .feed_read(agent, &Read::Sessions, timeout)
         .await
         .map_err(|e| e.to_string())?;
     mapping::map_sessions(&reply).map_err(|e| e.to_string())
@@ -479,7 +479,7 @@ pub async fn pump(feed: Arc<Feed>, config: BayeuxConfig, gws: GwsClient, read_ti
     loop {
         let mut session = config.clone();
         match gws
-            .csrf_header(&feed.agent, refreshed, config.request_timeout)
+            .feed_csrf_header(&feed.agent, refreshed, config.request_timeout)
             .await
         {
             Ok(Some((name, value))) => {

@@ -222,7 +222,9 @@ impl Inner {
 
 impl EventsHub {
     pub fn new(config: EventsConfig, gws: GwsClient) -> Self {
-        let bayeux = BayeuxConfig::new(config.notifications_url.clone(), config.channels.clone());
+        let mut bayeux =
+            BayeuxConfig::new(config.notifications_url.clone(), config.channels.clone());
+        bayeux.slots = gws.feed_share().clone();
         let replay_budget = ReplayBudget::new(config.replay_budget_bytes);
         Self {
             inner: Arc::new(Inner {

@@ -29,6 +29,19 @@ struct Limits {
     caller: Option<Instant>,
 }
 
+impl Limits {
+    /// An upstream failure as this call's caller sees it: a call that never got an upstream
+    /// slot ran out of the caller's own deadline when it sent one (the upstream client sees
+    /// only a time budget, not whose it was).
+    fn upstream(&self, error: UpstreamError, host: &str) -> Error {
+        let error = match self.caller {
+            Some(_) => error.deadline_was_the_callers(),
+            None => error,
+        };
+        Error::upstream(error, host)
+    }
+}
+
 pub struct SmsSessionApi {
     gws: GwsClient,
     events: EventsHub,
@@ -102,11 +115,11 @@ impl SmsSessionApi {
 
     /// The caller's agent; an unknown credential is checked upstream first (once, however
     /// many of its calls arrive together), within `budget`.
-    async fn agent(&self, credential: &Credential, budget: Duration) -> Result<Arc<Agent>, Error> {
+    async fn agent(&self, credential: &Credential, limits: &Limits) -> Result<Arc<Agent>, Error> {
         self.gws
-            .agent(credential.key(), credential, budget)
+            .agent(credential.key(), credential, limits.budget)
             .await
-            .map_err(|e| Error::upstream(e, self.gws.host()))
+            .map_err(|e| limits.upstream(e, self.gws.host()))
     }
 
     /// The one path of every operation RPC. With `wait_for_outcome`, the agent's feed is
@@ -122,7 +135,7 @@ impl SmsSessionApi {
         let budget = limits.budget;
         let deadline = Instant::now() + budget;
         let op = message.validate().map_err(Error::InvalidArgument)?;
-        let agent = self.agent(&credential, budget).await?;
+        let agent = self.agent(&credential, &limits).await?;
         let host = self.gws.host();
         let work = async {
             let pending = if op.wait_for_outcome {
@@ -160,7 +173,7 @@ impl SmsSessionApi {
                 // Dropped with the error: the operation may have been applied.
                 (_, _, pending) => pending,
             };
-            let accepted = result.map_err(|e| Error::upstream(e, host))?;
+            let accepted = result.map_err(|e| limits.upstream(e, host))?;
             let Some(pending) = pending else {
                 return Ok((accepted, None));
             };
@@ -236,7 +249,7 @@ impl SmsSessionApi {
             Err(error) => {
                 tracing::info!(agent = ?key, session_id = read.session_id(),
                     trace_id = telemetry::trace_id(), %error, "read failed");
-                Err(Error::upstream(error, self.gws.host()).into())
+                Err(limits.upstream(error, self.gws.host()).into())
             }
         }
     }
@@ -248,7 +261,7 @@ impl SmsSessionApi {
         let (credential, limits, message) = self.begin(request)?;
         let req = validate::session_events(message).map_err(Error::InvalidArgument)?;
         let host = self.gws.host().to_string();
-        let agent = self.agent(&credential, limits.budget).await?;
+        let agent = self.agent(&credential, &limits).await?;
         let stream: EventStream = self
             .events
             .subscribe(agent, req.filter, req.resume)

@@ -269,6 +269,46 @@ fn upstream_status(error: &UpstreamError, domain: &str) -> Status {
                 &[("may_have_been_applied", "true".into())],
             ),
         ),
+        // The gateway's own limits: nothing was sent, so retrying is always safe.
+        UpstreamError::NoSlot { limit, waited } => Status::with_error_details(
+            Code::ResourceExhausted,
+            format!(
+                "the gateway's limit of {limit} GWS requests in flight was reached and no slot \
+                 freed within {} ms (--upstream-timeout); nothing was sent to GWS: retry later",
+                waited.as_millis()
+            ),
+            info(
+                "UPSTREAM_IN_FLIGHT_LIMIT".into(),
+                &[
+                    ("may_have_been_applied", "false".into()),
+                    ("max_in_flight", limit.to_string()),
+                ],
+            ),
+        ),
+        UpstreamError::NoSlotBeforeDeadline { limit, waited } => Status::with_error_details(
+            Code::DeadlineExceeded,
+            format!(
+                "the deadline passed after {} ms waiting for one of the gateway's {limit} GWS \
+                 request slots; nothing was sent to GWS",
+                waited.as_millis()
+            ),
+            info(
+                "UPSTREAM_IN_FLIGHT_LIMIT".into(),
+                &[
+                    ("may_have_been_applied", "false".into()),
+                    ("max_in_flight", limit.to_string()),
+                ],
+            ),
+        ),
+        UpstreamError::OutOfDescriptors => Status::with_error_details(
+            Code::ResourceExhausted,
+            "the gateway is out of file descriptors and could not open a connection to GWS; \
+             nothing was sent to GWS: retry later",
+            info(
+                "GATEWAY_OUT_OF_DESCRIPTORS".into(),
+                &[("may_have_been_applied", "false".into())],
+            ),
+        ),
         UpstreamError::TooManyAgents => {
             Status::resource_exhausted("too many agents are active on this gateway; retry later")
         }
@@ -434,6 +474,50 @@ mod tests {
         let s = up(UpstreamError::Unmappable("field `x` is missing".into()));
         assert_eq!(s.code(), Code::Unavailable);
         assert_eq!(s.get_details_error_info().unwrap().reason, "GWS_BAD_REPLY");
+    }
+
+    #[test]
+    fn the_gateways_own_limits_are_not_gws_failures() {
+        let up = |e| to_status(&Error::upstream(e, "h"));
+        let waited = Duration::from_millis(1500);
+        for (error, code) in [
+            (
+                UpstreamError::NoSlot { limit: 480, waited },
+                Code::ResourceExhausted,
+            ),
+            (
+                UpstreamError::NoSlotBeforeDeadline { limit: 480, waited },
+                Code::DeadlineExceeded,
+            ),
+        ] {
+            let s = up(error);
+            assert_eq!(s.code(), code);
+            assert!(
+                s.message().contains("480") && s.message().contains("1500 ms"),
+                "{}",
+                s.message()
+            );
+            assert!(s.message().contains("nothing was sent"), "{}", s.message());
+            let info = s.get_details_error_info().unwrap();
+            assert_eq!(info.reason, "UPSTREAM_IN_FLIGHT_LIMIT");
+            assert_eq!(info.metadata["may_have_been_applied"], "false");
+            assert_eq!(info.metadata["max_in_flight"], "480");
+        }
+        let s = up(UpstreamError::OutOfDescriptors);
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(!s.message().contains("unreachable"), "{}", s.message());
+        let info = s.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "GATEWAY_OUT_OF_DESCRIPTORS");
+        assert_eq!(info.metadata["may_have_been_applied"], "false");
+        // Whose deadline it was decides the code; nothing else is relabelled.
+        assert_eq!(
+            UpstreamError::NoSlot { limit: 1, waited }.deadline_was_the_callers(),
+            UpstreamError::NoSlotBeforeDeadline { limit: 1, waited }
+        );
+        assert_eq!(
+            UpstreamError::Timeout(waited).deadline_was_the_callers(),
+            UpstreamError::Timeout(waited)
+        );
     }
 
     #[test]

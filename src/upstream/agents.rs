@@ -39,7 +39,7 @@ use tokio::sync::watch;
 /// and every CometD session parks one long-poll; 256 idle connections keep a burst of a
 /// few busy agents from closing and reopening connections, at a few KiB each.
 const POOL_MAX_IDLE_PER_HOST: usize = 256;
-/// An idle pooled connection is closed after this. Below the usual 60 s idle timeouts of
+/// An idle pooled connection is closed after this by default. Below the usual 60 s idle timeouts of
 /// load balancers and servlet containers in front of GWS, so the gateway closes first and
 /// never writes into a connection the far side is closing.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
@@ -70,6 +70,8 @@ pub struct AgentsConfig {
     pub new_agent_concurrency: usize,
     /// Trusted without a check (the operator's default agent); kept for the whole run.
     pub trusted: Option<Credential>,
+    /// An idle pooled connection is closed after this (`--upstream-idle-timeout`).
+    pub pool_idle_timeout: Duration,
 }
 
 impl Default for AgentsConfig {
@@ -84,6 +86,7 @@ impl Default for AgentsConfig {
             new_agent_burst: 100,
             new_agent_concurrency: 64,
             trusted: None,
+            pool_idle_timeout: POOL_IDLE_TIMEOUT,
         }
     }
 }
@@ -285,10 +288,10 @@ impl TokenBucket {
         }
     }
 
-    /// Ends a check that took a token: `accepted` gives it back.
-    fn settle(&mut self, accepted: bool) {
+    /// Ends a check that took a token, giving it back or not.
+    fn settle(&mut self, give_back: bool) {
         self.held = self.held.saturating_sub(1);
-        if accepted {
+        if give_back {
             self.tokens = (self.tokens + 1.0).min(self.burst);
         }
     }
@@ -364,7 +367,7 @@ pub fn build_client(config: &AgentsConfig) -> Result<reqwest::Client, ClientErro
         // Small request bodies and latency-bound replies: Nagle would only delay them.
         .tcp_nodelay(true)
         .tcp_keepalive(TCP_KEEPALIVE)
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_idle_timeout(config.pool_idle_timeout)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .build()
         .map_err(|e| ClientError(e.to_string()))
@@ -375,12 +378,12 @@ pub fn build_client(config: &AgentsConfig) -> Result<reqwest::Client, ClientErro
 struct CheckTurn<'a> {
     _permit: tokio::sync::SemaphorePermit<'a>,
     registry: &'a AgentRegistry,
-    accepted: bool,
+    give_back: bool,
 }
 
 impl Drop for CheckTurn<'_> {
     fn drop(&mut self) {
-        self.registry.maps().bucket.settle(self.accepted);
+        self.registry.maps().bucket.settle(self.give_back);
     }
 }
 
@@ -530,8 +533,10 @@ impl AgentRegistry {
         let agent = Arc::new(Agent::new(credential)?);
         let result = probe(agent.clone()).await;
         let verdict = Verdict::of(&result);
-        // Only credentials GWS refuses (or leaves unanswered) are charged.
-        turn.accepted = verdict == Verdict::Accepted;
+        // Only credentials GWS refuses (or leaves unanswered) are charged; a check the
+        // gateway never sent (no slot, no descriptor) cost GWS nothing.
+        turn.give_back = verdict == Verdict::Accepted
+            || result.as_ref().err().is_some_and(UpstreamError::never_sent);
         drop(turn);
         let outcome = match verdict {
             Verdict::Accepted => self.insert(agent),
@@ -564,7 +569,7 @@ impl AgentRegistry {
         Ok(CheckTurn {
             _permit: permit,
             registry: self,
-            accepted: false,
+            give_back: false,
         })
     }
 
@@ -799,6 +804,16 @@ mod tests {
         // An unanswered check is charged like a refused one: GWS said nothing for it.
         let down = UpstreamError::Unreachable("connection failed");
         assert_eq!(admit(&reg, "x", Err(down.clone())).await.unwrap_err(), down);
+        // A check the gateway never sent costs nothing.
+        for i in 0..5 {
+            let out = UpstreamError::OutOfDescriptors;
+            assert_eq!(
+                admit(&reg, &format!("n{i}"), Err(out.clone()))
+                    .await
+                    .unwrap_err(),
+                out
+            );
+        }
         admit(&reg, "y", Err(refused())).await.unwrap_err();
         assert!(matches!(
             admit_unprobed(&reg, "z").await,

@@ -37,6 +37,30 @@ pub enum UpstreamError {
     /// The connection broke after the operation was sent: GWS may have applied it.
     #[error("GWS connection broke after the operation was sent ({0}); it may have been applied")]
     UnreachableAfterSend(&'static str),
+    /// Every one of the gateway's `--upstream-max-in-flight` slots stayed taken for as long
+    /// as the gateway lets a call wait (`--upstream-timeout`): nothing was sent.
+    #[error(
+        "the gateway's limit of {limit} GWS requests in flight was reached and no slot freed \
+         within {waited:?}; nothing was sent to GWS"
+    )]
+    NoSlot {
+        limit: usize,
+        waited: std::time::Duration,
+    },
+    /// As [`NoSlot`](Self::NoSlot), but it was the caller's deadline that passed while
+    /// waiting: nothing was sent.
+    #[error(
+        "the caller's deadline passed after {waited:?} waiting for one of the gateway's {limit} \
+         GWS request slots; nothing was sent to GWS"
+    )]
+    NoSlotBeforeDeadline {
+        limit: usize,
+        waited: std::time::Duration,
+    },
+    /// The gateway ran out of file descriptors opening a connection to GWS: GWS was never
+    /// reached (so nothing was sent), and says nothing about whether GWS is up.
+    #[error("the gateway is out of file descriptors; no connection to GWS could be opened")]
+    OutOfDescriptors,
     /// The gateway holds as many agents' states as it is allowed to, all in use.
     #[error("too many agents are active on this gateway")]
     TooManyAgents,
@@ -59,6 +83,9 @@ impl UpstreamError {
             | Self::Timeout(_)
             | Self::DeadlineTooShort(_)
             | Self::Unreachable(_)
+            | Self::NoSlot { .. }
+            | Self::NoSlotBeforeDeadline { .. }
+            | Self::OutOfDescriptors
             | Self::TooManyAgents
             | Self::RateLimited { .. } => true,
             Self::Http { .. }
@@ -69,8 +96,35 @@ impl UpstreamError {
         }
     }
 
+    /// Whether the gateway itself stopped the request before it left: GWS saw nothing.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            Self::NoSlot { .. }
+                | Self::NoSlotBeforeDeadline { .. }
+                | Self::OutOfDescriptors
+                | Self::DeadlineTooShort(_)
+                | Self::TooManyAgents
+                | Self::RateLimited { .. }
+        )
+    }
+
+    /// Relabels a call that never got a slot because the caller's own deadline passed (the
+    /// upstream client only sees a time budget; the gRPC edge knows whose it was).
+    pub fn deadline_was_the_callers(self) -> Self {
+        match self {
+            Self::NoSlot { limit, waited } => Self::NoSlotBeforeDeadline { limit, waited },
+            other => other,
+        }
+    }
+
     /// Classifies a reqwest error without exposing its text (which can contain URLs).
     pub fn from_reqwest(err: &reqwest::Error, timeout: std::time::Duration) -> Self {
+        // The gateway's own shortage, not GWS's state: it must never read as "unreachable".
+        if crate::descriptors::in_chain(err) {
+            crate::descriptors::exhausted(crate::descriptors::Place::Upstream);
+            return Self::OutOfDescriptors;
+        }
         // A connect timeout is both: GWS is unreachable, which is not the caller's deadline.
         if err.is_connect() {
             Self::Unreachable(Self::CONNECT_FAILED)

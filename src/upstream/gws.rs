@@ -3,13 +3,16 @@
 //! and on a 403 "Missing or invalid Csrf token" fetch it again and retry once.
 //!
 //! Every call is bounded by one timeout covering all its round trips, and every reply
-//! body is read up to a size limit. Requests go out on the one shared client, built by the
-//! agent ([`Agent::request`]: its credentials and cookies), and every reply's cookies go
-//! back into that agent's jar.
+//! body is read up to a size limit. Every call first takes a slot of its share
+//! ([`super::slots`]): REST calls share `--upstream-max-in-flight`, the event feed's reads
+//! and CSRF fetches `--feed-max-in-flight`; a call's round trips run one at a time on it.
+//! Requests go out on the one shared client, built by the agent ([`Agent::request`]: its
+//! credentials and cookies), and every reply's cookies go back into that agent's jar.
 
 use super::agents::Csrf;
 use super::error::excerpt;
 use super::operation::Operation;
+use super::slots::Share;
 use super::{Agent, AgentKey, AgentRegistry, Credential, UpstreamError};
 use crate::mapping::ReferenceId;
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -85,7 +88,15 @@ pub struct GwsClient {
     sessions: reqwest::Url,
     host: String,
     agents: AgentRegistry,
+    /// The REST calls' slots.
+    rest: Share,
+    /// The event feed's slots (its CometD requests take them too).
+    feed: Share,
 }
+
+/// Slots of each share when none are configured: what the budget of a 1,024 open-files
+/// limit gives ([`crate::descriptors::Budget`]).
+const DEFAULT_LIMIT: u64 = 1024;
 
 impl GwsClient {
     /// `base` is the GWS root, e.g. `http://gws:8080` (a path prefix is kept).
@@ -97,11 +108,62 @@ impl GwsClient {
         };
         let me = with_segments(&base, &["api", "v2", "me"]);
         let sessions = with_segments(&me, &["smssessions"]);
+        let budget = crate::descriptors::Budget::new(DEFAULT_LIMIT);
         Self {
             me,
             sessions,
             host,
             agents,
+            rest: Share::observed(budget.upstream_rest()),
+            feed: Share::new(budget.upstream_feed()),
+        }
+    }
+
+    /// At most `rest` REST calls and `feed` event-feed requests in flight at once.
+    pub fn with_limits(mut self, rest: usize, feed: usize) -> Self {
+        self.rest = Share::observed(rest);
+        self.feed = Share::new(feed);
+        self
+    }
+
+    /// The event feed's share, for its CometD requests.
+    pub fn feed_share(&self) -> &Share {
+        &self.feed
+    }
+
+    /// Runs `work` on a slot of `share`, all of it within `timeout`. A call that timed out
+    /// before it got its slot sent nothing and says so ([`UpstreamError::NoSlot`]); one that
+    /// timed out on its slot is [`UpstreamError::Timeout`] (which callers that know they sent
+    /// an operation relabel).
+    async fn on_slot<T>(
+        &self,
+        share: &Share,
+        timeout: Duration,
+        work: impl std::future::Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        let slotted = std::sync::atomic::AtomicBool::new(false);
+        let no_slot = || UpstreamError::NoSlot {
+            limit: share.max(),
+            waited: timeout,
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        let run = async {
+            // A slot that comes with less than the minimum left is no use: nothing could be
+            // sent on it any more, so the wait ends that much earlier, and a slot freed just
+            // then (by another call's timeout, typically) counts as none.
+            let wait = timeout.saturating_sub(MIN_UPSTREAM_BUDGET);
+            let slot = share.acquire(wait).await.map_err(|_| no_slot())?;
+            if deadline.saturating_duration_since(std::time::Instant::now()) < MIN_UPSTREAM_BUDGET {
+                return Err(no_slot());
+            }
+            let _slot = slot;
+            slotted.store(true, std::sync::atomic::Ordering::Relaxed);
+            work.await
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(result) => result,
+            Err(_) if !slotted.load(std::sync::atomic::Ordering::Relaxed) => Err(no_slot()),
+            Err(_) => Err(UpstreamError::Timeout(timeout)),
         }
     }
 
@@ -238,9 +300,7 @@ impl GwsClient {
             };
             interpret(status, &reply).map(|map| OperationAccepted::from_reply(&map))
         };
-        let result = tokio::time::timeout(timeout, work)
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout(timeout)));
+        let result = self.on_slot(&self.rest, timeout, work).await;
         // After the POST left, a timeout or a broken connection does not mean "not applied".
         let result = match result {
             Err(UpstreamError::Timeout(_)) if sent.load(std::sync::atomic::Ordering::Relaxed) => {
@@ -266,6 +326,26 @@ impl GwsClient {
         read: &Read,
         timeout: Duration,
     ) -> Result<Map<String, Value>, UpstreamError> {
+        self.read_on(&self.rest, agent, read, timeout).await
+    }
+
+    /// A read for the event feed (a stream's snapshot), on the feed's share.
+    pub async fn feed_read(
+        &self,
+        agent: &Agent,
+        read: &Read,
+        timeout: Duration,
+    ) -> Result<Map<String, Value>, UpstreamError> {
+        self.read_on(&self.feed, agent, read, timeout).await
+    }
+
+    async fn read_on(
+        &self,
+        share: &Share,
+        agent: &Agent,
+        read: &Read,
+        timeout: Duration,
+    ) -> Result<Map<String, Value>, UpstreamError> {
         if timeout < MIN_UPSTREAM_BUDGET {
             return Err(UpstreamError::DeadlineTooShort(timeout));
         }
@@ -283,9 +363,7 @@ impl GwsClient {
             interpret(status, &reply)
         };
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(timeout, work)
-            .await
-            .unwrap_or(Err(UpstreamError::Timeout(timeout)));
+        let result = self.on_slot(share, timeout, work).await;
         crate::metrics::upstream_request(read.name(), started, &result);
         result
     }
@@ -312,9 +390,25 @@ impl GwsClient {
         refresh: bool,
         timeout: Duration,
     ) -> Result<Option<(HeaderName, HeaderValue)>, UpstreamError> {
-        tokio::time::timeout(timeout, self.csrf_token(agent, refresh, timeout))
-            .await
-            .map_err(|_| UpstreamError::Timeout(timeout))?
+        if let Some(known) = known_csrf(agent, refresh) {
+            return Ok(known);
+        }
+        let work = self.csrf_token(agent, refresh, timeout);
+        self.on_slot(&self.rest, timeout, work).await
+    }
+
+    /// [`csrf_header`](Self::csrf_header) for the event feed, on the feed's share.
+    pub async fn feed_csrf_header(
+        &self,
+        agent: &Agent,
+        refresh: bool,
+        timeout: Duration,
+    ) -> Result<Option<(HeaderName, HeaderValue)>, UpstreamError> {
+        if let Some(known) = known_csrf(agent, refresh) {
+            return Ok(known);
+        }
+        let work = self.csrf_token(agent, refresh, timeout);
+        self.on_slot(&self.feed, timeout, work).await
     }
 
     async fn post(
@@ -362,10 +456,8 @@ impl GwsClient {
         refresh: bool,
         timeout: Duration,
     ) -> Result<Option<(HeaderName, HeaderValue)>, UpstreamError> {
-        match agent.csrf() {
-            Csrf::Disabled if !refresh => return Ok(None),
-            Csrf::Token { name, value } if !refresh => return Ok(Some((name, value))),
-            _ => {}
+        if let Some(known) = known_csrf(agent, refresh) {
+            return Ok(known);
         }
         let me = agent.request(self.http(), Method::GET, self.me.clone());
         let resp = self.send(agent, me, timeout).await?;
@@ -382,6 +474,17 @@ impl GwsClient {
             Csrf::Token { name, value } => Some((name, value)),
             _ => None,
         })
+    }
+}
+
+/// The agent's CSRF header as already known, unless `refresh` asks to fetch it again:
+/// `Some(None)` when GWS uses no CSRF protection, `None` when it must be fetched.
+#[allow(clippy::option_option)]
+fn known_csrf(agent: &Agent, refresh: bool) -> Option<Option<(HeaderName, HeaderValue)>> {
+    match agent.csrf() {
+        Csrf::Disabled if !refresh => Some(None),
+        Csrf::Token { name, value } if !refresh => Some(Some((name, value))),
+        _ => None,
     }
 }
 

@@ -14,10 +14,11 @@
 //!   publishes an `Error` notification naming the session by `smssessionUri`.
 //! - `GET /simulator/agents/{user}/requests`: the operation bodies the agent POSTed, as
 //!   received, oldest first (the last 1,000 of all agents are kept).
-//! - `PUT /simulator/faults` `{"delay_ms": n, "fail": {"http_status", "body", "content_type", "times"},
-//!   "withhold_notifications": bool, "reply_without_reference_id": bool}` and
-//!   `DELETE /simulator/faults`: delay or fail REST replies, publish no operation's
-//!   notifications, answer accepted operations without their `referenceId`.
+//! - `PUT /simulator/faults` `{"delay_ms": n, "delay_max_ms": m, "fail": {"http_status", "body",
+//!   "content_type", "times"}, "withhold_notifications": bool, "reply_without_reference_id":
+//!   bool}` and `DELETE /simulator/faults`: delay REST replies (by n ms, or by a uniformly drawn
+//!   n..=m ms) or fail them, publish no operation's notifications, answer accepted operations
+//!   without their `referenceId`.
 //! - `GET /simulator/stats`: request counters; `POST /simulator/http-sessions/expire`:
 //!   forget every HTTP session (cookies and CSRF tokens), as a GWS restart would.
 //! - `GET /simulator/health`.

@@ -58,6 +58,10 @@ pub struct Faults {
     /// Added before every REST reply.
     #[serde(default)]
     pub delay_ms: u64,
+    /// With it, each REST reply is delayed by a duration drawn uniformly between `delay_ms`
+    /// and this (a GWS answering in 2-5 s: 2000 and 5000).
+    #[serde(default)]
+    pub delay_max_ms: Option<u64>,
     /// Replace the next `times` REST replies with this raw one.
     #[serde(default)]
     pub fail: Option<RawFailure>,
@@ -91,8 +95,15 @@ fn one() -> u32 {
 }
 
 impl Faults {
+    /// The delay of the next REST reply.
     pub fn delay(&self) -> Duration {
-        Duration::from_millis(self.delay_ms)
+        match self.delay_max_ms {
+            Some(max) if max > self.delay_ms => {
+                use rand::Rng;
+                Duration::from_millis(rand::rng().random_range(self.delay_ms..=max))
+            }
+            _ => Duration::from_millis(self.delay_ms),
+        }
     }
 }
 
@@ -716,6 +727,30 @@ mod tests {
             true,
             "http://sim",
         )
+    }
+
+    #[test]
+    fn reply_delays_are_fixed_or_drawn_from_their_range() {
+        let fixed = Faults {
+            delay_ms: 20,
+            ..Faults::default()
+        };
+        assert_eq!(fixed.delay(), Duration::from_millis(20));
+        let ranged = Faults {
+            delay_ms: 2000,
+            delay_max_ms: Some(5000),
+            ..Faults::default()
+        };
+        let drawn: Vec<_> = (0..200).map(|_| ranged.delay().as_millis()).collect();
+        assert!(drawn.iter().all(|d| (2000..=5000).contains(d)), "{drawn:?}");
+        assert!(drawn.iter().any(|d| *d != drawn[0]), "drawn, not fixed");
+        // A maximum below the minimum is no range.
+        let inverted = Faults {
+            delay_ms: 30,
+            delay_max_ms: Some(10),
+            ..Faults::default()
+        };
+        assert_eq!(inverted.delay(), Duration::from_millis(30));
     }
 
     #[test]
