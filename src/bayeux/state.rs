@@ -66,7 +66,7 @@ pub enum RequestError {
     /// The server answered with a non-2xx HTTP status.
     Http(u16),
     /// Connect/read/timeout failure.
-    Transport(String),
+    Transport(crate::upstream::Transport),
     /// The body was not a Bayeux message array (or was too large).
     Malformed(String),
 }

@@ -213,7 +213,12 @@ fn interval_advice_waits_before_the_next_connect() {
 fn connect_failure_reports_lost_once_backs_off_linearly_and_restores() {
     let t0 = Instant::now();
     let (mut s, _) = connected(&["/a"], t0);
-    let boom = || err(Kind::Connect, RequestError::Transport("timed out".into()));
+    let boom = || {
+        err(
+            Kind::Connect,
+            RequestError::Transport(crate::upstream::Transport::Timeout),
+        )
+    };
     // First failure: Lost, immediate retry of the connect (same session, same ack).
     let a = s.handle(boom(), t0);
     assert_eq!(
@@ -530,7 +535,13 @@ fn handshake_advice_is_spent_by_a_successful_handshake_without_advice() {
     // A plain transport failure now retries the connect on the new session (after
     // 1 s: failures only reset when a connect succeeds, so a server that accepts
     // handshakes but fails every connect cannot make us spin).
-    let a = s.handle(err(Kind::Connect, RequestError::Transport("x".into())), t0);
+    let a = s.handle(
+        err(
+            Kind::Connect,
+            RequestError::Transport(crate::upstream::Transport::Other),
+        ),
+        t0,
+    );
     assert_eq!(a.last(), Some(&Action::Wait(Duration::from_secs(1))));
     let a = s.handle(Input::Timer, t0);
     let r = sent(&a);

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::message::{Message, parse_response};
 use super::state::{Action, Input, Request, RequestError, State};
 use super::{BayeuxConfig, BayeuxEvent};
-use crate::upstream::Agent;
+use crate::upstream::{Agent, Transport};
 
 /// Largest response body accepted; a connect reply carries a batch of events, which
 /// for one agent stays far below this.
@@ -101,11 +101,11 @@ async fn execute(
     let body = body.map_err(|_| RequestError::Malformed("request not serializable".into()))?;
     // Held until the reply's body is read: the connection is busy until then.
     let waiting = Instant::now();
-    let _slot = config.slots.acquire(timeout).await.map_err(|_| {
-        RequestError::Transport(
-            "the gateway's limit of event-feed requests in flight was reached".into(),
-        )
-    })?;
+    let _slot = config
+        .slots
+        .acquire(timeout)
+        .await
+        .map_err(|_| RequestError::Transport(Transport::InFlightLimit))?;
     let timeout = timeout.saturating_sub(waiting.elapsed());
     let mut response = agent
         .request(http, reqwest::Method::POST, config.url.clone())
@@ -140,22 +140,12 @@ async fn execute(
     Ok(parsed.messages)
 }
 
-/// A short, credential-free description of a reqwest failure (its Display would
-/// include the URL and nested causes; we keep only the category).
+/// The failure's category (its Display would include the URL and nested causes), classified
+/// as REST calls classify theirs.
 fn classify(e: reqwest::Error) -> RequestError {
-    let what = if crate::descriptors::in_chain(&e) {
+    let failure = Transport::of(&e);
+    if failure == Transport::OutOfDescriptors {
         crate::descriptors::exhausted(crate::descriptors::Place::Feed);
-        "the gateway is out of file descriptors"
-    } else if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "response body interrupted"
-    } else if e.is_request() {
-        "request failed"
-    } else {
-        "HTTP error"
-    };
-    RequestError::Transport(what.into())
+    }
+    RequestError::Transport(failure)
 }

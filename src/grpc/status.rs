@@ -330,6 +330,7 @@ fn upstream_status(error: &UpstreamError, domain: &str) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::Transport;
     use std::time::Duration;
 
     fn gws(code: i64, http: u16) -> Status {
@@ -449,10 +450,10 @@ mod tests {
             assert_eq!(info.metadata["may_have_been_applied"], applied);
         }
         assert_eq!(
-            up(UpstreamError::Unreachable("connection failed")).code(),
+            up(UpstreamError::Unreachable(Transport::Connect)).code(),
             Code::Unavailable
         );
-        let s = up(UpstreamError::UnreachableAfterSend("connection broke"));
+        let s = up(UpstreamError::UnreachableAfterSend(Transport::Body));
         assert_eq!(s.code(), Code::Unavailable);
         let info = s.get_details_error_info().unwrap();
         assert_eq!(info.metadata["may_have_been_applied"], "true");

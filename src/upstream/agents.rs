@@ -26,7 +26,7 @@
 
 use super::cookies::Cookies;
 use super::unsettled::Unsettled;
-use super::{AgentKey, Credential, UpstreamError};
+use super::{AgentKey, Credential, Transport, UpstreamError};
 use http::{HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::future::Future;
@@ -143,7 +143,7 @@ impl Agent {
     /// after the credential's check; tools and tests use this directly).
     pub fn new(credential: &Credential) -> Result<Self, UpstreamError> {
         let mut authorization = HeaderValue::from_str(&credential.authorization())
-            .map_err(|_| UpstreamError::Unreachable("credentials cannot be sent as a header"))?;
+            .map_err(|_| UpstreamError::Unreachable(Transport::Request))?;
         authorization.set_sensitive(true);
         Ok(Self {
             key: credential.key(),
@@ -546,7 +546,7 @@ impl AgentRegistry {
                     .as_ref()
                     .err()
                     .cloned()
-                    .unwrap_or(UpstreamError::Unreachable("credential check failed")))
+                    .unwrap_or(UpstreamError::Unreachable(Transport::Other)))
             }
         };
         tx.send_replace(Some(outcome.clone()));
@@ -561,7 +561,7 @@ impl AgentRegistry {
             .check_turns
             .acquire()
             .await
-            .map_err(|_| UpstreamError::Unreachable("credential checks are shutting down"))?;
+            .map_err(|_| UpstreamError::Unreachable(Transport::Other))?;
         self.maps()
             .bucket
             .take(Instant::now())
@@ -684,7 +684,7 @@ mod tests {
             admit(&reg, "a", Err(refused())).await.unwrap_err(),
             refused()
         );
-        let down = UpstreamError::Unreachable("connection failed");
+        let down = UpstreamError::Unreachable(Transport::Connect);
         assert_eq!(admit(&reg, "b", Err(down.clone())).await.unwrap_err(), down);
         assert!(reg.is_empty());
         // Past authentication, an error still admits the agent; the leader gets it back.
@@ -802,7 +802,7 @@ mod tests {
             admit(&reg, &format!("ok{i}"), Ok(())).await.unwrap();
         }
         // An unanswered check is charged like a refused one: GWS said nothing for it.
-        let down = UpstreamError::Unreachable("connection failed");
+        let down = UpstreamError::Unreachable(Transport::Connect);
         assert_eq!(admit(&reg, "x", Err(down.clone())).await.unwrap_err(), down);
         // A check the gateway never sent costs nothing.
         for i in 0..5 {

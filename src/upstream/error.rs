@@ -33,10 +33,10 @@ pub enum UpstreamError {
     DeadlineTooShort(std::time::Duration),
     /// Connection refused, reset, DNS failure, TLS failure: GWS could not be reached.
     #[error("GWS is unreachable: {0}")]
-    Unreachable(&'static str),
+    Unreachable(Transport),
     /// The connection broke after the operation was sent: GWS may have applied it.
     #[error("GWS connection broke after the operation was sent ({0}); it may have been applied")]
-    UnreachableAfterSend(&'static str),
+    UnreachableAfterSend(Transport),
     /// Every one of the gateway's `--upstream-max-in-flight` slots stayed taken for as long
     /// as the gateway lets a call wait (`--upstream-timeout`): nothing was sent.
     #[error(
@@ -70,10 +70,63 @@ pub enum UpstreamError {
     RateLimited { retry_after: std::time::Duration },
 }
 
-impl UpstreamError {
-    /// The one transport failure that proves nothing was sent: no connection was made.
-    pub const CONNECT_FAILED: &'static str = "connection failed";
+/// What failed on the wire, classified once from a reqwest error for REST calls and the
+/// CometD feed alike. Never the error's text: it can hold URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Transport {
+    /// No connection was made (refused, DNS, TLS handshake, connect timeout): nothing was
+    /// sent.
+    #[error("connection failed")]
+    Connect,
+    /// The exchange outlasted its timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The request could not be sent whole, or the connection broke before a reply.
+    #[error("request failed")]
+    Request,
+    /// The reply's body broke off or could not be decoded.
+    #[error("connection broke while reading the reply")]
+    Body,
+    /// The gateway had no file descriptor left to open a connection: nothing was sent.
+    #[error("the gateway is out of file descriptors")]
+    OutOfDescriptors,
+    /// The gateway's own limit of requests in flight held the request back: nothing was
+    /// sent. (REST calls report this as [`UpstreamError::NoSlot`]; the feed, as this.)
+    #[error("the gateway's limit of requests in flight was reached")]
+    InFlightLimit,
+    /// Anything else reqwest reports (or a request that could not be built).
+    #[error("transport error")]
+    Other,
+}
 
+impl Transport {
+    pub fn of(err: &reqwest::Error) -> Self {
+        if crate::descriptors::in_chain(err) {
+            Self::OutOfDescriptors
+        } else if err.is_connect() {
+            // Before the timeout test: a connect timeout is still "nothing was sent".
+            Self::Connect
+        } else if err.is_timeout() {
+            Self::Timeout
+        } else if err.is_body() || err.is_decode() {
+            Self::Body
+        } else if err.is_request() {
+            Self::Request
+        } else {
+            Self::Other
+        }
+    }
+
+    /// Whether this failure proves the request never reached GWS.
+    pub fn nothing_sent(self) -> bool {
+        matches!(
+            self,
+            Self::Connect | Self::OutOfDescriptors | Self::InFlightLimit
+        )
+    }
+}
+
+impl UpstreamError {
     /// Whether an operation that ended with this error certainly was not applied: GWS refused
     /// it, or it was never sent. (Anything else may hide an applied operation, including an
     /// accepted one whose reply could not be read.)
@@ -120,22 +173,14 @@ impl UpstreamError {
 
     /// Classifies a reqwest error without exposing its text (which can contain URLs).
     pub fn from_reqwest(err: &reqwest::Error, timeout: std::time::Duration) -> Self {
-        // The gateway's own shortage, not GWS's state: it must never read as "unreachable".
-        if crate::descriptors::in_chain(err) {
-            crate::descriptors::exhausted(crate::descriptors::Place::Upstream);
-            return Self::OutOfDescriptors;
-        }
-        // A connect timeout is both: GWS is unreachable, which is not the caller's deadline.
-        if err.is_connect() {
-            Self::Unreachable(Self::CONNECT_FAILED)
-        } else if err.is_timeout() {
-            Self::Timeout(timeout)
-        } else if err.is_body() || err.is_decode() {
-            Self::Unreachable("connection broke while reading the reply")
-        } else if err.is_request() {
-            Self::Unreachable("request failed")
-        } else {
-            Self::Unreachable("transport error")
+        match Transport::of(err) {
+            // The gateway's own shortage, not GWS's state: it must never read as "unreachable".
+            Transport::OutOfDescriptors => {
+                crate::descriptors::exhausted(crate::descriptors::Place::Upstream);
+                Self::OutOfDescriptors
+            }
+            Transport::Timeout => Self::Timeout(timeout),
+            other => Self::Unreachable(other),
         }
     }
 }
@@ -158,6 +203,37 @@ pub fn excerpt(body: &[u8], max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_failure_that_sent_nothing() {
+        // A port that was just free: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/api/v2/me"))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(Transport::of(&err), Transport::Connect);
+        assert!(Transport::of(&err).nothing_sent());
+        let classified = UpstreamError::from_reqwest(&err, std::time::Duration::from_secs(1));
+        assert_eq!(classified, UpstreamError::Unreachable(Transport::Connect));
+        assert_eq!(
+            classified.to_string(),
+            "GWS is unreachable: connection failed"
+        );
+        for sent in [
+            Transport::Timeout,
+            Transport::Request,
+            Transport::Body,
+            Transport::Other,
+        ] {
+            assert!(!sent.nothing_sent(), "{sent:?}");
+        }
+    }
 
     #[test]
     fn excerpt_is_bounded_and_printable() {

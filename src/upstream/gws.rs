@@ -307,8 +307,7 @@ impl GwsClient {
                 Err(UpstreamError::TimeoutAfterSend(timeout))
             }
             Err(UpstreamError::Unreachable(why))
-                if sent.load(std::sync::atomic::Ordering::Relaxed)
-                    && why != UpstreamError::CONNECT_FAILED =>
+                if sent.load(std::sync::atomic::Ordering::Relaxed) && !why.nothing_sent() =>
             {
                 Err(UpstreamError::UnreachableAfterSend(why))
             }

@@ -12,7 +12,7 @@ pub mod slots;
 pub mod unsettled;
 
 pub use agents::{Agent, AgentRegistry, AgentsConfig, ClientError, Verdict};
-pub use error::UpstreamError;
+pub use error::{Transport, UpstreamError};
 pub use gws::{GwsClient, MIN_UPSTREAM_BUDGET, OperationAccepted, Read};
 pub use gws_model::credential::{self, AgentKey, Credential, CredentialError};
 pub use gws_model::operation::{self, Confirmation, Operation, PartyTarget, TransferTarget};
