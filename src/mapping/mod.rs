@@ -6,12 +6,14 @@
 //! or yields a [`MappingError`] naming what was wrong and where, never a panic.
 //!
 //! Layout: [`json`] holds the typed field accessors that produce path-carrying errors,
-//! `state_change` / `message_log` map the two notification kinds, `user_data` is the
+//! `state_change` / `message_log` map the two notification kinds (`parts` holds the
+//! participant and session-reference shapes they share), `user_data` is the
 //! lossless JSON <-> `UserDataValue` pair and `time` turns upstream timestamps into
 //! `google.protobuf.Timestamp`.
 
 mod json;
 mod message_log;
+mod parts;
 mod state_change;
 mod time;
 mod user_data;

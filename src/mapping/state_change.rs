@@ -7,11 +7,9 @@ use serde_json::{Map, Value};
 
 use super::MappingError;
 use super::json::{self, first, kind, opt_i64, opt_object, opt_str, path, req_str, string_list};
-use super::message_log;
+use super::parts::{self, lookup, participant};
 use super::user_data::user_data_map;
-use crate::proto::{
-    NotificationType, Participant, ParticipantType, SessionState, SessionStateChange, SmsSession,
-};
+use crate::proto::{NotificationType, SessionState, SessionStateChange, SmsSession};
 
 /// Spellings of the session object: the documentation has both.
 pub(crate) const SESSION_KEYS: &[&str] = &["smssession", "smsession"];
@@ -44,7 +42,7 @@ pub(crate) fn map(obj: &Map<String, Value>) -> Result<SessionStateChange, Mappin
         }
         // An Error notification reports a failed operation and may not carry the whole
         // session; delivering it without one beats dropping the only sign of the failure.
-        None if is_error => message_log::session_id_from_refs(obj)?.map(|id| SmsSession {
+        None if is_error => parts::session_id_from_refs(obj)?.map(|id| SmsSession {
             id,
             ..SmsSession::default()
         }),
@@ -93,22 +91,6 @@ fn session_state(name: &str) -> SessionState {
     lookup(KNOWN, name).unwrap_or(SessionState::Unspecified)
 }
 
-fn participant_type(name: &str) -> ParticipantType {
-    const KNOWN: &[(&str, ParticipantType)] = &[
-        ("Customer", ParticipantType::Customer),
-        ("Agent", ParticipantType::Agent),
-        ("Supervisor", ParticipantType::Supervisor),
-    ];
-    lookup(KNOWN, name).unwrap_or(ParticipantType::Unspecified)
-}
-
-fn lookup<T: Copy>(table: &[(&str, T)], name: &str) -> Option<T> {
-    table
-        .iter()
-        .find(|(known, _)| known.eq_ignore_ascii_case(name))
-        .map(|(_, v)| *v)
-}
-
 pub(crate) fn session(s: &Map<String, Value>, at: &str) -> Result<SmsSession, MappingError> {
     let id = req_str(s, at, "id")?;
     if id.is_empty() {
@@ -137,23 +119,6 @@ pub(crate) fn session(s: &Map<String, Value>, at: &str) -> Result<SmsSession, Ma
         capabilities: string_list(s, at, "capabilities")?,
         uri: opt_str(s, at, "uri")?,
         participants,
-    })
-}
-
-/// One participant object (`{nickname, type, participantId}`); also used for a transcript
-/// message's `from`.
-pub(crate) fn participant(v: &Value, at: &str) -> Result<Participant, MappingError> {
-    let p = json::object(v).ok_or_else(|| MappingError::WrongType {
-        path: at.to_owned(),
-        expected: "an object",
-        found: kind(v),
-    })?;
-    let type_name = opt_str(p, at, "type")?;
-    Ok(Participant {
-        participant_id: opt_str(p, at, "participantId")?,
-        nickname: opt_str(p, at, "nickname")?,
-        r#type: participant_type(&type_name) as i32,
-        type_name,
     })
 }
 

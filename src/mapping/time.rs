@@ -105,113 +105,29 @@ fn from_epoch(n: Epoch, per_second: i64) -> Option<Timestamp> {
     })
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.fraction][Z|±HH:MM|±HHMM]` (a space instead of `T` is accepted;
-/// no zone means UTC). Anything else is `None`.
+/// An ISO 8601 / RFC 3339 date-time (`T`, `t` or a space between date and time; no zone
+/// means UTC), parsed by prost-types. The thin adapter around its parser keeps what this
+/// field has always accepted, no more and no less where it matters: a time of day is
+/// required (prost-types also takes a bare date), the year is four plain digits (it also
+/// takes signed, longer years), a comma may mark the fraction as ISO 8601 allows (it takes
+/// only a dot), and the instant must lie within the range a `Timestamp` may hold (its
+/// parser goes far beyond it, which protobuf runtimes reject). Anything else is `None`.
 fn parse_iso8601(s: &str) -> Option<Timestamp> {
+    // `YYYY-MM-DDTHH:MM:SS`, the shortest form with a time of day, ends at byte 19; the
+    // ASCII check makes the byte indexing below safe.
     let b = s.as_bytes();
-    if b.len() < 19 || !b.is_ascii() {
+    if b.len() < 19 || !s.is_ascii() || !b[..4].iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let digits = |from: usize, len: usize| -> Option<i64> {
-        let part = s.get(from..from + len)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
-    };
-    if b[4] != b'-'
-        || b[7] != b'-'
-        || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
+    let ts = if b.get(19) == Some(&b',') {
+        format!("{}.{}", &s[..19], &s[20..]).parse::<Timestamp>()
+    } else {
+        s.parse::<Timestamp>()
     }
-    let (year, month, day) = (digits(0, 4)?, digits(5, 2)?, digits(8, 2)?);
-    let (hour, minute, second) = (digits(11, 2)?, digits(14, 2)?, digits(17, 2)?);
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut nanos: i64 = 0;
-    if let Some(frac) = rest.strip_prefix('.').or_else(|| rest.strip_prefix(',')) {
-        let len = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if len == 0 {
-            return None;
-        }
-        // Nanosecond precision: extra digits are truncated.
-        for (i, c) in frac.bytes().take(len).enumerate() {
-            if i < 9 {
-                nanos = nanos * 10 + i64::from(c - b'0');
-            }
-        }
-        for _ in len.min(9)..9 {
-            nanos *= 10;
-        }
-        rest = &frac[len..];
-    }
-    let offset_secs = match rest {
-        "" | "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let zone = rest[1..].replace(':', "");
-            if zone.len() != 4 || !zone.bytes().all(|c| c.is_ascii_digit()) {
-                return None;
-            }
-            let (hh, mm) = (
-                zone[..2].parse::<i64>().ok()?,
-                zone[2..].parse::<i64>().ok()?,
-            );
-            if hh > 23 || mm > 59 {
-                return None;
-            }
-            sign * (hh * 3600 + mm * 60)
-        }
-    };
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-    if !(MIN_SECONDS..=MAX_SECONDS).contains(&seconds) {
-        return None;
-    }
-    Some(Timestamp {
-        seconds,
-        nanos: i32::try_from(nanos).ok()?,
-    })
-}
-
-fn is_leap(year: i64) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if is_leap(year) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    .ok()?;
+    (MIN_SECONDS..=MAX_SECONDS)
+        .contains(&ts.seconds)
+        .then_some(ts)
 }
 
 #[cfg(test)]
@@ -275,5 +191,17 @@ mod tests {
         assert_eq!(from_loose(&json!("2023-10-31T13:30:00Zjunk")), None);
         assert_eq!(from_loose(&json!("2023-10-31T13:30:00.Z")), None);
         assert_eq!(from_loose(&json!("2023-10-31T13:30:00+é")), None);
+        // What the adapter around prost-types' parser keeps.
+        assert_eq!(
+            from_loose(&json!("2023-10-31T13:30:00,250Z")),
+            ts(1_698_759_000, 250_000_000)
+        );
+        assert_eq!(from_loose(&json!("2023-10-31")), None);
+        assert_eq!(from_loose(&json!("+02023-10-31T13:30:00Z")), None);
+        assert_eq!(
+            from_loose(&json!("0001-01-01T00:00:00Z")),
+            ts(MIN_SECONDS, 0)
+        );
+        assert_eq!(from_loose(&json!("9999-12-31T23:59:59-01:00")), None);
     }
 }

@@ -1,9 +1,9 @@
 //! The GWS simulator: a faithful stand-in for the parts of GWS the gateway uses, served over
 //! real HTTP so the gateway, its tests, demos and users' own integration tests have a real
 //! peer. REST (`rest.rs`) with Basic auth, `JSESSIONID` and CSRF as GWS does them; CometD
-//! long-polling (`cometd.rs`) publishing each agent's notifications to that agent only; the
+//! long-polling (`cometd/`) publishing each agent's notifications to that agent only; the
 //! SMS session lifecycle with its capabilities, transcript and notifications (`session.rs`),
-//! owned per agent with status codes and reference ids (`state.rs`); a control API
+//! owned per agent with status codes and reference ids (`state/`); a control API
 //! (`control.rs`) for tests and demos (inbound SMS, customer messages, errors, faults, the
 //! recorded request bodies); seeded from the GWS documentation page (`seed.rs`). Not for
 //! production: the control API has no authentication.

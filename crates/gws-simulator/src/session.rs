@@ -2,7 +2,7 @@
 //! the lifecycle GWS runs on it (`Invited` -> `Accept` -> `Chatting` -> `Leave`/`Complete`),
 //! and the GWS JSON it is seen as (the `smssession` resource, transcript messages and the
 //! CometD notifications). Capabilities are derived from the state, never stored, so they
-//! cannot disagree with it. Pure and synchronous: `state.rs` owns the sessions, assigns
+//! cannot disagree with it. Pure and synchronous: `state/` owns the sessions, assigns
 //! reference ids and decides who gets the notifications.
 //!
 //! Invariants: transcript `index` strictly increases and `timestampSeconds` (epoch
@@ -10,6 +10,7 @@
 //! back; the transcript and the participant list are bounded.
 
 use gws_model::operation::{Operation, PartyTarget};
+use prost_types::Timestamp;
 use rand::Rng;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value, json};
@@ -160,7 +161,7 @@ pub struct Message {
     pub timestamp_seconds: i64,
 }
 
-/// A notification an operation calls for, in publishing order. `state.rs` renders it with
+/// A notification an operation calls for, in publishing order. `state/` renders it with
 /// [`SmsSession::notification`] once the whole change is made.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -501,32 +502,18 @@ fn now_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Epoch milliseconds as `YYYY-MM-DDThh:mm:ss.mmmZ`, without a date crate.
+/// Epoch milliseconds as GWS prints them, `YYYY-MM-DDThh:mm:ss.mmmZ`. prost-types does the
+/// calendar; the adapter keeps GWS's shape, always three fraction digits, where its
+/// `Display` leaves a zero fraction out and writes a finer one with six or nine.
 fn iso8601(millis: i64) -> String {
-    let secs = millis.div_euclid(1000);
-    let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        day_secs / 3600,
-        day_secs % 3600 / 60,
-        day_secs % 60,
-        millis.rem_euclid(1000)
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let whole_seconds = Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: 0,
+    };
+    // Whole seconds print without a fraction: `YYYY-MM-DDThh:mm:ssZ`.
+    let text = whole_seconds.to_string();
+    let date_time = text.strip_suffix('Z').unwrap_or(&text);
+    format!("{date_time}.{:03}Z", millis.rem_euclid(1000))
 }
 
 #[cfg(test)]
