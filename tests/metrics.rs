@@ -1,8 +1,9 @@
 //! Prometheus metrics after real calls: unary OK and error codes, a stream ended by its
 //! client, the gateway's own series; scraped over HTTP from `--metrics-listen`. One test in
-//! its own binary: the registry is process-wide, so the values here are exact.
+//! its own binary (the one test outside `tests/it`): the registry is process-wide, so only
+//! here, with no other test's calls counted, are the values exact.
 
-#[path = "support/gateway.rs"]
+#[path = "it/support/gateway.rs"]
 mod gateway;
 
 use gateway::{AGENT1, SEED_SESSION, STEP, authed, serve_config};

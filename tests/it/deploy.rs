@@ -4,8 +4,7 @@
 //! the container's own arguments and environment pass `serve --check-config` with test
 //! certificates in place of the mounted ones.
 
-#[path = "support/certs.rs"]
-mod certs;
+use crate::support::certs;
 
 use serde::Deserialize;
 use serde_norway::Value;

@@ -3,8 +3,7 @@
 //! -> clap's whole message and exit 2, bad configuration -> one line and exit 64; the client's
 //! messages (missing credentials, a refused connection, each command's help) and its JSON.
 
-#[path = "support/process.rs"]
-mod process;
+use crate::support::process;
 
 use process::{forward_lines, signal};
 use std::process::{Child, Command, Stdio};

@@ -7,8 +7,7 @@
 //! (the Python one finds its interpreter, with grpcio and the generated stubs, in
 //! `GWS_EXAMPLES_PYTHON`).
 
-#[path = "support/gateway.rs"]
-mod gateway;
+use crate::support::gateway;
 
 use gateway::{Harness, STEP};
 use std::path::Path;

@@ -2,8 +2,7 @@
 //! simulator, for success, every error class, CSRF on and off, credentials, deadlines,
 //! two agents' isolation and graceful shutdown.
 
-#[path = "support/gateway.rs"]
-mod gateway;
+use crate::support::gateway;
 
 use gateway::{AGENT1, AGENT2, Harness, SEED_SESSION, STEP, authed};
 use gws_simulator::SimulatorConfig;

@@ -4,10 +4,8 @@
 //! user data is lossless both ways; reads and operations are isolated between agents;
 //! invalid input never reaches upstream.
 
-#[path = "support/events.rs"]
-mod events;
-#[path = "support/gateway.rs"]
-mod gateway;
+use crate::support::events;
+use crate::support::gateway;
 
 use events::{next, subscribed};
 use gateway::{AGENT1, AGENT2, Harness, SEED_SESSION, STEP, authed};

@@ -3,10 +3,8 @@
 //! collector on loopback, SIGHUP reloads the listener's certificate, and at `RUST_LOG=trace`
 //! no password, Basic header, CSRF token or `JSESSIONID` is ever printed.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/process.rs"]
-mod process;
+use crate::support::certs;
+use crate::support::process;
 
 use gws_simulator::{self as simulator, SimulatorConfig};
 use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;

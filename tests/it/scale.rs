@@ -4,10 +4,8 @@
 //! upstream; the agent and per-agent stream limits answer RESOURCE_EXHAUSTED. Every wait is
 //! on a call, a stream item or a control-API observation, never a sleep.
 
-#[path = "support/events.rs"]
-mod events;
-#[path = "support/gateway.rs"]
-mod gateway;
+use crate::support::events;
+use crate::support::gateway;
 
 use events::{open, subscribed};
 use gateway::{AGENT1, AGENT2, Harness, SEED_SESSION, STEP, authed, eventually};

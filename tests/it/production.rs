@@ -2,10 +2,8 @@
 //! reload), TLS towards an HTTPS GWS with a private CA and a client certificate, reflection
 //! of the google.rpc error details, and a drain that runs out of time being reported.
 
-#[path = "support/certs.rs"]
-mod certs;
-#[path = "support/gateway.rs"]
-mod gateway;
+use crate::support::certs;
+use crate::support::gateway;
 
 use certs::{Ca, Leaf, TempDir};
 use gateway::{AGENT1, Harness, SEED_SESSION, STEP, authed, serve_config};

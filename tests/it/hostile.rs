@@ -4,10 +4,8 @@
 //! too short to make a call, deadlines that pass after an operation was sent, and requests
 //! that are not protobuf. Each test fails on a gateway without the matching protection.
 
-#[path = "support/events.rs"]
-mod events;
-#[path = "support/gateway.rs"]
-mod gateway;
+use crate::support::events;
+use crate::support::gateway;
 
 use events::{Stream, next, subscribed, subscribed_at};
 use gateway::{AGENT1, Harness, SEED_SESSION, STEP, authed};

@@ -4,10 +4,8 @@
 //! Every server binds 127.0.0.1:0; every test has an overall timeout; waits are on
 //! client events or server replies, never on sleeps.
 
-#[path = "support/cometd_node.rs"]
-mod cometd_node;
-#[path = "support/cut_proxy.rs"]
-mod cut_proxy;
+use crate::support::cometd_node;
+use crate::support::cut_proxy;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -2,10 +2,8 @@
 //! simulator's CometD endpoint, over real sockets. Every wait is on a stream item or a
 //! control-API observation, never a sleep.
 
-#[path = "support/events.rs"]
-mod events;
-#[path = "support/gateway.rs"]
-mod gateway;
+use crate::support::events;
+use crate::support::gateway;
 
 use events::{expect_notice, next, open, subscribed, subscribed_at};
 use gateway::{AGENT1, AGENT2, Harness, SEED_SESSION, STEP, authed};

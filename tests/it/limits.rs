@@ -8,10 +8,8 @@
 //! socket, a count observed.
 #![cfg(target_os = "linux")]
 
-#[path = "support/gateway.rs"]
-mod gateway;
-#[path = "support/process.rs"]
-mod process;
+use crate::support::gateway;
+use crate::support::process;
 
 use gateway::{AGENT1, AGENT2, SEED_SESSION, STEP, authed, eventually};
 use gws_simulator::{self as simulator, RunningSimulator, SimulatorConfig};

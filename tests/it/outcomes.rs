@@ -3,10 +3,8 @@
 //! before the deadline when nothing confirms; concurrent waits each get their own item;
 //! `include_snapshot` starts a stream with the agent's sessions and resyncs after a restore.
 
-#[path = "support/events.rs"]
-mod events;
-#[path = "support/gateway.rs"]
-mod gateway;
+use crate::support::events;
+use crate::support::gateway;
 
 use events::{expect_notice, next, open, subscribed};
 use gateway::{AGENT1, AGENT2, Harness, SEED_SESSION, STEP, authed, eventually};

@@ -1,0 +1,9 @@
+//! What the end-to-end tests share: the gateway and simulator harness, stream helpers,
+//! child processes, certificates, the CometD Node server, a connection-cutting proxy.
+
+pub mod certs;
+pub mod cometd_node;
+pub mod cut_proxy;
+pub mod events;
+pub mod gateway;
+pub mod process;
