@@ -3,6 +3,7 @@
 //! binary; [`super::run`] carries a parsed command out.
 
 use crate::config::parse_duration;
+use crate::upstream::{Operation, PartyTarget, TransferTarget};
 use clap::{Args, Subcommand};
 use std::time::Duration;
 
@@ -55,6 +56,53 @@ pub struct ReadOpts {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum ClientCall {
+    #[command(flatten)]
+    Operation(OperationCommand),
+    /// List the agent's SMS sessions, one JSON line each (ListSessions).
+    Sessions {
+        #[command(flatten)]
+        opts: ReadOpts,
+    },
+    /// Print one SMS session as JSON (GetSession).
+    Session {
+        /// The SMS session id.
+        #[arg(long)]
+        session: String,
+        #[command(flatten)]
+        opts: ReadOpts,
+    },
+    /// Print a session's transcript, one JSON line per message (GetTranscript).
+    Transcript {
+        /// The SMS session id.
+        #[arg(long)]
+        session: String,
+        #[command(flatten)]
+        opts: ReadOpts,
+    },
+    /// Print the agent's SMS session events as they arrive (SessionEvents).
+    Events {
+        /// Only this session (repeat for several).
+        #[arg(long = "session")]
+        sessions: Vec<String>,
+        /// Only this notification type: status-change, participants-updated,
+        /// properties-updated or error (repeat for several). Transcript updates have no type,
+        /// so any --type leaves them out.
+        #[arg(long = "type", value_parser = parse_notification_type)]
+        types: Vec<crate::proto::NotificationType>,
+        /// Resume after this token (the resumeToken of the last item processed).
+        #[arg(long)]
+        resume: Option<String>,
+        /// Start with a snapshot of the agent's sessions, and get a fresh one after every
+        /// upstream restore (include_snapshot).
+        #[arg(long)]
+        snapshot: bool,
+    },
+}
+
+/// One command per SMS operation; each becomes the shared model's [`Operation`] (see
+/// [`OperationCommand::into_operation`]), which the client sends through one exhaustive match.
+#[derive(Debug, Clone, Subcommand)]
+pub enum OperationCommand {
     /// Add user data to a session (AttachUserData).
     AttachUserData {
         #[command(flatten)]
@@ -190,45 +238,69 @@ pub enum ClientCall {
         #[command(flatten)]
         target: PartyArgs,
     },
-    /// List the agent's SMS sessions, one JSON line each (ListSessions).
-    Sessions {
-        #[command(flatten)]
-        opts: ReadOpts,
-    },
-    /// Print one SMS session as JSON (GetSession).
-    Session {
-        /// The SMS session id.
-        #[arg(long)]
-        session: String,
-        #[command(flatten)]
-        opts: ReadOpts,
-    },
-    /// Print a session's transcript, one JSON line per message (GetTranscript).
-    Transcript {
-        /// The SMS session id.
-        #[arg(long)]
-        session: String,
-        #[command(flatten)]
-        opts: ReadOpts,
-    },
-    /// Print the agent's SMS session events as they arrive (SessionEvents).
-    Events {
-        /// Only this session (repeat for several).
-        #[arg(long = "session")]
-        sessions: Vec<String>,
-        /// Only this notification type: status-change, participants-updated,
-        /// properties-updated or error (repeat for several). Transcript updates have no type,
-        /// so any --type leaves them out.
-        #[arg(long = "type", value_parser = parse_notification_type)]
-        types: Vec<crate::proto::NotificationType>,
-        /// Resume after this token (the resumeToken of the last item processed).
-        #[arg(long)]
-        resume: Option<String>,
-        /// Start with a snapshot of the agent's sessions, and get a fresh one after every
-        /// upstream restore (include_snapshot).
-        #[arg(long)]
-        snapshot: bool,
-    },
+}
+
+impl OperationCommand {
+    /// The operation this command sends, and on which session: one arm per command.
+    pub fn into_operation(self) -> (OnSession, Operation) {
+        use OperationCommand as C;
+        let party = |target: PartyArgs| match target.target_uri {
+            Some(uri) => PartyTarget::TargetUri(uri),
+            None => PartyTarget::TargetPath(target.target_path.unwrap_or_default()),
+        };
+        match self {
+            C::AttachUserData { on, data } => (on, Operation::AttachUserData { user_data: data }),
+            C::UpdateUserData { on, data } => (on, Operation::UpdateUserData { user_data: data }),
+            C::DeleteUserData { on, keys } => (on, Operation::DeleteUserData { keys }),
+            C::SetDisposition {
+                on,
+                disposition,
+                disposition_key,
+            } => (
+                on,
+                Operation::SetDisposition {
+                    disposition,
+                    disposition_key,
+                },
+            ),
+            C::AddComment { on, comment } => (on, Operation::AddComment { comment }),
+            C::Accept { on, nickname } => (on, Operation::Accept { nickname }),
+            C::Reject { on } => (on, Operation::Reject),
+            C::Complete { on, queue_name } => (on, Operation::Complete { queue_name }),
+            C::Leave { on } => (on, Operation::Leave),
+            C::SendMessage { on, text } => (on, Operation::SendMessage { text }),
+            C::SendToAgents { on, text } => (on, Operation::SendToAgents { text }),
+            C::SendUrl { on, url } => (on, Operation::SendUrl { url }),
+            C::StartTyping { on } => (on, Operation::SendStartTypingNotification),
+            C::StopTyping { on } => (on, Operation::SendStopTypingNotification),
+            C::Transfer {
+                on,
+                target_uri,
+                queue_name,
+                text,
+            } => {
+                // Exactly one is given (clap checks it); an empty queue is the gateway's to
+                // refuse, with its reason.
+                let target = match target_uri {
+                    Some(uri) => TransferTarget::TargetUri(uri),
+                    None => TransferTarget::QueueName(queue_name.unwrap_or_default()),
+                };
+                (on, Operation::Transfer { target, text })
+            }
+            C::Consult { on, target } => (
+                on,
+                Operation::Consult {
+                    target: party(target),
+                },
+            ),
+            C::Invite { on, target } => (
+                on,
+                Operation::Invite {
+                    target: party(target),
+                },
+            ),
+        }
+    }
 }
 
 /// Whom a Consult or Invite reaches: exactly one of the two.

@@ -10,7 +10,7 @@ use crate::mapping::{user_data_map_to_json, user_data_value};
 use crate::proto::session_events_response::Event;
 use crate::proto::sms_session_service_client::SmsSessionServiceClient;
 use crate::proto::*;
-use crate::upstream::{Credential, CredentialError};
+use crate::upstream::{Credential, CredentialError, Operation, PartyTarget, TransferTarget};
 use args::{ClientArgs, ClientCall, GatewayAddr, OnSession};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
@@ -171,208 +171,209 @@ impl Caller {
         }
     }
 
-    async fn run(&mut self, call: ClientCall) -> Result<(), ClientError> {
-        use ClientCall as C;
-        let session_id = |on: &OnSession| on.session.clone();
-        match call {
-            C::AttachUserData { on, data } => operation!(
+    /// Sends `operation` on `on.session` as its RPC: one arm per operation and no catch-all,
+    /// so a new [`Operation`] variant does not compile until the client can send it.
+    async fn operate(&mut self, on: OnSession, operation: Operation) -> Result<(), ClientError> {
+        let (session_id, wait_for_outcome) = (on.session.clone(), on.wait);
+        match operation {
+            Operation::AttachUserData { user_data: data } => operation!(
                 self,
                 attach_user_data,
-                on.clone(),
+                on,
                 AttachUserDataRequest {
-                    session_id: session_id(&on),
+                    session_id,
                     user_data: user_data(&data),
-                    wait_for_outcome: on.wait
+                    wait_for_outcome
                 }
             ),
-            C::UpdateUserData { on, data } => operation!(
+            Operation::UpdateUserData { user_data: data } => operation!(
                 self,
                 update_user_data,
-                on.clone(),
+                on,
                 UpdateUserDataRequest {
-                    session_id: session_id(&on),
+                    session_id,
                     user_data: user_data(&data),
-                    wait_for_outcome: on.wait
+                    wait_for_outcome
                 }
             ),
-            C::DeleteUserData { on, keys } => operation!(
+            Operation::DeleteUserData { keys } => operation!(
                 self,
                 delete_user_data,
-                on.clone(),
+                on,
                 DeleteUserDataRequest {
-                    session_id: session_id(&on),
+                    session_id,
                     keys,
-                    wait_for_outcome: on.wait
+                    wait_for_outcome
                 }
             ),
-            C::SetDisposition {
-                on,
+            Operation::SetDisposition {
                 disposition,
                 disposition_key,
             } => operation!(
                 self,
                 set_disposition,
-                on.clone(),
+                on,
                 SetDispositionRequest {
-                    session_id: session_id(&on),
+                    session_id,
                     disposition,
                     disposition_key: disposition_key.unwrap_or_default(),
-                    wait_for_outcome: on.wait
+                    wait_for_outcome
                 }
             ),
-            C::AddComment { on, comment } => operation!(
+            Operation::AddComment { comment } => operation!(
                 self,
                 add_comment,
-                on.clone(),
+                on,
                 AddCommentRequest {
-                    session_id: session_id(&on),
+                    session_id,
                     comment,
-                    wait_for_outcome: on.wait
+                    wait_for_outcome
                 }
             ),
-            C::Accept { on, nickname } => operation!(
+            Operation::Accept { nickname } => operation!(
                 self,
                 accept,
-                on.clone(),
+                on,
                 AcceptRequest {
-                    session_id: session_id(&on),
+                    session_id,
                     nickname: nickname.unwrap_or_default(),
-                    wait_for_outcome: on.wait
+                    wait_for_outcome
                 }
             ),
-            C::Reject { on } => operation!(
+            Operation::Reject => operation!(
                 self,
                 reject,
-                on.clone(),
+                on,
                 RejectRequest {
-                    session_id: session_id(&on),
-                    wait_for_outcome: on.wait
+                    session_id,
+                    wait_for_outcome
                 }
             ),
-            C::Complete { on, queue_name } => operation!(
+            Operation::Complete { queue_name } => operation!(
                 self,
                 complete,
-                on.clone(),
+                on,
                 CompleteRequest {
-                    session_id: session_id(&on),
+                    session_id,
                     queue_name: queue_name.unwrap_or_default(),
-                    wait_for_outcome: on.wait
+                    wait_for_outcome
                 }
             ),
-            C::Leave { on } => operation!(
+            Operation::Leave => operation!(
                 self,
                 leave,
-                on.clone(),
+                on,
                 LeaveRequest {
-                    session_id: session_id(&on),
-                    wait_for_outcome: on.wait
+                    session_id,
+                    wait_for_outcome
                 }
             ),
-            C::SendMessage { on, text } => operation!(
+            Operation::SendMessage { text } => operation!(
                 self,
                 send_message,
-                on.clone(),
+                on,
                 SendMessageRequest {
-                    session_id: session_id(&on),
+                    session_id,
                     text,
-                    wait_for_outcome: on.wait
+                    wait_for_outcome
                 }
             ),
-            C::SendToAgents { on, text } => operation!(
+            Operation::SendToAgents { text } => operation!(
                 self,
                 send_to_agents,
-                on.clone(),
+                on,
                 SendToAgentsRequest {
-                    session_id: session_id(&on),
+                    session_id,
                     text,
-                    wait_for_outcome: on.wait
+                    wait_for_outcome
                 }
             ),
-            C::SendUrl { on, url } => operation!(
+            Operation::SendUrl { url } => operation!(
                 self,
                 send_url,
-                on.clone(),
+                on,
                 SendUrlRequest {
-                    session_id: session_id(&on),
+                    session_id,
                     url,
-                    wait_for_outcome: on.wait
+                    wait_for_outcome
                 }
             ),
-            C::StartTyping { on } => operation!(
+            Operation::SendStartTypingNotification => operation!(
                 self,
                 send_start_typing_notification,
-                on.clone(),
+                on,
                 SendStartTypingNotificationRequest {
-                    session_id: session_id(&on),
-                    wait_for_outcome: on.wait
+                    session_id,
+                    wait_for_outcome
                 }
             ),
-            C::StopTyping { on } => operation!(
+            Operation::SendStopTypingNotification => operation!(
                 self,
                 send_stop_typing_notification,
-                on.clone(),
+                on,
                 SendStopTypingNotificationRequest {
-                    session_id: session_id(&on),
-                    wait_for_outcome: on.wait
+                    session_id,
+                    wait_for_outcome
                 }
             ),
-            C::Transfer {
-                on,
-                target_uri,
-                queue_name,
-                text,
-            } => {
-                let target = match (target_uri, queue_name) {
-                    (Some(uri), _) => transfer_request::Target::TargetUri(uri),
-                    (None, queue) => transfer_request::Target::QueueName(queue.unwrap_or_default()),
+            Operation::Transfer { target, text } => {
+                let target = match target {
+                    TransferTarget::TargetUri(uri) => transfer_request::Target::TargetUri(uri),
+                    TransferTarget::QueueName(queue) => transfer_request::Target::QueueName(queue),
                 };
                 operation!(
                     self,
                     transfer,
-                    on.clone(),
+                    on,
                     TransferRequest {
-                        session_id: session_id(&on),
+                        session_id,
                         target: Some(target),
                         text: text.unwrap_or_default(),
-                        wait_for_outcome: on.wait
+                        wait_for_outcome
                     }
                 )
             }
-            C::Consult { on, target } => {
-                let target = match target.target_uri {
-                    Some(uri) => consult_request::Target::TargetUri(uri),
-                    None => {
-                        consult_request::Target::TargetPath(target.target_path.unwrap_or_default())
-                    }
+            Operation::Consult { target } => {
+                let target = match target {
+                    PartyTarget::TargetUri(uri) => consult_request::Target::TargetUri(uri),
+                    PartyTarget::TargetPath(path) => consult_request::Target::TargetPath(path),
                 };
                 operation!(
                     self,
                     consult,
-                    on.clone(),
+                    on,
                     ConsultRequest {
-                        session_id: session_id(&on),
+                        session_id,
                         target: Some(target),
-                        wait_for_outcome: on.wait
+                        wait_for_outcome
                     }
                 )
             }
-            C::Invite { on, target } => {
-                let target = match target.target_uri {
-                    Some(uri) => invite_request::Target::TargetUri(uri),
-                    None => {
-                        invite_request::Target::TargetPath(target.target_path.unwrap_or_default())
-                    }
+            Operation::Invite { target } => {
+                let target = match target {
+                    PartyTarget::TargetUri(uri) => invite_request::Target::TargetUri(uri),
+                    PartyTarget::TargetPath(path) => invite_request::Target::TargetPath(path),
                 };
                 operation!(
                     self,
                     invite,
-                    on.clone(),
+                    on,
                     InviteRequest {
-                        session_id: session_id(&on),
+                        session_id,
                         target: Some(target),
-                        wait_for_outcome: on.wait
+                        wait_for_outcome
                     }
                 )
+            }
+        }
+    }
+
+    async fn run(&mut self, call: ClientCall) -> Result<(), ClientError> {
+        use ClientCall as C;
+        match call {
+            C::Operation(command) => {
+                let (on, operation) = command.into_operation();
+                self.operate(on, operation).await
             }
             C::Sessions { opts } => {
                 let request = self.request(ListSessionsRequest {}, opts.timeout);

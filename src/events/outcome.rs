@@ -36,7 +36,7 @@
 use super::feed::Item;
 use crate::proto::session_events_response::Event;
 use crate::proto::{NotificationType, TranscriptMessage};
-use crate::upstream::{Confirmation, Operation, Unsettled};
+use crate::upstream::{Confirmation, Effect, Operation, Unsettled};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -73,28 +73,23 @@ pub struct ExpectMessage {
 
 impl Expect {
     pub fn new(session_id: &str, operation: &Operation) -> Self {
-        let message = |kind, visibility, text: Option<&String>, url: Option<&String>| {
-            Some(ExpectMessage {
+        let (state, message) = match operation.effect() {
+            Effect::Notified => (None, None),
+            Effect::State(state) => (state, None),
+            Effect::Message {
                 kind,
                 visibility,
-                text: text.cloned(),
-                url: url.cloned(),
-            })
-        };
-        let (state, message) = match operation {
-            Operation::Accept { .. } => (Some("Chatting"), None),
-            Operation::Reject | Operation::Complete { .. } => (Some("Completed"), None),
-            Operation::Leave => (Some("LeftChat"), None),
-            Operation::SendMessage { text } => (None, message("Text", "All", Some(text), None)),
-            Operation::SendToAgents { text } => (None, message("Text", "Agents", Some(text), None)),
-            Operation::SendUrl { url } => (None, message("PushUrl", "All", None, Some(url))),
-            Operation::SendStartTypingNotification => {
-                (None, message("TypingStarted", "All", None, None))
-            }
-            Operation::SendStopTypingNotification => {
-                (None, message("TypingStopped", "All", None, None))
-            }
-            _ => (None, None),
+                text,
+                url,
+            } => (
+                None,
+                Some(ExpectMessage {
+                    kind,
+                    visibility,
+                    text: text.map(str::to_owned),
+                    url: url.map(str::to_owned),
+                }),
+            ),
         };
         Self {
             session_id: session_id.to_string(),

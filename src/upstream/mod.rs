@@ -15,5 +15,7 @@ pub use agents::{Agent, AgentRegistry, AgentsConfig, ClientError, Verdict};
 pub use error::{Transport, UpstreamError};
 pub use gws::{GwsClient, MIN_UPSTREAM_BUDGET, OperationAccepted, Read};
 pub use gws_model::credential::{self, AgentKey, Credential, CredentialError};
-pub use gws_model::operation::{self, Confirmation, Operation, PartyTarget, TransferTarget};
+pub use gws_model::operation::{
+    self, Confirmation, Effect, Operation, PartyTarget, TransferTarget,
+};
 pub use unsettled::{Sending, Unsettled};

@@ -11,4 +11,4 @@ pub mod json;
 pub mod operation;
 
 pub use credential::{AgentKey, Credential, CredentialError};
-pub use operation::{Confirmation, Operation, PartyTarget, TransferTarget};
+pub use operation::{Confirmation, Effect, Operation, PartyTarget, TransferTarget};

@@ -1,7 +1,10 @@
 //! The GWS SMS session operations as one typed value: [`Operation`] serializes to exactly the
 //! body of `POST /api/v2/me/smssessions/{id}` (`{"operationName": "<Name>", ...fields}`),
 //! and the simulator deserializes the same type, so the wire shape is written down once.
-//! Adding an operation is one variant here (plus its RPC at the edge).
+//! What GWS shows once an operation took effect ([`Operation::confirmation`],
+//! [`Operation::effect`]) is written next to it, in exhaustive matches: adding an operation is
+//! one variant here, its proto messages and its line in the gateway's RPC list, and the
+//! compiler names every other place (the client's command, the simulator) left to fill in.
 //!
 //! Optional fields are `Option`s and are left out of the body when `None`; the edge turns
 //! empty optional strings into `None`. Field names follow GWS (`camelCase`).
@@ -92,6 +95,24 @@ pub enum Confirmation {
     ParticipantsUpdated,
 }
 
+/// What GWS shows once an operation took effect, beyond the kind of its notification
+/// ([`Operation::confirmation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect<'a> {
+    /// Nothing beyond the notification itself (user data, disposition, comment, parties).
+    Notified,
+    /// The session reaches this state; `None` where GWS documents none (a transfer's).
+    State(Option<&'static str>),
+    /// The session's transcript gains this agent's message: its type and visibility, with
+    /// this text or URL. Customers write too, so the type alone proves nothing.
+    Message {
+        kind: &'static str,
+        visibility: &'static str,
+        text: Option<&'a str>,
+        url: Option<&'a str>,
+    },
+}
+
 impl Operation {
     /// The GWS `operationName`.
     pub fn name(&self) -> &'static str {
@@ -140,6 +161,43 @@ impl Operation {
         }
     }
 
+    /// What the session shows once the operation took effect (GWS's documented effect).
+    pub fn effect(&self) -> Effect<'_> {
+        fn message<'a>(
+            kind: &'static str,
+            visibility: &'static str,
+            text: Option<&'a str>,
+            url: Option<&'a str>,
+        ) -> Effect<'a> {
+            Effect::Message {
+                kind,
+                visibility,
+                text,
+                url,
+            }
+        }
+        match self {
+            Operation::AttachUserData { .. }
+            | Operation::UpdateUserData { .. }
+            | Operation::DeleteUserData { .. }
+            | Operation::SetDisposition { .. }
+            | Operation::AddComment { .. }
+            | Operation::Consult { .. }
+            | Operation::Invite { .. } => Effect::Notified,
+            Operation::Accept { .. } => Effect::State(Some("Chatting")),
+            Operation::Reject | Operation::Complete { .. } => Effect::State(Some("Completed")),
+            Operation::Leave => Effect::State(Some("LeftChat")),
+            Operation::Transfer { .. } => Effect::State(None),
+            Operation::SendMessage { text } => message("Text", "All", Some(text.as_str()), None),
+            Operation::SendToAgents { text } => {
+                message("Text", "Agents", Some(text.as_str()), None)
+            }
+            Operation::SendUrl { url } => message("PushUrl", "All", None, Some(url.as_str())),
+            Operation::SendStartTypingNotification => message("TypingStarted", "All", None, None),
+            Operation::SendStopTypingNotification => message("TypingStopped", "All", None, None),
+        }
+    }
+
     /// The request body.
     pub fn to_body(&self) -> Vec<u8> {
         // Serializing maps with string keys and plain values cannot fail.
@@ -154,6 +212,71 @@ mod tests {
 
     fn body(op: &Operation) -> Value {
         serde_json::from_slice(&op.to_body()).unwrap()
+    }
+
+    #[test]
+    fn each_effect_fits_the_notification_that_confirms_it() {
+        let text = || "hi".to_string();
+        let all = [
+            Operation::AttachUserData {
+                user_data: Map::new(),
+            },
+            Operation::UpdateUserData {
+                user_data: Map::new(),
+            },
+            Operation::DeleteUserData { keys: vec![] },
+            Operation::SetDisposition {
+                disposition: text(),
+                disposition_key: None,
+            },
+            Operation::AddComment { comment: text() },
+            Operation::Accept { nickname: None },
+            Operation::Reject,
+            Operation::Complete { queue_name: None },
+            Operation::Leave,
+            Operation::SendMessage { text: text() },
+            Operation::SendToAgents { text: text() },
+            Operation::SendUrl { url: text() },
+            Operation::SendStartTypingNotification,
+            Operation::SendStopTypingNotification,
+            Operation::Transfer {
+                target: TransferTarget::QueueName(text()),
+                text: None,
+            },
+            Operation::Consult {
+                target: PartyTarget::TargetUri(text()),
+            },
+            Operation::Invite {
+                target: PartyTarget::TargetPath(text()),
+            },
+        ];
+        for op in &all {
+            let fits = matches!(
+                (op.effect(), op.confirmation()),
+                (Effect::State(_), Confirmation::StatusChange)
+                    | (Effect::Message { .. }, Confirmation::MessageLog)
+                    | (
+                        Effect::Notified,
+                        Confirmation::PropertiesUpdated | Confirmation::ParticipantsUpdated
+                    )
+            );
+            assert!(
+                fits,
+                "{}: {:?} {:?}",
+                op.name(),
+                op.effect(),
+                op.confirmation()
+            );
+        }
+        assert_eq!(
+            Operation::SendUrl { url: text() }.effect(),
+            Effect::Message {
+                kind: "PushUrl",
+                visibility: "All",
+                text: None,
+                url: Some("hi"),
+            }
+        );
     }
 
     #[test]
