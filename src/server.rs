@@ -1,9 +1,11 @@
-//! Assembles the gateway: the open-files budget and the bounds sized from it, the service, health (`grpc.health.v1`, for `""` and the service
-//! name), reflection (v1 and v1alpha, the google.rpc error details included), the per-RPC
-//! trace span and metrics layers, TLS on the listener (reloaded on SIGHUP), the metrics
-//! endpoint, the embedded simulator in `demo` mode, and the shutdown protocol: signal ->
-//! health NOT_SERVING -> streams told (UNAVAILABLE) -> stop accepting, in-flight calls finish
-//! -> bounded drain (reported when it runs out) -> upstream sessions disconnected.
+//! Assembles the gateway in [`serve_on`]'s three steps. Build: the open-files budget and the
+//! bounds sized from it, the upstream (or the embedded simulator in `demo` mode), the event
+//! hub, the service. Route: health (`grpc.health.v1`, for `""` and the service name),
+//! reflection (v1 and v1alpha, the google.rpc error details included), the per-RPC trace span
+//! and metrics layers, TLS on the listener (reloaded on SIGHUP), beside them the metrics
+//! endpoint and the plaintext health listener. Drain: the shutdown protocol, signal -> health
+//! NOT_SERVING -> streams told (UNAVAILABLE) -> stop accepting, in-flight calls finish ->
+//! bounded drain (reported when it runs out) -> upstream sessions disconnected.
 
 use crate::config::{Mode, ServeConfig};
 use crate::events::{EventsConfig, EventsHub};
@@ -18,6 +20,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::net::TcpListener;
+// tonic-health's service is generic over an opaque `Health`: the steps below take it so.
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 /// Largest request message accepted: 1,000 keys of 256 bytes fit with room to spare.
 const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -97,24 +101,93 @@ pub async fn run(
     serve_on(config, listeners, shutdown).await
 }
 
-/// Runs the gateway on already bound listeners until `shutdown` completes, then drains.
+/// Runs the gateway on already bound listeners until `shutdown` completes, then drains: the
+/// three steps below, in order.
 pub async fn serve_on(
     config: ServeConfig,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let Listeners {
-        grpc: listener,
-        metrics: metrics_listener,
+        grpc,
+        metrics,
         health: health_listener,
     } = listeners;
+    let gateway = build(&config).await?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SmsSessionServiceServer<SmsSessionApi>>()
+        .await;
+    // Always watch SIGHUP: without TLS there is nothing to reload, but the signal's default
+    // action would kill the gateway without a drain.
+    let _reloader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        crate::tls::reload_on_sighup(config.server_tls.clone()),
+    ));
+    announce(
+        grpc.local_addr().ok(),
+        &gateway.gws_url,
+        gateway.embedded.as_ref(),
+        config.server_tls.is_some(),
+        metrics.as_ref().and_then(|l| l.local_addr().ok()),
+    );
+    let _side = side_servers(metrics, health_listener, &health_service, gateway.accept);
+    let sweeper = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sweep_agents(
+        gateway.agents.clone(),
+    )));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = route(
+        &config,
+        gateway.api,
+        health_service,
+        grpc,
+        gateway.accept,
+        async {
+            let _ = stop_rx.await;
+        },
+    )?;
+    let result = drain(
+        serve,
+        shutdown,
+        Drain {
+            health,
+            events: &gateway.events,
+            stop: stop_tx,
+            timeout: config.args.drain_timeout,
+        },
+    )
+    .await;
+    drop(sweeper);
+    #[cfg(feature = "demo")]
+    if let Some(sim) = gateway.embedded {
+        sim.shutdown().await;
+    }
+    #[cfg(not(feature = "demo"))]
+    let _: Option<Embedded> = gateway.embedded;
+    tracing::info!("gateway stopped");
+    result
+}
+
+/// What the gateway is made of before it serves: its upstream (a real GWS, or the embedded
+/// simulator), the agents' registry, the event hub and the API, every bound sized from the
+/// open-files limit in effect.
+struct Gateway {
+    gws_url: reqwest::Url,
+    embedded: Option<Embedded>,
+    agents: AgentRegistry,
+    events: EventsHub,
+    api: SmsSessionApi,
+    accept: crate::accept::Limits,
+}
+
+/// Step 1: builds the gateway from its configuration.
+async fn build(config: &ServeConfig) -> Result<Gateway, ServerError> {
     let args = &config.args;
     // Before anything opens a descriptor it could be refused: every bound below is sized
     // from the limit in effect.
     let raised = crate::descriptors::raise();
     let bounds = args.bounds(&crate::descriptors::Budget::new(raised.limit));
     announce_budget(raised, bounds);
-    let accept_limits = crate::accept::Limits {
+    let accept = crate::accept::Limits {
         handshake_timeout: args.handshake_timeout,
         max_pending: bounds.max_pending_handshakes,
     };
@@ -167,11 +240,68 @@ pub async fn serve_on(
         args.upstream_timeout,
         args.outcome_timeout,
     );
+    Ok(Gateway {
+        gws_url,
+        embedded,
+        agents,
+        events,
+        api,
+        accept,
+    })
+}
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<SmsSessionServiceServer<SmsSessionApi>>()
-        .await;
+/// The metrics endpoint and the plaintext health listener, each a background task that ends
+/// when the returned handles are dropped.
+fn side_servers<H: Health>(
+    metrics: Option<TcpListener>,
+    health: Option<TcpListener>,
+    health_service: &HealthServer<H>,
+    accept: crate::accept::Limits,
+) -> Vec<tokio_util::task::AbortOnDropHandle<()>> {
+    let background = tokio_util::task::AbortOnDropHandle::new;
+    let mut tasks = Vec::new();
+    if let Some(l) = metrics {
+        tasks.push(background(tokio::spawn(crate::metrics::serve(
+            l,
+            std::future::pending(),
+        ))));
+    }
+    // Health alone, in plaintext, for probes: it reports what the main listener's health
+    // reports (the same reporter), and carries no credentials.
+    if let Some(l) = health {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(health = %addr, "plaintext health serving");
+        }
+        let service = health_service.clone();
+        tasks.push(background(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(crate::accept::plain(
+                    l,
+                    crate::accept::Listener::Health,
+                    accept,
+                ))
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "health listener failed");
+            }
+        })));
+    }
+    tasks
+}
+
+type Serving = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// Step 2: the gRPC routes (health, reflection, the API) behind the trace span and metrics
+/// layers, served on `listener` (TLS when configured) until `stopped`.
+fn route<H: Health>(
+    config: &ServeConfig,
+    api: SmsSessionApi,
+    health_service: HealthServer<H>,
+    listener: TcpListener,
+    accept: crate::accept::Limits,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> Result<Serving, ServerError> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -190,52 +320,6 @@ pub async fn serve_on(
         ],
         "gws.sms.v1.SmsSessionService",
     );
-
-    let local = listener.local_addr().ok();
-    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
-    if let Some(health) = health_listener.as_ref().and_then(|l| l.local_addr().ok()) {
-        tracing::info!(health = %health, "plaintext health serving");
-    }
-    // Always watch SIGHUP: without TLS there is nothing to reload, but the signal's default
-    // action would kill the gateway without a drain.
-    let _reloader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
-        crate::tls::reload_on_sighup(config.server_tls.clone()),
-    ));
-    announce(
-        local,
-        &gws_url,
-        embedded.as_ref(),
-        config.server_tls.is_some(),
-        metrics_addr,
-    );
-
-    let sweeper = tokio::spawn(sweep_agents(agents));
-    let background = tokio_util::task::AbortOnDropHandle::new;
-    let _metrics_server = metrics_listener.map(|l| {
-        background(tokio::spawn(crate::metrics::serve(
-            l,
-            std::future::pending(),
-        )))
-    });
-    // Health alone, in plaintext, for probes: it reports what the main listener's health
-    // reports (the same reporter), and carries no credentials.
-    let _health_server = health_listener.map(|l| {
-        let service = health_service.clone();
-        background(tokio::spawn(async move {
-            let served = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming(crate::accept::plain(
-                    l,
-                    crate::accept::Listener::Health,
-                    accept_limits,
-                ))
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "health listener failed");
-            }
-        }))
-    });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -247,58 +331,61 @@ pub async fn serve_on(
         .add_service(deadline::Stamped(
             SmsSessionServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),
         ));
-    let stopped = async {
-        let _ = stop_rx.await;
-    };
-    let serve: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        match &config.server_tls {
-            Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
-                crate::accept::tls(
-                    listener,
-                    crate::accept::Listener::Grpc,
-                    accept_limits,
-                    tls.clone(),
-                ),
+    let grpc = crate::accept::Listener::Grpc;
+    Ok(match &config.server_tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+            crate::accept::tls(listener, grpc, accept, tls.clone()),
+            stopped,
+        )),
+        None => {
+            Box::pin(router.serve_with_incoming_shutdown(
+                crate::accept::plain(listener, grpc, accept),
                 stopped,
-            )),
-            None => Box::pin(router.serve_with_incoming_shutdown(
-                crate::accept::plain(listener, crate::accept::Listener::Grpc, accept_limits),
-                stopped,
-            )),
-        };
-    tokio::pin!(serve);
+            ))
+        }
+    })
+}
 
-    let result = tokio::select! {
+/// What the shutdown protocol acts on.
+struct Drain<'a> {
+    health: tonic_health::server::HealthReporter,
+    events: &'a EventsHub,
+    /// Stops the listener accepting; calls in flight go on.
+    stop: tokio::sync::oneshot::Sender<()>,
+    timeout: Duration,
+}
+
+/// Step 3: serves until `shutdown`, then the shutdown protocol: health NOT_SERVING, streams
+/// told (UNAVAILABLE) and upstream sessions disconnected, no new calls, the calls in flight
+/// finishing within the drain timeout (reported when it runs out).
+async fn drain(
+    mut serve: Serving,
+    shutdown: impl Future<Output = ()> + Send,
+    on: Drain<'_>,
+) -> Result<(), ServerError> {
+    tokio::select! {
         r = &mut serve => r.map_err(ServerError::from),
         () = shutdown => {
             tracing::info!("shutdown requested: health NOT_SERVING, ending streams, draining calls");
-            health.set_not_serving::<SmsSessionServiceServer<SmsSessionApi>>().await;
-            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            on.health.set_not_serving::<SmsSessionServiceServer<SmsSessionApi>>().await;
+            on.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             // Streams end promptly with UNAVAILABLE; unary calls in flight finish.
-            let disconnect = events.shutdown(DISCONNECT_GRACE);
-            let _ = stop_tx.send(());
-            let drain = async {
-                match tokio::time::timeout(args.drain_timeout, &mut serve).await {
+            let disconnect = on.events.shutdown(DISCONNECT_GRACE);
+            let _ = on.stop.send(());
+            let timeout = on.timeout;
+            let drained = async {
+                match tokio::time::timeout(timeout, &mut serve).await {
                     Ok(r) => r.map_err(ServerError::from),
                     Err(_) => {
-                        tracing::warn!(drain_timeout = ?args.drain_timeout, "drain timed out; closing remaining calls");
-                        Err(ServerError::DrainTimedOut(args.drain_timeout))
+                        tracing::warn!(drain_timeout = ?timeout, "drain timed out; closing remaining calls");
+                        Err(ServerError::DrainTimedOut(timeout))
                     }
                 }
             };
-            let (r, ()) = tokio::join!(drain, disconnect);
+            let (r, ()) = tokio::join!(drained, disconnect);
             r
         }
-    };
-    sweeper.abort();
-    #[cfg(feature = "demo")]
-    if let Some(sim) = embedded {
-        sim.shutdown().await;
     }
-    #[cfg(not(feature = "demo"))]
-    let _: Option<Embedded> = embedded;
-    tracing::info!("gateway stopped");
-    result
 }
 
 /// The open-files limit in effect and the bounds sized from it; a WARN when the bounds as
