@@ -280,63 +280,102 @@ pub struct ServeConfig {
     pub upstream_tls: UpstreamTls,
 }
 
+/// Why a `serve` / `demo` configuration cannot be used: printed as one line, exit 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("serve needs --gws-url (or GWS_URL), the GWS to talk to{}", if cfg!(feature = "demo") { "; run `demo` for the embedded simulator" } else { "" })]
+    NoUpstream,
+    #[error(
+        "demo runs the embedded simulator and takes no --gws-url (GWS_URL is set?); run \
+         `serve` to use a real GWS"
+    )]
+    DemoWithUpstream,
+    #[error(
+        "--simulator-listen must be a loopback address (its control API has no \
+         authentication), got {0}"
+    )]
+    SimulatorNotLoopback(SocketAddr),
+    /// Two listeners given the same port.
+    #[error("{flag} {addr} uses the port of {other} {other_addr}")]
+    SamePort {
+        flag: &'static str,
+        addr: SocketAddr,
+        other: &'static str,
+        other_addr: SocketAddr,
+    },
+    #[error("--notifications-path must start with '/', got {0:?}")]
+    NotificationsPath(String),
+    #[error("--channel must be one or more channel names like /v2/me/smssessions")]
+    Channels,
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    // The honest-resume rule: see where it is checked.
+    #[error(
+        "--replay-max-events ({events}) must be at least --stream-buffer ({buffer}): a \
+         stream's queued events must stay resumable"
+    )]
+    ReplayBelowBuffer { events: usize, buffer: usize },
+    #[error("--new-agent-rate must be a number of checks per second above 0")]
+    NewAgentRate,
+    #[error("{0} must be more than 0")]
+    ZeroDuration(&'static str),
+    #[error("--default-user: {0}")]
+    DefaultUser(crate::upstream::CredentialError),
+    /// Two flags that only work together, one given alone.
+    #[error("{0} and {1} go together")]
+    Together(&'static str, &'static str),
+    #[error("--tls-client-ca needs --tls-cert and --tls-key")]
+    ClientCaAlone,
+    #[error("TLS: {0}")]
+    ServerTls(crate::tls::TlsError),
+    #[error("GWS TLS: {0}")]
+    UpstreamTls(crate::tls::TlsError),
+}
+
 impl ServeConfig {
-    pub fn from_args(args: ServeArgs) -> Result<Self, String> {
+    pub fn from_args(args: ServeArgs) -> Result<Self, ConfigError> {
         Self::new(Mode::Serve, args)
     }
 
-    pub fn new(mode: Mode, args: ServeArgs) -> Result<Self, String> {
+    pub fn new(mode: Mode, args: ServeArgs) -> Result<Self, ConfigError> {
         match (mode, &args.gws_url) {
-            (Mode::Serve, None) => {
-                let demo = if cfg!(feature = "demo") {
-                    "; run `demo` for the embedded simulator"
-                } else {
-                    ""
-                };
-                return Err(format!(
-                    "serve needs --gws-url (or GWS_URL), the GWS to talk to{demo}"
-                ));
-            }
-            (Mode::Demo, Some(_)) => {
-                return Err("demo runs the embedded simulator and takes no --gws-url \
-                    (GWS_URL is set?); run `serve` to use a real GWS"
-                    .into());
-            }
+            (Mode::Serve, None) => return Err(ConfigError::NoUpstream),
+            (Mode::Demo, Some(_)) => return Err(ConfigError::DemoWithUpstream),
             _ => {}
         }
         if mode == Mode::Demo && !args.simulator_listen.ip().is_loopback() {
-            return Err(format!(
-                "--simulator-listen must be a loopback address (its control API has no \
-                 authentication), got {}",
-                args.simulator_listen
-            ));
+            return Err(ConfigError::SimulatorNotLoopback(args.simulator_listen));
         }
-        for (name, extra) in [
+        for (flag, extra) in [
             ("--metrics-listen", args.metrics_listen),
             ("--health-listen", args.health_listen),
         ] {
-            if let Some(extra) = extra
-                && extra.port() != 0
-                && extra.port() == args.listen.port()
+            if let Some(addr) = extra
+                && addr.port() != 0
+                && addr.port() == args.listen.port()
             {
-                return Err(format!(
-                    "{name} {extra} uses the port of --listen {}",
-                    args.listen
-                ));
+                return Err(ConfigError::SamePort {
+                    flag,
+                    addr,
+                    other: "--listen",
+                    other_addr: args.listen,
+                });
             }
         }
         if let (Some(metrics), Some(health)) = (args.metrics_listen, args.health_listen)
             && metrics.port() != 0
             && metrics.port() == health.port()
         {
-            return Err(format!(
-                "--health-listen {health} uses the port of --metrics-listen {metrics}"
-            ));
+            return Err(ConfigError::SamePort {
+                flag: "--health-listen",
+                addr: health,
+                other: "--metrics-listen",
+                other_addr: metrics,
+            });
         }
         if !args.notifications_path.starts_with('/') {
-            return Err(format!(
-                "--notifications-path must start with '/', got {:?}",
-                args.notifications_path
+            return Err(ConfigError::NotificationsPath(
+                args.notifications_path.clone(),
             ));
         }
         if args.channels.is_empty()
@@ -345,9 +384,7 @@ impl ServeConfig {
                 .iter()
                 .any(|c| !c.starts_with('/') || c.starts_with("/meta/"))
         {
-            return Err(
-                "--channel must be one or more channel names like /v2/me/smssessions".into(),
-            );
+            return Err(ConfigError::Channels);
         }
         for (name, value) in [
             ("--max-agents", args.max_agents),
@@ -368,46 +405,47 @@ impl ServeConfig {
             ),
         ] {
             if value == 0 {
-                return Err(format!("{name} must be at least 1"));
+                return Err(ConfigError::Zero(name));
             }
         }
         // The honest-resume rule: a client that disconnects with a full queue resumes from
         // up to --stream-buffer events back, so the buffer must hold at least that many
         // (a stream cut for being slow is pinned on top of this).
         if args.replay_max_events() < args.stream_buffer {
-            return Err(format!(
-                "--replay-max-events ({}) must be at least --stream-buffer ({}): a stream's \
-                 queued events must stay resumable",
-                args.replay_max_events(),
-                args.stream_buffer
-            ));
+            return Err(ConfigError::ReplayBelowBuffer {
+                events: args.replay_max_events(),
+                buffer: args.stream_buffer,
+            });
         }
         if !(args.new_agent_rate.is_finite() && args.new_agent_rate > 0.0) {
-            return Err("--new-agent-rate must be a number of checks per second above 0".into());
+            return Err(ConfigError::NewAgentRate);
         }
-        if args.upstream_timeout.is_zero() {
-            return Err("--upstream-timeout must be more than 0".into());
-        }
-        if args.outcome_timeout.is_zero() {
-            return Err("--outcome-timeout must be more than 0".into());
-        }
-        if args.handshake_timeout.is_zero() {
-            return Err("--handshake-timeout must be more than 0".into());
-        }
-        if args.upstream_idle_timeout.is_zero() {
-            return Err("--upstream-idle-timeout must be more than 0".into());
+        for (name, value) in [
+            ("--upstream-timeout", args.upstream_timeout),
+            ("--outcome-timeout", args.outcome_timeout),
+            ("--handshake-timeout", args.handshake_timeout),
+            ("--upstream-idle-timeout", args.upstream_idle_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
         }
         let default_credential = match (&args.default_user, &args.default_password) {
             (None, None) => None,
             (Some(user), Some(password)) => Some(
                 Credential::new(user.clone(), password.clone())
-                    .map_err(|e| format!("--default-user: {e}"))?,
+                    .map_err(ConfigError::DefaultUser)?,
             ),
-            _ => return Err("--default-user and --default-password go together".into()),
+            _ => {
+                return Err(ConfigError::Together(
+                    "--default-user",
+                    "--default-password",
+                ));
+            }
         };
         let server_tls = match (&args.tls_cert, &args.tls_key) {
             (None, None) if args.tls_client_ca.is_some() => {
-                return Err("--tls-client-ca needs --tls-cert and --tls-key".into());
+                return Err(ConfigError::ClientCaAlone);
             }
             (None, None) => None,
             (Some(cert), Some(key)) => Some(
@@ -416,16 +454,16 @@ impl ServeConfig {
                     key: key.clone(),
                     client_ca: args.tls_client_ca.clone(),
                 })
-                .map_err(|e| format!("TLS: {e}"))?,
+                .map_err(ConfigError::ServerTls)?,
             ),
-            _ => return Err("--tls-cert and --tls-key go together".into()),
+            _ => return Err(ConfigError::Together("--tls-cert", "--tls-key")),
         };
         let upstream_tls = UpstreamTls::load(
             args.gws_ca.as_deref(),
             args.gws_client_cert.as_deref(),
             args.gws_client_key.as_deref(),
         )
-        .map_err(|e| format!("GWS TLS: {e}"))?;
+        .map_err(ConfigError::UpstreamTls)?;
         Ok(Self {
             mode,
             args,
@@ -521,8 +559,8 @@ mod tests {
         all.extend_from_slice(args);
         let cli = Cli::try_parse_from(all).map_err(|e| e.to_string())?;
         match cli.command {
-            Some(Command::Serve(a)) => ServeConfig::new(Mode::Serve, a),
-            Some(Command::Demo(a)) => ServeConfig::new(Mode::Demo, a),
+            Some(Command::Serve(a)) => ServeConfig::new(Mode::Serve, a).map_err(|e| e.to_string()),
+            Some(Command::Demo(a)) => ServeConfig::new(Mode::Demo, a).map_err(|e| e.to_string()),
             _ => unreachable!(),
         }
     }
