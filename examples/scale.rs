@@ -609,8 +609,8 @@ async fn orchestrate() {
         ] {
             // The servers take turns in each round (each round starting with the next one),
             // and each gateway is compared with the relay's run of the same round: on a
-            // shared 2-core machine one server's runs vary by 20% or more as other work comes
-            // and goes, and a ratio of two runs minutes apart measures that. The figures are
+            // shared machine one server's runs vary widely as other work comes and goes, and
+            // a ratio of two runs minutes apart would measure that. The figures are
             // the medians over the rounds of those paired ratios.
             let mut rounds_seen: Vec<HashMap<&str, Saturation>> = Vec::new();
             for round in 0..rounds {

@@ -6,8 +6,8 @@
 //! Two ways of carrying the trace context, chosen once at start:
 //! - with `--otlp-endpoint`, spans are handed to OpenTelemetry (`tracing-opentelemetry`) and
 //!   exported over OTLP/gRPC;
-//! - without it, nothing is exported, so building OpenTelemetry spans would be pure cost (it
-//!   was a quarter of the CPU of a call): a task-local holds the call's small
+//! - without it, nothing is exported, so building OpenTelemetry spans would be pure cost,
+//!   paid on every call: a task-local holds the call's small
 //!   [`TraceContext`] instead (tasks spawned for the call take it along with [`propagate`]),
 //!   the upstream headers are read from there, and the `rpc` span exists only for the logs.
 //!
@@ -259,7 +259,7 @@ impl TraceContext {
 }
 
 /// The low `out.len()` hex digits of `value`, lowercase, most significant first. By hand:
-/// `format!("{:032x}")` was a measurable part of a call's instructions.
+/// it runs for every upstream request, and a fixed-width result needs no `format!` machinery.
 fn hex_into(out: &mut [u8], mut value: u128) {
     for digit in out.iter_mut().rev() {
         *digit = b"0123456789abcdef"[(value & 0xf) as usize];
@@ -446,8 +446,8 @@ fn rpc_span<B>(request: &http::Request<B>) -> (tracing::Span, Option<TraceContex
             }
             (span, None)
         }
-        // At debug: a span entered on every poll was the largest cost of a call at info
-        // (the lines logged about a call at info carry `trace_id` themselves).
+        // At debug: a span is entered on every poll of the call, a cost on every call that only
+        // the per-call debug lines need (the lines logged at info carry `trace_id` themselves).
         Some(Mode::Light) => {
             let context = TraceContext::continuing(request.headers());
             let span = tracing::debug_span!(target: "gws_sms_gateway::grpc", "rpc",

@@ -206,8 +206,8 @@ impl SmsSessionApi {
         match work.await {
             Ok((accepted, outcome)) => {
                 let outcome_status = outcome.as_ref().map(|o| o.status().as_str_name());
-                // Per call, so at debug: at info a busy gateway would spend a large share of
-                // each call's CPU on this line (the request metrics count every call).
+                // Per call, so at debug: at info a busy gateway would spend CPU formatting this
+                // line for every call (the request metrics count every call).
                 tracing::debug!(agent = ?agent.key(), session_id = %op.session_id,
                     trace_id = telemetry::trace_id(), reference_id = ?accepted.reference.id, outcome = ?outcome_status,
                     "operation accepted");

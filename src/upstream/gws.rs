@@ -500,8 +500,8 @@ fn csrf_from_headers(headers: &http::HeaderMap) -> Option<(HeaderName, HeaderVal
     let name = headers.get("x-csrf-header")?.to_str().ok()?;
     let name = HeaderName::from_bytes(name.trim().as_bytes()).ok()?;
     // A copy, not a clone: a header value received is a slice of the connection's read
-    // buffer, and the agent keeps its token for hours; a clone kept that whole 8 KiB
-    // buffer alive (6 KiB of each agent's memory).
+    // buffer, and the agent keeps its token for hours; a clone would keep that whole
+    // buffer alive, per agent, for as long as the token.
     let mut value = HeaderValue::from_bytes(headers.get("x-csrf-token")?.as_bytes()).ok()?;
     value.set_sensitive(true);
     Some((name, value))
