@@ -325,6 +325,8 @@ struct Inner {
     /// Turns to run a first-time check (`new_agent_concurrency` of them). Tokio's semaphore
     /// is fair: waiters get a turn in the order they asked.
     check_turns: tokio::sync::Semaphore,
+    /// How many turns there are.
+    turns: usize,
     /// The trusted default agent, held here so it is never evicted.
     _pinned: Option<Arc<Agent>>,
 }
@@ -414,6 +416,7 @@ impl AgentRegistry {
         Ok(Self {
             inner: Arc::new(Inner {
                 check_turns: tokio::sync::Semaphore::new(turns),
+                turns,
                 config,
                 http,
                 maps: Mutex::new(Maps {
@@ -456,6 +459,7 @@ impl AgentRegistry {
         &self,
         key: AgentKey,
         credential: &Credential,
+        turn_by: tokio::time::Instant,
         probe: F,
     ) -> Result<(Arc<Agent>, Option<Result<T, UpstreamError>>), UpstreamError>
     where
@@ -488,7 +492,7 @@ impl AgentRegistry {
             match sender {
                 Ok(tx) => {
                     let probe = probe.take().expect("one leader per call");
-                    return self.lead(key, credential, tx, probe).await;
+                    return self.lead(key, credential, turn_by, tx, probe).await;
                 }
                 Err(mut rx) => {
                     // Followed: the leader's verdict is ours. A closed channel without one
@@ -508,6 +512,7 @@ impl AgentRegistry {
         &self,
         key: AgentKey,
         credential: &Credential,
+        turn_by: tokio::time::Instant,
         tx: watch::Sender<Shared>,
         probe: F,
     ) -> Result<(Arc<Agent>, Option<Result<T, UpstreamError>>), UpstreamError>
@@ -523,7 +528,7 @@ impl AgentRegistry {
             }
         }
         let _done = Done(self, key);
-        let mut turn = match self.start_check().await {
+        let mut turn = match self.start_check(turn_by).await {
             Ok(turn) => turn,
             Err(refused) => {
                 tx.send_replace(Some(Err(refused.clone())));
@@ -553,15 +558,26 @@ impl AgentRegistry {
         outcome.map(|agent| (agent, Some(result)))
     }
 
-    /// Waits for a turn to check a credential, then takes the check's token.
-    async fn start_check(&self) -> Result<CheckTurn<'_>, UpstreamError> {
-        // The semaphore is never closed: acquiring cannot fail.
-        let permit = self
-            .inner
-            .check_turns
-            .acquire()
-            .await
-            .map_err(|_| UpstreamError::Unreachable(Transport::Other))?;
+    /// Waits for a turn to check a credential until `turn_by`, then takes the check's token.
+    /// No turn by then: the gateway's own limit held the check back, and nothing was sent.
+    async fn start_check(
+        &self,
+        turn_by: tokio::time::Instant,
+    ) -> Result<CheckTurn<'_>, UpstreamError> {
+        let started = tokio::time::Instant::now();
+        let turns = &self.inner.check_turns;
+        let permit = match tokio::time::timeout_at(turn_by, turns.acquire()).await {
+            Ok(permit) => {
+                // The semaphore is never closed: acquiring cannot fail.
+                permit.map_err(|_| UpstreamError::Unreachable(Transport::Other))?
+            }
+            Err(_) => {
+                return Err(UpstreamError::NoSlot {
+                    limit: self.inner.turns,
+                    waited: started.elapsed(),
+                });
+            }
+        };
         self.maps()
             .bucket
             .take(Instant::now())
@@ -637,6 +653,11 @@ mod tests {
         Credential::new(user, "pw").unwrap()
     }
 
+    /// A turn deadline no test reaches.
+    fn far() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(3600)
+    }
+
     fn registry(config: AgentsConfig) -> AgentRegistry {
         AgentRegistry::new(AgentsConfig {
             plain_http: true,
@@ -652,7 +673,7 @@ mod tests {
         answer: Result<(), UpstreamError>,
     ) -> Result<Arc<Agent>, UpstreamError> {
         let c = cred(user);
-        reg.admit(c.key(), &c, |_| async move { answer })
+        reg.admit(c.key(), &c, far(), |_| async move { answer })
             .await
             .map(|(agent, _)| agent)
     }
@@ -695,7 +716,9 @@ mod tests {
             http_status: 404,
         };
         let (_, first) = reg
-            .admit(c.key(), &c, |_| async { Err::<(), _>(not_found.clone()) })
+            .admit(c.key(), &c, far(), |_| async {
+                Err::<(), _>(not_found.clone())
+            })
             .await
             .unwrap();
         assert_eq!(first, Some(Err(not_found.clone())));
@@ -713,7 +736,7 @@ mod tests {
                 let (reg, c, probes) = (reg.clone(), c.clone(), probes.clone());
                 let mut released = released.clone();
                 tokio::spawn(async move {
-                    reg.admit(c.key(), &c, |_| async move {
+                    reg.admit(c.key(), &c, far(), |_| async move {
                         probes.fetch_add(1, Ordering::SeqCst);
                         let _ = released.wait_for(|r| *r).await;
                         Ok(())
@@ -743,8 +766,10 @@ mod tests {
         let leader = {
             let (reg, c) = (reg.clone(), c.clone());
             tokio::spawn(async move {
-                reg.admit(c.key(), &c, |_| std::future::pending::<Result<(), _>>())
-                    .await
+                reg.admit(c.key(), &c, far(), |_| {
+                    std::future::pending::<Result<(), _>>()
+                })
+                .await
             })
         };
         while reg.maps().checks.is_empty() {
@@ -763,7 +788,7 @@ mod tests {
     /// Admits `user` with a probe that must never run.
     async fn admit_unprobed(reg: &AgentRegistry, user: &str) -> UpstreamError {
         let c = cred(user);
-        reg.admit(c.key(), &c, |_| async {
+        reg.admit(c.key(), &c, far(), |_| async {
             panic!("no probe beyond the rate")
         })
         .await
@@ -838,7 +863,7 @@ mod tests {
                 let mut released = released.clone();
                 tokio::spawn(async move {
                     let c = cred(&format!("agent{i}"));
-                    reg.admit(c.key(), &c, |_| async move {
+                    reg.admit(c.key(), &c, far(), |_| async move {
                         let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                         most.fetch_max(now, Ordering::SeqCst);
                         let _ = released.wait_for(|r| *r).await;
@@ -874,6 +899,51 @@ mod tests {
         let results = blocked_checks(&reg, 12, 3).await;
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert_eq!(reg.len(), 12);
+    }
+
+    #[tokio::test]
+    async fn no_turn_by_the_deadline_is_the_gateways_own_limit_and_costs_no_token() {
+        let reg = registry(AgentsConfig {
+            new_agent_rate: 0.001,
+            new_agent_burst: 1,
+            new_agent_concurrency: 1,
+            ..AgentsConfig::default()
+        });
+        // One check holds the only turn (and the only token).
+        let (release, released) = tokio::sync::watch::channel(false);
+        let holder = {
+            let reg = reg.clone();
+            let mut released = released.clone();
+            tokio::spawn(async move {
+                let c = cred("holder");
+                reg.admit(c.key(), &c, far(), |_| async move {
+                    let _ = released.wait_for(|r| *r).await;
+                    Ok(())
+                })
+                .await
+                .map(|(agent, _)| agent)
+            })
+        };
+        while reg.inner.check_turns.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let c = cred("late");
+        let soon = tokio::time::Instant::now() + Duration::from_millis(20);
+        let err = reg
+            .admit(c.key(), &c, soon, |_| async {
+                panic!("no probe without a turn")
+            })
+            .await
+            .map(|(_, r): (_, Option<Result<(), _>>)| r)
+            .unwrap_err();
+        assert!(
+            matches!(err, UpstreamError::NoSlot { limit: 1, .. }) && err.never_sent(),
+            "{err:?}"
+        );
+        release.send_replace(true);
+        holder.await.unwrap().unwrap();
+        // The holder was accepted and gave its token back; the late call took none.
+        admit(&reg, "next", Ok(())).await.unwrap();
     }
 
     #[tokio::test]
@@ -915,7 +985,9 @@ mod tests {
         let held_b = admit(&reg, "b", Ok(())).await.unwrap();
         let c = cred("c");
         let full = reg
-            .admit(c.key(), &c, |_| async { panic!("no probe when full") })
+            .admit(c.key(), &c, far(), |_| async {
+                panic!("no probe when full")
+            })
             .await
             .map(|(_, r): (_, Option<Result<(), _>>)| r);
         assert_eq!(full.unwrap_err(), UpstreamError::TooManyAgents);

@@ -199,10 +199,17 @@ impl GwsClient {
         if timeout < MIN_UPSTREAM_BUDGET {
             return Err(UpstreamError::DeadlineTooShort(timeout));
         }
-        let check = self.agents.admit(key, credential, |agent| async move {
-            self.csrf_header(&agent, true, timeout).await
-        });
-        let (agent, _) = tokio::time::timeout(timeout, check)
+        let deadline = tokio::time::Instant::now() + timeout;
+        let check = self.agents.admit(
+            key,
+            credential,
+            Self::turn_by(deadline),
+            |agent| async move {
+                self.csrf_header(&agent, true, Self::left_for_check(deadline)?)
+                    .await
+            },
+        );
+        let (agent, _) = tokio::time::timeout_at(deadline, check)
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))??;
         Ok(agent)
@@ -224,20 +231,28 @@ impl GwsClient {
             return Err(UpstreamError::DeadlineTooShort(timeout));
         }
         let started = tokio::time::Instant::now();
-        let check = self.agents.admit(key, credential, |agent| async move {
-            let result = self.read(&agent, read, timeout).await;
-            match result {
-                // An HTTP error without a GWS body says nothing about the credential
-                // (a disabled feature answers 404): `GET /api/v2/me` decides.
-                Err(UpstreamError::Http { .. } | UpstreamError::BadBody { .. }) => self
-                    .csrf_header(&agent, true, timeout)
-                    .await
-                    .map(|_| result),
-                // Otherwise the read's own answer is the verdict.
-                other => other.map(Ok),
-            }
-        });
-        let (agent, first) = tokio::time::timeout(timeout, check)
+        let deadline = started + timeout;
+        let check = self.agents.admit(
+            key,
+            credential,
+            Self::turn_by(deadline),
+            |agent| async move {
+                let result = self
+                    .read(&agent, read, Self::left_for_check(deadline)?)
+                    .await;
+                match result {
+                    // An HTTP error without a GWS body says nothing about the credential
+                    // (a disabled feature answers 404): `GET /api/v2/me` decides.
+                    Err(UpstreamError::Http { .. } | UpstreamError::BadBody { .. }) => self
+                        .csrf_header(&agent, true, Self::left_for_check(deadline)?)
+                        .await
+                        .map(|_| result),
+                    // Otherwise the read's own answer is the verdict.
+                    other => other.map(Ok),
+                }
+            },
+        );
+        let (agent, first) = tokio::time::timeout_at(deadline, check)
             .await
             .map_err(|_| UpstreamError::Timeout(timeout))??;
         let result = match first {
@@ -248,6 +263,23 @@ impl GwsClient {
             }
         };
         Ok((agent, result))
+    }
+
+    /// A first-time check waits for its turn until this: a turn with less left could send
+    /// nothing, and the check's own timers then end before the call's, with what really happened
+    /// (no turn, no slot) instead of a bare timeout.
+    fn turn_by(deadline: tokio::time::Instant) -> tokio::time::Instant {
+        deadline - MIN_UPSTREAM_BUDGET
+    }
+
+    /// What is left of the call's time for a check's request, or that too little is (so nothing
+    /// is sent, and the check's token comes back).
+    fn left_for_check(deadline: tokio::time::Instant) -> Result<Duration, UpstreamError> {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left < MIN_UPSTREAM_BUDGET {
+            return Err(UpstreamError::DeadlineTooShort(left));
+        }
+        Ok(left)
     }
 
     /// The GWS root + `api/v2/me/smssessions` + the given segments, each percent-encoded
