@@ -71,6 +71,28 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Its `outcome` label in `gws_gateway_upstream_requests_total`.
+    pub fn label(&self) -> crate::metrics::UpstreamOutcome {
+        use crate::metrics::UpstreamOutcome as O;
+        match self {
+            // statusCode is GWS's small documented set; anything else is one bucket.
+            Self::Gws { status_code, .. } => match u16::try_from(*status_code) {
+                Ok(code @ 0..=99) => O::numbered("gws_status", code),
+                _ => O::word("gws_status_other"),
+            },
+            Self::Http { http_status, .. } => O::numbered("http", *http_status),
+            Self::BadBody { .. } | Self::Unmappable(_) => O::word("bad_body"),
+            Self::Timeout(_) | Self::TimeoutAfterSend(_) => O::word("timeout"),
+            Self::DeadlineTooShort(_) => O::word("deadline_too_short"),
+            Self::NoSlot { .. } | Self::NoSlotBeforeDeadline { .. } => O::word("no_slot"),
+            Self::OutOfDescriptors => O::word("descriptors_exhausted"),
+            Self::Unreachable(_)
+            | Self::UnreachableAfterSend(_)
+            | Self::TooManyAgents
+            | Self::RateLimited { .. } => O::word("transport"),
+        }
+    }
+
     /// The one transport failure that proves nothing was sent: no connection was made.
     pub const CONNECT_FAILED: &'static str = "connection failed";
 
