@@ -101,8 +101,8 @@ where
     let (tx, rx) = mpsc::channel(HANDOFF);
     let max_pending = limits.max_pending.max(1);
     tokio::spawn(async move {
-        let dropped = |reason: &str| {
-            crate::metrics::HANDSHAKES_DROPPED.inc(&[which.label(), reason]);
+        let dropped = |reason: &'static str| {
+            crate::metrics::HANDSHAKES_DROPPED.inc([which.label(), reason]);
         };
         // Oldest first. Finished ones are pruned before each new one counts against the cap.
         let mut pending: VecDeque<tokio::task::AbortHandle> = VecDeque::new();
@@ -152,11 +152,11 @@ where
                         let _ = tx.send(Ok(io)).await;
                     }
                     Ok(Err(error)) => {
-                        crate::metrics::HANDSHAKES_DROPPED.inc(&[which.label(), "failed"]);
+                        crate::metrics::HANDSHAKES_DROPPED.inc([which.label(), "failed"]);
                         tracing::debug!(%peer, listener = which.label(), %error, "handshake failed");
                     }
                     Err(_) => {
-                        crate::metrics::HANDSHAKES_DROPPED.inc(&[which.label(), "timeout"]);
+                        crate::metrics::HANDSHAKES_DROPPED.inc([which.label(), "timeout"]);
                         tracing::debug!(%peer, listener = which.label(), ?timeout,
                             "no HTTP/2 preface within the handshake timeout; closed");
                     }
@@ -172,10 +172,10 @@ where
 /// anything else at WARN too (accept errors are rare and always worth seeing).
 fn accept_failed(which: Listener, error: &io::Error, backoff: Duration) {
     if descriptors::is_exhaustion(error) {
-        crate::metrics::ACCEPT_ERRORS.inc(&[which.label(), "descriptors"]);
+        crate::metrics::ACCEPT_ERRORS.inc([which.label(), "descriptors"]);
         descriptors::exhausted(which.place());
     } else {
-        crate::metrics::ACCEPT_ERRORS.inc(&[which.label(), "other"]);
+        crate::metrics::ACCEPT_ERRORS.inc([which.label(), "other"]);
         tracing::warn!(listener = which.label(), %error, ?backoff, "accept failed; backing off");
     }
 }
@@ -298,7 +298,7 @@ mod tests {
             max_pending: 2,
         };
         let mut accepted = Box::pin(plain(listener, Listener::Grpc, limits));
-        let evicted = crate::metrics::HANDSHAKES_DROPPED.get(&["grpc", "evicted"]);
+        let evicted = crate::metrics::HANDSHAKES_DROPPED.get(["grpc", "evicted"]);
         // Three silent ones: the first is evicted to make room for the third.
         let mut silent = Vec::new();
         for _ in 0..3 {
@@ -319,6 +319,6 @@ mod tests {
                 "closed by the gateway: {read:?}"
             );
         }
-        assert!(crate::metrics::HANDSHAKES_DROPPED.get(&["grpc", "evicted"]) > evicted);
+        assert!(crate::metrics::HANDSHAKES_DROPPED.get(["grpc", "evicted"]) > evicted);
     }
 }

@@ -195,7 +195,7 @@ fn origin() -> Instant {
 /// [`WARN_EVERY`] per place saying how many occurrences it covers (a flood of accept errors
 /// must not become a flood of log lines).
 pub fn exhausted(place: Place) {
-    crate::metrics::DESCRIPTORS_EXHAUSTED.inc(&[place.label()]);
+    crate::metrics::DESCRIPTORS_EXHAUSTED.inc([place.label()]);
     let i = place.index();
     UNTOLD[i].fetch_add(1, Ordering::Relaxed);
     // +1 so that "0 = never" cannot be confused with a warning at the origin itself.
@@ -266,12 +266,12 @@ mod tests {
 
     #[test]
     fn exhaustion_is_counted_every_time() {
-        let before = crate::metrics::DESCRIPTORS_EXHAUSTED.get(&["feed"]);
+        let before = crate::metrics::DESCRIPTORS_EXHAUSTED.get(["feed"]);
         for _ in 0..3 {
             exhausted(Place::Feed);
         }
         assert_eq!(
-            crate::metrics::DESCRIPTORS_EXHAUSTED.get(&["feed"]),
+            crate::metrics::DESCRIPTORS_EXHAUSTED.get(["feed"]),
             before + 3
         );
     }

@@ -1,535 +1,443 @@
-//! Prometheus metrics: a small process-wide registry (counters, gauges and histograms over
-//! atomics and short mutex sections, rendered in the text exposition format), the one tower
-//! layer that observes every RPC to its final status (streams included: a stream's code is
-//! known when its response body ends, so the body is wrapped), and `GET /metrics` served by
-//! axum on its own address. The gRPC series carry go-grpc-prometheus's names and labels so
-//! existing dashboards work; the gateway's own series start with `gws_gateway_`.
+//! Prometheus metrics on `prometheus-client`: the gateway's series, the one tower layer that
+//! observes every RPC to its final status (streams included: a stream's code is known when
+//! its response body ends, so the body is wrapped), and `GET /metrics` served by axum on its
+//! own address in the Prometheus text format (version 0.0.4). The gRPC series carry
+//! go-grpc-prometheus's names and labels so existing dashboards work; the gateway's own
+//! series start with `gws_gateway_`.
 //!
-//! The registry is a process-wide static, as Prometheus clients' default registries are: the
-//! places that count (upstream calls, the CometD feed) then need one line each, and no handle
-//! threaded through constructors. Every label value comes from a bounded set.
+//! This module sits at the bottom of the tree and imports no other module of the crate: the
+//! places that count pass label words they own (`Outcome::label()`, `UpstreamError::label()`,
+//! `Notification::label()`, ...), each from a bounded set.
+//!
+//! Counting takes no process-wide lock and hashes no labels: a family's lock is taken only
+//! the first time a label set is seen. After that a counter or histogram is an `Arc` handle
+//! found once and kept: the gRPC layer keeps each method's handles beside the method, and a
+//! [`Labeled`] family keeps the handles it has handed out in a short array searched by
+//! comparing label words (`Found`); upstream calls find their operation's handles the same way.
+//!
+//! Adding a metric: declare a `static` below (a [`Gauge`] or [`Counter`] without labels, or
+//! a [`Labeled`] family with its label names), and add one `register` line in `registry()`,
+//! in the order it should be rendered. Names are written as they appear in the output;
+//! `register` drops the `_total` that the crate appends to counters, and the final `.` it
+//! appends to help texts.
 
 use futures::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
-use std::fmt::Write as _;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::{Metric, Registry};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+pub use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::histogram::Histogram;
 
 /// Histogram buckets in seconds: Prometheus's defaults, which go-grpc-prometheus uses.
 const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// One metric's series, by label values. Counting finds a series by the values the caller
-/// passes and allocates only when it creates one (building owned keys for each lookup was a
-/// dozen allocations per call). Each value is shared, so a hot path (the gRPC layer) keeps
-/// handles to its series and counts without any lookup.
-struct Series<V>(hashbrown::HashTable<(Vec<String>, Arc<V>)>);
+fn seconds_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
 
-impl<V> Series<V> {
-    const fn new() -> Self {
-        Self(hashbrown::HashTable::new())
+// --- handles found once -----------------------------------------------------------------
+
+/// Values already found, by key: a short array searched in order and filled on first use
+/// (one slot per distinct key, never emptied). Finding one compares keys (label words, a few
+/// bytes each) with no lock and no hashing; `make` runs once per key, where the family's own
+/// lock is taken. A full array answers `None`, and the caller falls back to the family.
+struct Found<K, V, const N: usize>([OnceLock<(K, V)>; N]);
+
+impl<K: Copy + PartialEq, V, const N: usize> Found<K, V, N> {
+    fn new() -> Self {
+        Self(std::array::from_fn(|_| OnceLock::new()))
     }
 
-    fn get(&self, labels: &[&str]) -> Option<&Arc<V>> {
-        let found = self
-            .0
-            .find(label_hash(labels), |(key, _)| same(key, labels));
-        found.map(|(_, value)| value)
-    }
-
-    /// The series for `labels`, created (zero) on first use.
-    fn get_or_insert(&mut self, labels: &[&str]) -> &Arc<V>
-    where
-        V: Default,
-    {
-        let hash = label_hash(labels);
-        let entry = self.0.entry(
-            hash,
-            |(key, _)| same(key, labels),
-            |(key, _)| label_hash(key),
-        );
-        let (_, value) = match entry {
-            hashbrown::hash_table::Entry::Occupied(found) => found.into_mut(),
-            hashbrown::hash_table::Entry::Vacant(empty) => {
-                let key = labels.iter().map(|l| l.to_string()).collect();
-                empty.insert((key, Arc::default())).into_mut()
+    fn get(&self, key: K, make: impl Fn(K) -> V) -> Option<&V> {
+        for slot in &self.0 {
+            // A slot another thread filled first with another key is passed over.
+            let (k, v) = match slot.get() {
+                Some(entry) => entry,
+                None => slot.get_or_init(|| (key, make(key))),
+            };
+            if *k == key {
+                return Some(v);
             }
+        }
+        None
+    }
+}
+
+/// A family labelled by `L` (name, word) pairs, its series made by a plain `fn`.
+type WordFamily<const L: usize, M> = Family<[(&'static str, &'static str); L], M, fn() -> M>;
+
+/// A family whose label values are words (`&'static str`) from bounded sets, with the
+/// handles it has handed out kept in a `Found`. Callers name the values in the order of
+/// the label names given at declaration.
+pub struct Labeled<const L: usize, M: 'static> {
+    names: [&'static str; L],
+    family: WordFamily<L, M>,
+    found: Found<[&'static str; L], M, 24>,
+}
+
+impl<const L: usize, M: Clone + Default> Labeled<L, M> {
+    fn new(names: [&'static str; L]) -> Self {
+        Self::with(names, M::default)
+    }
+}
+
+impl<const L: usize, M: Clone> Labeled<L, M> {
+    fn with(names: [&'static str; L], make: fn() -> M) -> Self {
+        Self {
+            names,
+            family: Family::new_with_constructor(make),
+            found: Found::new(),
+        }
+    }
+
+    fn set(&self, values: [&'static str; L]) -> [(&'static str, &'static str); L] {
+        std::array::from_fn(|i| (self.names[i], values[i]))
+    }
+
+    /// The series for `values` (created at zero on first use), unless `found` is full.
+    fn found(&self, values: [&'static str; L]) -> Option<&M> {
+        let make = |values| self.family.get_or_create_owned(&self.set(values));
+        self.found.get(values, make)
+    }
+
+    /// The series for `values`, to keep on a hot path.
+    pub fn handle(&self, values: [&'static str; L]) -> M {
+        match self.found(values) {
+            Some(series) => series.clone(),
+            None => self.family.get_or_create_owned(&self.set(values)),
+        }
+    }
+
+    fn family(&self) -> impl Metric
+    where
+        WordFamily<L, M>: Metric,
+    {
+        self.family.clone()
+    }
+}
+
+impl<const L: usize> Labeled<L, Counter> {
+    pub fn inc(&self, values: [&'static str; L]) {
+        match self.found(values) {
+            Some(counter) => counter.inc(),
+            None => self.family.get_or_create(&self.set(values)).inc(),
         };
-        value
     }
 
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The series in label order, for stable output.
-    fn sorted(&self) -> Vec<&(Vec<String>, Arc<V>)> {
-        let mut all: Vec<_> = self.0.iter().collect();
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        all
+    /// The current value for these labels (0 if never counted), without creating the series.
+    pub fn get(&self, values: [&'static str; L]) -> u64 {
+        self.family.get(&self.set(values)).map_or(0, |c| c.get())
     }
 }
 
-fn same(key: &[String], labels: &[&str]) -> bool {
-    key.len() == labels.len() && key.iter().zip(labels).all(|(k, l)| k == l)
-}
+// --- gauges held by a guard -------------------------------------------------------------
 
-/// An FxHash-style hash of the values, eight bytes at a time, each value ended by 0xff
-/// (which UTF-8 never contains). Label values are a few short strings from bounded sets the
-/// gateway chose, so nobody can aim collisions at a series table. The method table is also
-/// looked up by the caller's request path, but it is small and fixed (a lookup never adds
-/// to it), so a colliding path costs a few string comparisons at most. std's SipHash cost
-/// more than the rest of counting a call.
-fn label_hash<S: AsRef<str>>(labels: &[S]) -> u64 {
-    const K: u64 = 0xf135_7aea_2e62_a9c5;
-    let mix = |hash: u64, word: u64| (hash.rotate_left(26) ^ word).wrapping_mul(K);
-    let mut hash: u64 = 0;
-    for label in labels {
-        let mut chunks = label.as_ref().as_bytes().chunks_exact(8);
-        for chunk in &mut chunks {
-            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            hash = mix(hash, word);
-        }
-        let mut last = [0xff; 8];
-        last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-        hash = mix(hash, u64::from_le_bytes(last));
-    }
-    // The table picks buckets by the low bits, which a final multiply leaves depending on the
-    // last word's low bytes only: bring the well-mixed high bits down (as rustc-hash does).
-    hash.rotate_left(26)
-}
-
-/// A counter with labels.
-pub struct Counter {
-    name: &'static str,
-    help: &'static str,
-    labels: &'static [&'static str],
-    values: Mutex<Series<AtomicU64>>,
-}
-
-impl Counter {
-    const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
-        Self {
-            name,
-            help,
-            labels,
-            values: Mutex::new(Series::new()),
-        }
-    }
-
-    pub fn inc(&self, labels: &[&str]) {
-        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
-        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        values.get_or_insert(labels).fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The series for `labels` (created at zero), to count without finding it each time.
-    pub fn handle(&self, labels: &[&str]) -> CounterHandle {
-        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
-        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        CounterHandle(values.get_or_insert(labels).clone())
-    }
-
-    /// The current value for these labels (0 if never counted).
-    pub fn get(&self, labels: &[&str]) -> u64 {
-        self.values
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(labels)
-            .map_or(0, |v| v.load(Ordering::Relaxed))
-    }
-}
-
-/// One counter series, held by a hot path.
-#[derive(Debug, Clone)]
-pub struct CounterHandle(Arc<AtomicU64>);
-
-impl CounterHandle {
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// A gauge without labels.
-pub struct Gauge {
-    name: &'static str,
-    help: &'static str,
-    value: AtomicI64,
-}
-
-impl Gauge {
-    const fn new(name: &'static str, help: &'static str) -> Self {
-        Self {
-            name,
-            help,
-            value: AtomicI64::new(0),
-        }
-    }
-
-    pub fn add(&self, n: i64) {
-        self.value.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> i64 {
-        self.value.load(Ordering::Relaxed)
-    }
-
-    pub fn set(&self, n: i64) {
-        self.value.store(n, Ordering::Relaxed);
-    }
-
-    /// Adds one now and takes it back when the guard drops: the gauge cannot drift when the
-    /// holder ends by any path (return, error, cancellation).
-    pub fn hold(&'static self) -> GaugeGuard {
-        self.add(1);
-        GaugeGuard(self)
-    }
+/// Adds one to `gauge` now and takes it back when the guard drops: the gauge cannot drift
+/// when the holder ends by any path (return, error, cancellation).
+pub fn hold(gauge: &'static Gauge) -> GaugeGuard {
+    gauge.inc();
+    GaugeGuard(gauge)
 }
 
 pub struct GaugeGuard(&'static Gauge);
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
-        self.0.add(-1);
+        self.0.dec();
     }
-}
-
-#[derive(Default, Clone)]
-struct HistogramData {
-    buckets: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
-
-/// A histogram of seconds with labels.
-pub struct Histogram {
-    name: &'static str,
-    help: &'static str,
-    labels: &'static [&'static str],
-    values: Mutex<Series<Mutex<HistogramData>>>,
-}
-
-impl Histogram {
-    const fn new(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Self {
-        Self {
-            name,
-            help,
-            labels,
-            values: Mutex::new(Series::new()),
-        }
-    }
-
-    pub fn observe(&self, labels: &[&str], elapsed: Duration) {
-        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
-        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        record(values.get_or_insert(labels), elapsed);
-    }
-
-    /// The series for `labels` (created empty), to observe without finding it each time.
-    pub fn handle(&self, labels: &[&str]) -> HistogramHandle {
-        debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
-        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
-        HistogramHandle(values.get_or_insert(labels).clone())
-    }
-}
-
-/// One histogram series, held by a hot path. A series has its own lock (a scrape reads its
-/// buckets, sum and count together): observing through a handle takes only that lock, not
-/// the metric-wide one [`Histogram::observe`] takes to find the series.
-#[derive(Clone)]
-pub struct HistogramHandle(Arc<Mutex<HistogramData>>);
-
-impl HistogramHandle {
-    pub fn observe(&self, elapsed: Duration) {
-        record(&self.0, elapsed);
-    }
-}
-
-fn record(series: &Mutex<HistogramData>, elapsed: Duration) {
-    let seconds = elapsed.as_secs_f64();
-    let mut data = series.lock().unwrap_or_else(|e| e.into_inner());
-    for (bucket, bound) in data.buckets.iter_mut().zip(BUCKETS) {
-        if seconds <= bound {
-            *bucket += 1;
-        }
-    }
-    data.sum += seconds;
-    data.count += 1;
 }
 
 // --- the series -------------------------------------------------------------------------
 
-const GRPC_LABELS: &[&str] = &["grpc_type", "grpc_service", "grpc_method"];
+/// The labels of the gRPC series but `grpc_server_handled_total`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GrpcLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+}
 
-pub static GRPC_STARTED: Counter = Counter::new(
-    "grpc_server_started_total",
-    "Total number of RPCs started on the server.",
-    GRPC_LABELS,
-);
-pub static GRPC_HANDLED: Counter = Counter::new(
-    "grpc_server_handled_total",
-    "Total number of RPCs completed on the server, regardless of success or failure.",
-    &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-);
-pub static GRPC_MSG_SENT: Counter = Counter::new(
-    "grpc_server_msg_sent_total",
-    "Total number of gRPC stream messages sent by the server.",
-    GRPC_LABELS,
-);
-pub static GRPC_HANDLING: Histogram = Histogram::new(
-    "grpc_server_handling_seconds",
-    "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
-    GRPC_LABELS,
-);
-pub static UPSTREAM_REQUESTS: Counter = Counter::new(
-    "gws_gateway_upstream_requests_total",
-    "GWS REST requests by operation and outcome (ok, gws_status_<statusCode>, http_<status>, timeout, deadline_too_short and no_slot (none sent), descriptors_exhausted, transport, bad_body).",
-    &["operation", "outcome"],
-);
-pub static UPSTREAM_SECONDS: Histogram = Histogram::new(
-    "gws_gateway_upstream_request_duration_seconds",
-    "Latency of GWS REST requests (the whole exchange, CSRF round trips included).",
-    &["operation"],
-);
-pub static AGENTS: Gauge = Gauge::new(
-    "gws_gateway_agents",
-    "Agents whose upstream state (cookies, CSRF token) the gateway holds.",
-);
-pub static COMETD_SESSIONS: Gauge = Gauge::new(
-    "gws_gateway_cometd_sessions",
-    "Live upstream CometD sessions (one per agent with streams or outcome waits).",
-);
-pub static COMETD_HANDSHAKES: Counter = Counter::new(
-    "gws_gateway_cometd_handshakes_total",
-    "Upstream CometD sessions subscribed: kind=initial for a new session, rehandshake after a lost one was restored.",
-    &["kind"],
-);
-pub static NOTIFICATIONS: Counter = Counter::new(
-    "gws_gateway_notifications_total",
-    "Notifications received from GWS, by kind (notificationType, MessageLogUpdated, or other).",
-    &["kind"],
-);
-pub static NOTIFICATIONS_UNMAPPED: Counter = Counter::new(
-    "gws_gateway_notifications_unmapped_total",
-    "Notifications that could not be mapped to the gRPC contract and were skipped.",
-    &[],
-);
-pub static STREAMS_OPEN: Gauge = Gauge::new(
-    "gws_gateway_streams_open",
-    "SessionEvents streams open now.",
-);
-pub static STREAMS_CUT: Counter = Counter::new(
-    "gws_gateway_streams_cut_total",
-    "SessionEvents streams ended by the gateway or the client, by reason (slow_consumer, unavailable, client_gone, or the status code).",
-    &["reason"],
-);
-pub static REPLAY: Counter = Counter::new(
-    "gws_gateway_replay_total",
-    "Resume attempts: result=hit when replayed from the buffer, gap when the token was too old or foreign.",
-    &["result"],
-);
-pub static OUTCOME_WAITS: Counter = Counter::new(
-    "gws_gateway_outcome_waits_total",
-    "wait_for_outcome calls by result (confirmed, unconfirmed, failed).",
-    &["result"],
-);
+/// `grpc_server_handled_total`'s labels: the method's and its final code.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct GrpcCodeLabels {
+    grpc_type: &'static str,
+    grpc_service: String,
+    grpc_method: String,
+    grpc_code: &'static str,
+}
 
-pub static OPEN_FILES_LIMIT: Gauge = Gauge::new(
-    "gws_gateway_open_files_limit",
-    "The soft open-files limit (RLIMIT_NOFILE) in effect, after raising it to the hard limit at start.",
-);
-pub static DESCRIPTORS_EXHAUSTED: Counter = Counter::new(
-    "gws_gateway_descriptors_exhausted_total",
-    "Times the process ran out of file descriptors (EMFILE/ENFILE), by place (grpc_accept, health_accept, upstream, feed).",
-    &["place"],
-);
-pub static ACCEPT_ERRORS: Counter = Counter::new(
-    "gws_gateway_accept_errors_total",
-    "Failed accepts by listener (grpc, health) and kind (descriptors, other); accepting backs off after each.",
-    &["listener", "kind"],
-);
-pub static HANDSHAKES_DROPPED: Counter = Counter::new(
-    "gws_gateway_handshakes_dropped_total",
-    "Connections closed before serving, by listener and reason: timeout (no TLS handshake or HTTP/2 preface within --handshake-timeout), evicted (the oldest pending one, to make room under --max-pending-handshakes), failed (TLS handshake error or closed early).",
-    &["listener", "reason"],
-);
-pub static UPSTREAM_IN_FLIGHT: Gauge = Gauge::new(
-    "gws_gateway_upstream_in_flight",
-    "REST calls to GWS holding one of the --upstream-max-in-flight slots now.",
-);
-pub static UPSTREAM_WAITING: Gauge = Gauge::new(
-    "gws_gateway_upstream_waiting",
-    "REST calls waiting for an --upstream-max-in-flight slot now (in arrival order).",
-);
+static GRPC_STARTED: LazyLock<Family<GrpcLabels, Counter>> = LazyLock::new(Family::default);
+static GRPC_HANDLED: LazyLock<Family<GrpcCodeLabels, Counter>> = LazyLock::new(Family::default);
+static GRPC_MSG_SENT: LazyLock<Family<GrpcLabels, Counter>> = LazyLock::new(Family::default);
+/// Histograms are made with [`BUCKETS`], by a plain `fn`.
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+static GRPC_HANDLING: LazyLock<HistogramFamily<GrpcLabels>> =
+    LazyLock::new(|| Family::new_with_constructor(seconds_histogram));
+
+/// The outcome of one GWS REST exchange as a label value: a word (`ok`, `timeout`), or a
+/// word and a number from a bounded set (`gws_status_6`, `http_503`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamOutcome {
+    word: &'static str,
+    number: Option<u16>,
+}
+
+impl UpstreamOutcome {
+    pub const OK: Self = Self::word("ok");
+
+    pub const fn word(word: &'static str) -> Self {
+        Self { word, number: None }
+    }
+
+    /// `{word}_{number}`.
+    pub const fn numbered(word: &'static str, number: u16) -> Self {
+        Self {
+            word,
+            number: Some(number),
+        }
+    }
+}
+
+impl EncodeLabelValue for UpstreamOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(self.word)?;
+        match self.number {
+            Some(number) => write!(encoder, "_{number}"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamLabels {
+    operation: &'static str,
+    outcome: UpstreamOutcome,
+}
+
+static UPSTREAM_REQUESTS: LazyLock<Family<UpstreamLabels, Counter>> =
+    LazyLock::new(Family::default);
+static UPSTREAM_SECONDS: LazyLock<Labeled<1, Histogram>> =
+    LazyLock::new(|| Labeled::with(["operation"], seconds_histogram));
+
+/// One operation's upstream series: its latency, and its counters by outcome.
+struct OperationSeries {
+    seconds: Histogram,
+    outcomes: Found<UpstreamOutcome, Counter, 16>,
+}
+
+/// Every operation's series, found by its name.
+static UPSTREAM: LazyLock<Found<&'static str, OperationSeries, 64>> = LazyLock::new(Found::new);
+
+pub static AGENTS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+pub static COMETD_SESSIONS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+pub static COMETD_HANDSHAKES: LazyLock<Labeled<1, Counter>> =
+    LazyLock::new(|| Labeled::new(["kind"]));
+pub static NOTIFICATIONS: LazyLock<Labeled<1, Counter>> = LazyLock::new(|| Labeled::new(["kind"]));
+pub static NOTIFICATIONS_UNMAPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+pub static STREAMS_OPEN: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+pub static STREAMS_CUT: LazyLock<Labeled<1, Counter>> = LazyLock::new(|| Labeled::new(["reason"]));
+pub static REPLAY: LazyLock<Labeled<1, Counter>> = LazyLock::new(|| Labeled::new(["result"]));
+pub static OUTCOME_WAITS: LazyLock<Labeled<1, Counter>> =
+    LazyLock::new(|| Labeled::new(["result"]));
+pub static OPEN_FILES_LIMIT: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+pub static DESCRIPTORS_EXHAUSTED: LazyLock<Labeled<1, Counter>> =
+    LazyLock::new(|| Labeled::new(["place"]));
+pub static ACCEPT_ERRORS: LazyLock<Labeled<2, Counter>> =
+    LazyLock::new(|| Labeled::new(["listener", "kind"]));
+pub static HANDSHAKES_DROPPED: LazyLock<Labeled<2, Counter>> =
+    LazyLock::new(|| Labeled::new(["listener", "reason"]));
+pub static UPSTREAM_IN_FLIGHT: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+pub static UPSTREAM_WAITING: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+
+/// Registers `metric` under the `name` and `help` the output shows.
+fn register(r: &mut Registry, name: &str, help: &str, metric: impl Metric) {
+    let name = match metric.metric_type() {
+        MetricType::Counter => name.strip_suffix("_total").expect("counters end in _total"),
+        _ => name,
+    };
+    let help = help
+        .strip_suffix('.')
+        .expect("help texts end in a full stop");
+    r.register(name, help, metric);
+}
+
+/// Every series, in the order they are rendered. Names and help texts are the output's.
+fn registry() -> &'static Registry {
+    static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+        let mut r = Registry::default();
+        register(
+            &mut r,
+            "grpc_server_started_total",
+            "Total number of RPCs started on the server.",
+            GRPC_STARTED.clone(),
+        );
+        register(
+            &mut r,
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            GRPC_HANDLED.clone(),
+        );
+        register(
+            &mut r,
+            "grpc_server_msg_sent_total",
+            "Total number of gRPC stream messages sent by the server.",
+            GRPC_MSG_SENT.clone(),
+        );
+        register(
+            &mut r,
+            "grpc_server_handling_seconds",
+            "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+            GRPC_HANDLING.clone(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_upstream_requests_total",
+            "GWS REST requests by operation and outcome (ok, gws_status_<statusCode>, http_<status>, timeout, deadline_too_short and no_slot (none sent), descriptors_exhausted, transport, bad_body).",
+            UPSTREAM_REQUESTS.clone(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_upstream_request_duration_seconds",
+            "Latency of GWS REST requests (the whole exchange, CSRF round trips included).",
+            UPSTREAM_SECONDS.family(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_agents",
+            "Agents whose upstream state (cookies, CSRF token) the gateway holds.",
+            AGENTS.clone(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_cometd_sessions",
+            "Live upstream CometD sessions (one per agent with streams or outcome waits).",
+            COMETD_SESSIONS.clone(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_cometd_handshakes_total",
+            "Upstream CometD sessions subscribed: kind=initial for a new session, rehandshake after a lost one was restored.",
+            COMETD_HANDSHAKES.family(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_notifications_total",
+            "Notifications received from GWS, by kind (notificationType, MessageLogUpdated, or other).",
+            NOTIFICATIONS.family(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_notifications_unmapped_total",
+            "Notifications that could not be mapped to the gRPC contract and were skipped.",
+            NOTIFICATIONS_UNMAPPED.clone(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_streams_open",
+            "SessionEvents streams open now.",
+            STREAMS_OPEN.clone(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_streams_cut_total",
+            "SessionEvents streams ended by the gateway or the client, by reason (slow_consumer, unavailable, client_gone, or the status code).",
+            STREAMS_CUT.family(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_replay_total",
+            "Resume attempts: result=hit when replayed from the buffer, gap when the token was too old or foreign.",
+            REPLAY.family(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_outcome_waits_total",
+            "wait_for_outcome calls by result (confirmed, unconfirmed, failed).",
+            OUTCOME_WAITS.family(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_open_files_limit",
+            "The soft open-files limit (RLIMIT_NOFILE) in effect, after raising it to the hard limit at start.",
+            OPEN_FILES_LIMIT.clone(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_descriptors_exhausted_total",
+            "Times the process ran out of file descriptors (EMFILE/ENFILE), by place (grpc_accept, health_accept, upstream, feed).",
+            DESCRIPTORS_EXHAUSTED.family(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_accept_errors_total",
+            "Failed accepts by listener (grpc, health) and kind (descriptors, other); accepting backs off after each.",
+            ACCEPT_ERRORS.family(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_handshakes_dropped_total",
+            "Connections closed before serving, by listener and reason: timeout (no TLS handshake or HTTP/2 preface within --handshake-timeout), evicted (the oldest pending one, to make room under --max-pending-handshakes), failed (TLS handshake error or closed early).",
+            HANDSHAKES_DROPPED.family(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_upstream_in_flight",
+            "REST calls to GWS holding one of the --upstream-max-in-flight slots now.",
+            UPSTREAM_IN_FLIGHT.clone(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_upstream_waiting",
+            "REST calls waiting for an --upstream-max-in-flight slot now (in arrival order).",
+            UPSTREAM_WAITING.clone(),
+        );
+        r
+    });
+    &REGISTRY
+}
 
 /// Renders every series in the Prometheus text exposition format (version 0.0.4).
 pub fn render() -> String {
     let mut out = String::new();
-    for c in [&GRPC_STARTED, &GRPC_HANDLED, &GRPC_MSG_SENT] {
-        render_counter(&mut out, c);
-    }
-    render_histogram(&mut out, &GRPC_HANDLING);
-    render_counter(&mut out, &UPSTREAM_REQUESTS);
-    render_histogram(&mut out, &UPSTREAM_SECONDS);
-    render_gauge(&mut out, &AGENTS);
-    render_gauge(&mut out, &COMETD_SESSIONS);
-    render_counter(&mut out, &COMETD_HANDSHAKES);
-    render_counter(&mut out, &NOTIFICATIONS);
-    render_counter(&mut out, &NOTIFICATIONS_UNMAPPED);
-    render_gauge(&mut out, &STREAMS_OPEN);
-    render_counter(&mut out, &STREAMS_CUT);
-    render_counter(&mut out, &REPLAY);
-    render_counter(&mut out, &OUTCOME_WAITS);
-    render_gauge(&mut out, &OPEN_FILES_LIMIT);
-    render_counter(&mut out, &DESCRIPTORS_EXHAUSTED);
-    render_counter(&mut out, &ACCEPT_ERRORS);
-    render_counter(&mut out, &HANDSHAKES_DROPPED);
-    render_gauge(&mut out, &UPSTREAM_IN_FLIGHT);
-    render_gauge(&mut out, &UPSTREAM_WAITING);
+    prometheus_client::encoding::prometheus_text::encode(&mut out, registry())
+        .expect("writing to a String cannot fail");
     out
-}
-
-fn header(out: &mut String, name: &str, help: &str, kind: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-fn label_set(names: &[&str], values: &[String], extra: Option<(&str, &str)>) -> String {
-    let mut pairs: Vec<String> = names
-        .iter()
-        .zip(values)
-        .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
-        .collect();
-    if let Some((n, v)) = extra {
-        pairs.push(format!("{n}=\"{v}\""));
-    }
-    if pairs.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", pairs.join(","))
-    }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-fn render_counter(out: &mut String, c: &Counter) {
-    header(out, c.name, c.help, "counter");
-    let values = c.values.lock().unwrap_or_else(|e| e.into_inner());
-    if values.is_empty() && c.labels.is_empty() {
-        let _ = writeln!(out, "{} 0", c.name);
-    }
-    for (labels, value) in values.sorted() {
-        let value = value.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "{}{} {value}",
-            c.name,
-            label_set(c.labels, labels, None)
-        );
-    }
-}
-
-fn render_gauge(out: &mut String, g: &Gauge) {
-    header(out, g.name, g.help, "gauge");
-    let _ = writeln!(out, "{} {}", g.name, g.get());
-}
-
-fn render_histogram(out: &mut String, h: &Histogram) {
-    header(out, h.name, h.help, "histogram");
-    let values = h.values.lock().unwrap_or_else(|e| e.into_inner());
-    for (labels, data) in values.sorted() {
-        let data = data.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for (bound, count) in BUCKETS.iter().zip(data.buckets) {
-            let le = bound.to_string();
-            let _ = writeln!(
-                out,
-                "{}_bucket{} {count}",
-                h.name,
-                label_set(h.labels, labels, Some(("le", &le)))
-            );
-        }
-        let set = label_set(h.labels, labels, None);
-        let inf = label_set(h.labels, labels, Some(("le", "+Inf")));
-        let _ = writeln!(out, "{}_bucket{inf} {}", h.name, data.count);
-        let _ = writeln!(out, "{}_sum{set} {}", h.name, data.sum);
-        let _ = writeln!(out, "{}_count{set} {}", h.name, data.count);
-    }
 }
 
 // --- recording helpers for the places that count ---------------------------------------
 
-/// Records one GWS REST exchange: its outcome class and its latency.
-pub fn upstream_request<T>(
-    operation: &str,
-    started: Instant,
-    result: &Result<T, crate::upstream::UpstreamError>,
-) {
-    use crate::upstream::UpstreamError as E;
-    // Named without allocating in the common cases: this runs for every upstream call.
-    let outcome: std::borrow::Cow<'static, str> = match result {
-        Ok(_) => "ok".into(),
-        // statusCode is GWS's small documented set; anything else is one bucket.
-        Err(E::Gws { status_code, .. }) if (0..=99).contains(status_code) => {
-            format!("gws_status_{status_code}").into()
-        }
-        Err(E::Gws { .. }) => "gws_status_other".into(),
-        Err(E::Http { http_status, .. }) => format!("http_{http_status}").into(),
-        Err(E::BadBody { .. } | E::Unmappable(_)) => "bad_body".into(),
-        Err(E::Timeout(_) | E::TimeoutAfterSend(_)) => "timeout".into(),
-        Err(E::DeadlineTooShort(_)) => "deadline_too_short".into(),
-        Err(E::NoSlot { .. } | E::NoSlotBeforeDeadline { .. }) => "no_slot".into(),
-        Err(E::OutOfDescriptors) => "descriptors_exhausted".into(),
-        Err(_) => "transport".into(),
+/// Records one GWS REST exchange: its outcome and its latency.
+pub fn upstream_request(operation: &'static str, outcome: UpstreamOutcome, elapsed: Duration) {
+    let make = |operation| OperationSeries {
+        seconds: UPSTREAM_SECONDS.handle([operation]),
+        outcomes: Found::new(),
     };
-    UPSTREAM_REQUESTS.inc(&[operation, &outcome]);
-    UPSTREAM_SECONDS.observe(&[operation], started.elapsed());
-}
-
-/// Counts a received notification (CometD `data`) by its kind: `MessageLogUpdated` for
-/// transcript updates, else its `notificationType`; unknown kinds are `other` (bounded).
-pub fn notification(data: &serde_json::Value) {
-    const KNOWN: &[&str] = &[
-        "StatusChange",
-        "ParticipantsUpdated",
-        "PropertiesUpdated",
-        "Error",
-        "MessageLogUpdated",
-    ];
-    let field = |name: &str| data.get(name).and_then(serde_json::Value::as_str);
-    let kind = match field("messageType") {
-        Some("MessageLogUpdated") => "MessageLogUpdated",
-        _ => field("notificationType").unwrap_or("other"),
+    let count = |series: &OperationSeries| {
+        let labels = || UpstreamLabels { operation, outcome };
+        match series.outcomes.get(outcome, |_| {
+            UPSTREAM_REQUESTS.get_or_create_owned(&labels())
+        }) {
+            Some(counter) => counter.inc(),
+            None => UPSTREAM_REQUESTS.get_or_create(&labels()).inc(),
+        };
+        series.seconds.observe(elapsed.as_secs_f64());
     };
-    let kind = KNOWN
-        .iter()
-        .find(|k| **k == kind)
-        .copied()
-        .unwrap_or("other");
-    NOTIFICATIONS.inc(&[kind]);
-}
-
-/// Counts a finished `wait_for_outcome` wait by its result.
-pub fn outcome_wait(outcome: &crate::events::Outcome) {
-    use crate::events::Outcome;
-    let result = match outcome {
-        Outcome::Confirmed(_) => "confirmed",
-        Outcome::Unconfirmed => "unconfirmed",
-        Outcome::Failed(_) => "failed",
-    };
-    OUTCOME_WAITS.inc(&[result]);
+    match UPSTREAM.get(operation, make) {
+        Some(series) => count(series),
+        None => count(&make(operation)),
+    }
 }
 
 // --- the tower layer --------------------------------------------------------------------
@@ -537,46 +445,49 @@ pub fn outcome_wait(outcome: &crate::events::Outcome) {
 /// What the layer knows of a method: its labels, and its series once first counted (found
 /// once, not by their labels on every call).
 struct MethodSeries {
-    service: Arc<str>,
-    method: Arc<str>,
-    kind: &'static str,
+    labels: GrpcLabels,
     /// A SessionEvents-like stream of the gateway's own service: counted in
     /// `gws_gateway_streams_*`.
     gateway_stream: bool,
-    started: OnceLock<CounterHandle>,
-    msg_sent: OnceLock<CounterHandle>,
-    handling: OnceLock<HistogramHandle>,
+    started: OnceLock<Counter>,
+    msg_sent: OnceLock<Counter>,
+    handling: OnceLock<Histogram>,
     /// By code (`tonic::Code as usize`, 0..=16).
-    handled: [OnceLock<CounterHandle>; 17],
+    handled: [OnceLock<Counter>; 17],
 }
 
 impl MethodSeries {
-    fn labels(&self) -> [&str; 3] {
-        [self.kind, &self.service, &self.method]
-    }
-
-    fn started(&self) -> &CounterHandle {
+    fn started(&self) -> &Counter {
         self.started
-            .get_or_init(|| GRPC_STARTED.handle(&self.labels()))
+            .get_or_init(|| GRPC_STARTED.get_or_create_owned(&self.labels))
     }
 
-    fn msg_sent(&self) -> &CounterHandle {
+    fn msg_sent(&self) -> &Counter {
         self.msg_sent
-            .get_or_init(|| GRPC_MSG_SENT.handle(&self.labels()))
+            .get_or_init(|| GRPC_MSG_SENT.get_or_create_owned(&self.labels))
     }
 
-    fn handling(&self) -> &HistogramHandle {
+    fn handling(&self) -> &Histogram {
         self.handling
-            .get_or_init(|| GRPC_HANDLING.handle(&self.labels()))
+            .get_or_init(|| GRPC_HANDLING.get_or_create_owned(&self.labels))
     }
 
-    fn handled(&self, code: tonic::Code) -> &CounterHandle {
+    fn handled(&self, code: tonic::Code) -> &Counter {
         // `code_label` matches every `tonic::Code` (0..=16, checked at compile time below),
         // so each code has its own slot.
         const _: () = assert!(tonic::Code::Unauthenticated as usize == 16);
         self.handled[code as usize].get_or_init(|| {
-            let [kind, service, method] = self.labels();
-            GRPC_HANDLED.handle(&[kind, service, method, code_label(code)])
+            let GrpcLabels {
+                grpc_type,
+                grpc_service,
+                grpc_method,
+            } = self.labels.clone();
+            GRPC_HANDLED.get_or_create_owned(&GrpcCodeLabels {
+                grpc_type,
+                grpc_service,
+                grpc_method,
+                grpc_code: code_label(code),
+            })
         })
     }
 }
@@ -588,13 +499,14 @@ pub struct GrpcMetricsLayer {
     methods: Arc<Methods>,
 }
 
-/// The known methods by path (`/package.Service/Method`).
-struct Methods(hashbrown::HashTable<(String, Arc<MethodSeries>)>);
+/// The known methods by path (`/package.Service/Method`), sorted: a call finds its method
+/// by a binary search over a few dozen paths (string comparisons, no hashing).
+struct Methods(Box<[(String, Arc<MethodSeries>)]>);
 
 impl Methods {
     fn get(&self, path: &str) -> Option<&Arc<MethodSeries>> {
-        let found = self.0.find(label_hash(&[path]), |(p, _)| p == path);
-        found.map(|(_, labels)| labels)
+        let found = self.0.binary_search_by(|(p, _)| p.as_str().cmp(path));
+        found.ok().map(|at| &self.0[at].1)
     }
 }
 
@@ -602,7 +514,7 @@ impl GrpcMetricsLayer {
     /// `gateway_service` names the service whose server streams are the gateway's streams.
     pub fn from_descriptor_sets(sets: &[&[u8]], gateway_service: &str) -> Self {
         use prost::Message;
-        let mut methods = hashbrown::HashTable::new();
+        let mut methods = std::collections::BTreeMap::new();
         for set in sets {
             let Ok(set) = prost_types::FileDescriptorSet::decode(*set) else {
                 continue;
@@ -613,7 +525,6 @@ impl GrpcMetricsLayer {
                         "" => service.name().to_string(),
                         package => format!("{package}.{}", service.name()),
                     };
-                    let service_name: Arc<str> = full.as_str().into();
                     for method in &service.method {
                         let kind = match (method.client_streaming(), method.server_streaming()) {
                             (false, false) => "unary",
@@ -621,32 +532,27 @@ impl GrpcMetricsLayer {
                             (false, true) => "server_stream",
                             (true, true) => "bidi_stream",
                         };
-                        let path = format!("/{full}/{}", method.name());
-                        let labels = MethodSeries {
-                            service: service_name.clone(),
-                            method: method.name().into(),
-                            kind,
+                        let series = MethodSeries {
+                            labels: GrpcLabels {
+                                grpc_type: kind,
+                                grpc_service: full.clone(),
+                                grpc_method: method.name().to_string(),
+                            },
                             gateway_stream: kind == "server_stream" && full == gateway_service,
                             started: OnceLock::new(),
                             msg_sent: OnceLock::new(),
                             handling: OnceLock::new(),
                             handled: std::array::from_fn(|_| OnceLock::new()),
                         };
-                        let hash = label_hash(&[&path]);
-                        match methods.entry(hash, |(p, _)| *p == path, |(p, _)| label_hash(&[p])) {
-                            hashbrown::hash_table::Entry::Occupied(mut found) => {
-                                found.get_mut().1 = Arc::new(labels);
-                            }
-                            hashbrown::hash_table::Entry::Vacant(empty) => {
-                                empty.insert((path, Arc::new(labels)));
-                            }
-                        }
+                        // A later set describing the same method wins.
+                        let path = format!("/{full}/{}", method.name());
+                        methods.insert(path, Arc::new(series));
                     }
                 }
             }
         }
         Self {
-            methods: Arc::new(Methods(methods)),
+            methods: Arc::new(Methods(methods.into_iter().collect())),
         }
     }
 }
@@ -689,7 +595,7 @@ where
             Call {
                 labels: labels.clone(),
                 started: Instant::now(),
-                _stream_open: labels.gateway_stream.then(|| STREAMS_OPEN.hold()),
+                _stream_open: labels.gateway_stream.then(|| hold(&STREAMS_OPEN)),
             }
         });
         let future = self.inner.call(request);
@@ -722,7 +628,7 @@ impl Call {
     fn finish(self, code: tonic::Code) {
         let l = &self.labels;
         l.handled(code).inc();
-        l.handling().observe(self.started.elapsed());
+        l.handling().observe(self.started.elapsed().as_secs_f64());
         if l.gateway_stream && code != tonic::Code::Ok {
             let reason = match code {
                 tonic::Code::ResourceExhausted => "slow_consumer",
@@ -730,7 +636,7 @@ impl Call {
                 tonic::Code::Cancelled => "client_gone",
                 _ => code_label(code),
             };
-            STREAMS_CUT.inc(&[reason]);
+            STREAMS_CUT.inc([reason]);
         }
     }
 }
@@ -818,7 +724,7 @@ where
                     if let Some(call) = &this.call {
                         let sent = this.framing.feed(data.as_ref());
                         if sent > 0 {
-                            call.labels.msg_sent().add(sent);
+                            call.labels.msg_sent().inc_by(sent);
                         }
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
@@ -894,7 +800,7 @@ pub async fn serve(
             (
                 [(
                     http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4; charset=utf-8",
+                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
                 )],
                 render(),
             )
@@ -912,6 +818,242 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    /// The HELP and TYPE lines of every family, as the hand-made registry rendered them
+    /// before this crate moved to prometheus-client (dashboards and scrapers read them).
+    const HEADERS: &[&str] = &[
+        "# HELP grpc_server_started_total Total number of RPCs started on the server.\n# TYPE grpc_server_started_total counter\n",
+        "# HELP grpc_server_handled_total Total number of RPCs completed on the server, regardless of success or failure.\n# TYPE grpc_server_handled_total counter\n",
+        "# HELP grpc_server_msg_sent_total Total number of gRPC stream messages sent by the server.\n# TYPE grpc_server_msg_sent_total counter\n",
+        "# HELP grpc_server_handling_seconds Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.\n# TYPE grpc_server_handling_seconds histogram\n",
+        "# HELP gws_gateway_upstream_requests_total GWS REST requests by operation and outcome (ok, gws_status_<statusCode>, http_<status>, timeout, deadline_too_short and no_slot (none sent), descriptors_exhausted, transport, bad_body).\n# TYPE gws_gateway_upstream_requests_total counter\n",
+        "# HELP gws_gateway_upstream_request_duration_seconds Latency of GWS REST requests (the whole exchange, CSRF round trips included).\n# TYPE gws_gateway_upstream_request_duration_seconds histogram\n",
+        "# HELP gws_gateway_agents Agents whose upstream state (cookies, CSRF token) the gateway holds.\n# TYPE gws_gateway_agents gauge\n",
+        "# HELP gws_gateway_cometd_sessions Live upstream CometD sessions (one per agent with streams or outcome waits).\n# TYPE gws_gateway_cometd_sessions gauge\n",
+        "# HELP gws_gateway_cometd_handshakes_total Upstream CometD sessions subscribed: kind=initial for a new session, rehandshake after a lost one was restored.\n# TYPE gws_gateway_cometd_handshakes_total counter\n",
+        "# HELP gws_gateway_notifications_total Notifications received from GWS, by kind (notificationType, MessageLogUpdated, or other).\n# TYPE gws_gateway_notifications_total counter\n",
+        "# HELP gws_gateway_notifications_unmapped_total Notifications that could not be mapped to the gRPC contract and were skipped.\n# TYPE gws_gateway_notifications_unmapped_total counter\n",
+        "# HELP gws_gateway_streams_open SessionEvents streams open now.\n# TYPE gws_gateway_streams_open gauge\n",
+        "# HELP gws_gateway_streams_cut_total SessionEvents streams ended by the gateway or the client, by reason (slow_consumer, unavailable, client_gone, or the status code).\n# TYPE gws_gateway_streams_cut_total counter\n",
+        "# HELP gws_gateway_replay_total Resume attempts: result=hit when replayed from the buffer, gap when the token was too old or foreign.\n# TYPE gws_gateway_replay_total counter\n",
+        "# HELP gws_gateway_outcome_waits_total wait_for_outcome calls by result (confirmed, unconfirmed, failed).\n# TYPE gws_gateway_outcome_waits_total counter\n",
+        "# HELP gws_gateway_open_files_limit The soft open-files limit (RLIMIT_NOFILE) in effect, after raising it to the hard limit at start.\n# TYPE gws_gateway_open_files_limit gauge\n",
+        "# HELP gws_gateway_descriptors_exhausted_total Times the process ran out of file descriptors (EMFILE/ENFILE), by place (grpc_accept, health_accept, upstream, feed).\n# TYPE gws_gateway_descriptors_exhausted_total counter\n",
+        "# HELP gws_gateway_accept_errors_total Failed accepts by listener (grpc, health) and kind (descriptors, other); accepting backs off after each.\n# TYPE gws_gateway_accept_errors_total counter\n",
+        "# HELP gws_gateway_handshakes_dropped_total Connections closed before serving, by listener and reason: timeout (no TLS handshake or HTTP/2 preface within --handshake-timeout), evicted (the oldest pending one, to make room under --max-pending-handshakes), failed (TLS handshake error or closed early).\n# TYPE gws_gateway_handshakes_dropped_total counter\n",
+        "# HELP gws_gateway_upstream_in_flight REST calls to GWS holding one of the --upstream-max-in-flight slots now.\n# TYPE gws_gateway_upstream_in_flight gauge\n",
+        "# HELP gws_gateway_upstream_waiting REST calls waiting for an --upstream-max-in-flight slot now (in arrival order).\n# TYPE gws_gateway_upstream_waiting gauge\n",
+    ];
+
+    #[test]
+    fn every_family_keeps_its_name_help_and_type() {
+        // Families without series are left out of the output: give each one.
+        let layer = GrpcMetricsLayer::from_descriptor_sets(
+            &[crate::proto::FILE_DESCRIPTOR_SET],
+            "gws.sms.v1.SmsSessionService",
+        );
+        let m = layer
+            .methods
+            .get("/gws.sms.v1.SmsSessionService/Reject")
+            .unwrap();
+        m.started().inc();
+        m.msg_sent().inc();
+        m.handling().observe(0.001);
+        m.handled(tonic::Code::Ok).inc();
+        upstream_request("THeaders", UpstreamOutcome::OK, Duration::ZERO);
+        COMETD_HANDSHAKES.inc(["t_headers"]);
+        NOTIFICATIONS.inc(["t_headers"]);
+        STREAMS_CUT.inc(["t_headers"]);
+        REPLAY.inc(["t_headers"]);
+        OUTCOME_WAITS.inc(["t_headers"]);
+        DESCRIPTORS_EXHAUSTED.inc(["t_headers"]);
+        ACCEPT_ERRORS.inc(["t_headers", "x"]);
+        HANDSHAKES_DROPPED.inc(["t_headers", "x"]);
+        let out = render();
+        let mut from = 0;
+        for header in HEADERS {
+            let at = out[from..]
+                .find(header)
+                .unwrap_or_else(|| panic!("{header:?} missing or out of order in\n{out}"));
+            from += at + header.len();
+        }
+        assert!(!out.contains("# EOF"), "{out}");
+        // Counters carry `_total` once; histograms their buckets, sum and count.
+        assert!(
+            out.contains("gws_gateway_notifications_unmapped_total "),
+            "{out}"
+        );
+        assert!(!out.contains("_total_total"), "{out}");
+        assert!(
+            out.contains("gws_gateway_replay_total{result=\"t_headers\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("gws_gateway_accept_errors_total{listener=\"t_headers\",kind=\"x\"} 1\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn histograms_render_go_style_buckets() {
+        upstream_request("THisto", UpstreamOutcome::OK, Duration::from_millis(20));
+        upstream_request("THisto", UpstreamOutcome::OK, Duration::from_secs(3));
+        let out = render();
+        let series = |suffix: &str, le: Option<&str>| match le {
+            Some(le) => format!(
+                "gws_gateway_upstream_request_duration_seconds_{suffix}{{operation=\"THisto\",le=\"{le}\"}}"
+            ),
+            None => format!(
+                "gws_gateway_upstream_request_duration_seconds_{suffix}{{operation=\"THisto\"}}"
+            ),
+        };
+        for (le, n) in [
+            ("0.01", 0),
+            ("0.025", 1),
+            ("1", 1),
+            ("5", 2),
+            ("10", 2),
+            ("+Inf", 2),
+        ] {
+            let line = format!("{} {n}\n", series("bucket", Some(le)));
+            assert!(out.contains(&line), "{line}{out}");
+        }
+        assert!(
+            out.contains(&format!("{} 2\n", series("count", None))),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("{} 3.02", series("sum", None))),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn upstream_outcomes_are_counted_apart() {
+        upstream_request("TOutcomes", UpstreamOutcome::OK, Duration::ZERO);
+        upstream_request(
+            "TOutcomes",
+            UpstreamOutcome::numbered("gws_status", 6),
+            Duration::ZERO,
+        );
+        upstream_request(
+            "TOutcomes",
+            UpstreamOutcome::numbered("gws_status", 6),
+            Duration::ZERO,
+        );
+        upstream_request(
+            "TOutcomes",
+            UpstreamOutcome::numbered("http", 503),
+            Duration::ZERO,
+        );
+        upstream_request(
+            "TOutcomes",
+            UpstreamOutcome::word("timeout"),
+            Duration::ZERO,
+        );
+        let out = render();
+        for (outcome, n) in [
+            ("ok", 1),
+            ("gws_status_6", 2),
+            ("http_503", 1),
+            ("timeout", 1),
+        ] {
+            let line = format!(
+                "gws_gateway_upstream_requests_total{{operation=\"TOutcomes\",outcome=\"{outcome}\"}} {n}\n"
+            );
+            assert!(out.contains(&line), "{line}{out}");
+        }
+        assert!(
+            out.contains(
+                "gws_gateway_upstream_request_duration_seconds_count{operation=\"TOutcomes\"} 5\n"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn found_handles_are_told_apart_by_every_value() {
+        let sets: [[&'static str; 2]; 6] = [
+            ["t_ab", "c"],
+            ["t_a", "bc"],
+            ["", "t_abc"],
+            ["unary", "gws.sms.v1.SmsSessionService"],
+            ["unary", "gws.sms.v1.SmsSessionServicf"],
+            ["12345678", "12345678"],
+        ];
+        for (n, labels) in sets.iter().enumerate() {
+            for _ in 0..=n {
+                ACCEPT_ERRORS.inc(*labels);
+            }
+        }
+        for (n, labels) in sets.iter().enumerate() {
+            assert_eq!(ACCEPT_ERRORS.get(*labels), n as u64 + 1, "{labels:?}");
+        }
+        assert_eq!(ACCEPT_ERRORS.get(["t_abc", ""]), 0);
+        // A handle counts in the same series.
+        let handle = ACCEPT_ERRORS.handle(["t_a", "bc"]);
+        handle.inc_by(2);
+        assert_eq!(ACCEPT_ERRORS.get(["t_a", "bc"]), 4);
+    }
+
+    #[test]
+    fn a_full_found_array_falls_back_to_the_family() {
+        let found: Found<u32, u32, 2> = Found::new();
+        assert_eq!(found.get(7, |k| k * 10), Some(&70));
+        assert_eq!(found.get(8, |k| k * 10), Some(&80));
+        assert_eq!(found.get(7, |_| unreachable!("found once")), Some(&70));
+        assert_eq!(found.get(9, |k| k * 10), None);
+
+        // More label sets than a `Labeled` keeps are still counted, each in its own series.
+        let words: Vec<&'static str> = (0..40)
+            .map(|i| &*Box::leak(format!("t_many_{i}").into_boxed_str()))
+            .collect();
+        for (i, word) in words.iter().enumerate() {
+            for _ in 0..=i {
+                HANDSHAKES_DROPPED.inc(["t_many", word]);
+            }
+        }
+        for (i, word) in words.iter().enumerate() {
+            assert_eq!(HANDSHAKES_DROPPED.get(["t_many", word]), i as u64 + 1);
+        }
+    }
+
+    #[test]
+    fn a_methods_cached_series_per_code_are_that_codes_series() {
+        let layer = GrpcMetricsLayer::from_descriptor_sets(
+            &[crate::proto::FILE_DESCRIPTOR_SET],
+            "gws.sms.v1.SmsSessionService",
+        );
+        let m = layer
+            .methods
+            .get("/gws.sms.v1.SmsSessionService/Leave")
+            .unwrap();
+        let value = |code: &'static str| {
+            let labels = GrpcCodeLabels {
+                grpc_type: "unary",
+                grpc_service: "gws.sms.v1.SmsSessionService".into(),
+                grpc_method: "Leave".into(),
+                grpc_code: code,
+            };
+            GRPC_HANDLED.get(&labels).map_or(0, |c| c.get())
+        };
+        let before = [value("OK"), value("NotFound")];
+        m.handled(tonic::Code::Ok).inc();
+        m.handled(tonic::Code::NotFound).inc();
+        m.handled(tonic::Code::NotFound).inc();
+        assert_eq!(value("OK"), before[0] + 1);
+        assert_eq!(value("NotFound"), before[1] + 2);
+        assert!(
+            layer
+                .methods
+                .get("/gws.sms.v1.SmsSessionService/Nope")
+                .is_none()
+        );
+        // Every method of the descriptor sets is found by its path.
+        for (path, _) in layer.methods.0.iter() {
+            assert!(layer.methods.get(path).is_some(), "{path}");
+        }
+    }
+
     #[test]
     fn framing_counts_messages_across_chunks() {
         let mut f = Framing::default();
@@ -928,100 +1070,5 @@ mod tests {
         assert_eq!(f.feed(&all[2..9]), 1);
         assert_eq!(f.feed(&all[9..20]), 1);
         assert_eq!(f.feed(&all[20..]), 1);
-    }
-
-    #[test]
-    fn series_are_told_apart_by_every_value() {
-        static C: Counter = Counter::new("t_apart_total", "help", &["a", "b"]);
-        let sets: [&[&str]; 6] = [
-            &["ab", "c"],
-            &["a", "bc"],
-            &["", "abc"],
-            &["unary", "gws.sms.v1.SmsSessionService"],
-            &["unary", "gws.sms.v1.SmsSessionServicf"],
-            &["12345678", "12345678"],
-        ];
-        for (n, labels) in sets.iter().enumerate() {
-            for _ in 0..=n {
-                C.inc(labels);
-            }
-        }
-        for (n, labels) in sets.iter().enumerate() {
-            assert_eq!(C.get(labels), n as u64 + 1, "{labels:?}");
-        }
-        assert_eq!(C.get(&["abc", ""]), 0);
-        let mut out = String::new();
-        render_counter(&mut out, &C);
-        assert!(
-            out.find("a=\"\",b=\"abc\"").unwrap() < out.find("a=\"a\",b=\"bc\"").unwrap(),
-            "rendered in label order: {out}"
-        );
-    }
-
-    #[test]
-    fn handles_count_in_the_series_their_labels_name() {
-        static C: Counter = Counter::new("t_handle_total", "help", &["a"]);
-        static H: Histogram = Histogram::new("t_handle_seconds", "help", &["a"]);
-        C.inc(&["x"]);
-        let x = C.handle(&["x"]);
-        x.inc();
-        x.add(2);
-        C.handle(&["y"]).inc();
-        assert_eq!((C.get(&["x"]), C.get(&["y"])), (4, 1));
-        H.observe(&["x"], Duration::from_millis(2));
-        H.handle(&["x"]).observe(Duration::from_secs(3));
-        let mut out = String::new();
-        render_histogram(&mut out, &H);
-        assert!(
-            out.contains("t_handle_seconds_bucket{a=\"x\",le=\"0.005\"} 1\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("t_handle_seconds_bucket{a=\"x\",le=\"5\"} 2\n"),
-            "{out}"
-        );
-        assert!(out.contains("t_handle_seconds_count{a=\"x\"} 2\n"), "{out}");
-
-        // A method's cached series per code are the series of that code's label.
-        let layer = GrpcMetricsLayer::from_descriptor_sets(
-            &[crate::proto::FILE_DESCRIPTOR_SET],
-            "gws.sms.v1.SmsSessionService",
-        );
-        let m = layer
-            .methods
-            .get("/gws.sms.v1.SmsSessionService/Leave")
-            .unwrap();
-        let labels = |code| ["unary", "gws.sms.v1.SmsSessionService", "Leave", code];
-        let before = [
-            GRPC_HANDLED.get(&labels("OK")),
-            GRPC_HANDLED.get(&labels("NotFound")),
-        ];
-        m.handled(tonic::Code::Ok).inc();
-        m.handled(tonic::Code::NotFound).inc();
-        m.handled(tonic::Code::NotFound).inc();
-        assert_eq!(GRPC_HANDLED.get(&labels("OK")), before[0] + 1);
-        assert_eq!(GRPC_HANDLED.get(&labels("NotFound")), before[1] + 2);
-        assert!(
-            layer
-                .methods
-                .get("/gws.sms.v1.SmsSessionService/Nope")
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn renders_text_format() {
-        static C: Counter = Counter::new("t_total", "help", &["a"]);
-        static H: Histogram = Histogram::new("t_seconds", "help", &["a"]);
-        C.inc(&["x\"y"]);
-        H.observe(&["x"], Duration::from_millis(20));
-        let mut out = String::new();
-        render_counter(&mut out, &C);
-        render_histogram(&mut out, &H);
-        assert!(out.contains("# TYPE t_total counter\nt_total{a=\"x\\\"y\"} 1\n"));
-        assert!(out.contains("t_seconds_bucket{a=\"x\",le=\"0.01\"} 0\n"));
-        assert!(out.contains("t_seconds_bucket{a=\"x\",le=\"0.025\"} 1\n"));
-        assert!(out.contains("t_seconds_bucket{a=\"x\",le=\"+Inf\"} 1\n"));
-        assert!(out.contains("t_seconds_count{a=\"x\"} 1\n"));
     }
 }

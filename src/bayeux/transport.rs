@@ -134,7 +134,7 @@ async fn execute(
     let parsed = parse_response(&buf).map_err(|e| RequestError::Malformed(e.to_string()))?;
     for (index, why) in &parsed.skipped {
         // Skipped alone: the rest of the batch is delivered and acknowledged.
-        crate::metrics::NOTIFICATIONS_UNMAPPED.inc(&[]);
+        crate::metrics::NOTIFICATIONS_UNMAPPED.inc();
         tracing::warn!(index, %why, "bayeux: skipped a message that could not be parsed");
     }
     Ok(parsed.messages)

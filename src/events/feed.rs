@@ -172,7 +172,7 @@ impl Feed {
                 let was = self.status.send_replace(Upstream::Subscribed);
                 // A fresh session after a restart (new CSRF token) counts as restored too.
                 if restored || was == Upstream::Lost {
-                    crate::metrics::COMETD_HANDSHAKES.inc(&["rehandshake"]);
+                    crate::metrics::COMETD_HANDSHAKES.inc(["rehandshake"]);
                     tracing::info!(agent = ?self.agent.key(), "upstream notifications restored");
                     self.notify(
                         NoticeKind::UpstreamRestored,
@@ -180,7 +180,7 @@ impl Feed {
                     );
                     return true;
                 }
-                crate::metrics::COMETD_HANDSHAKES.inc(&["initial"]);
+                crate::metrics::COMETD_HANDSHAKES.inc(["initial"]);
                 tracing::info!(agent = ?self.agent.key(), "upstream notifications subscribed");
             }
             BayeuxEvent::Lost { reason } => {
@@ -225,11 +225,15 @@ impl Feed {
     }
 
     fn on_message(&self, channel: &str, data: &serde_json::Value) {
-        crate::metrics::notification(data);
         let event = match mapping::map_notification(data) {
-            Ok(event) => event,
+            Ok(event) => {
+                crate::metrics::NOTIFICATIONS.inc([event.label()]);
+                event
+            }
             Err(error) => {
-                crate::metrics::NOTIFICATIONS_UNMAPPED.inc(&[]);
+                // Received all the same: counted, of a kind the gateway cannot tell.
+                crate::metrics::NOTIFICATIONS.inc([Notification::OTHER]);
+                crate::metrics::NOTIFICATIONS_UNMAPPED.inc();
                 let unmapped = {
                     let mut state = self.lock();
                     state.unmapped += 1;

@@ -271,7 +271,7 @@ impl EventsHub {
                 let span = tracing::info_span!("cometd_feed",
                     trace_id = crate::telemetry::trace_id());
                 self.inner.tasks.spawn(crate::telemetry::propagate(tracing::Instrument::instrument(async move {
-                    let _live = crate::metrics::COMETD_SESSIONS.hold();
+                    let _live = crate::metrics::hold(&crate::metrics::COMETD_SESSIONS);
                     feed::pump(pump_feed.clone(), bayeux, gws, read_timeout).await;
                     // Whatever ended the session, the next subscriber starts a fresh one.
                     if let Some(hub) = hub.upgrade() {
@@ -383,7 +383,7 @@ impl EventsHub {
                     now,
                 )),
                 Some((token, Resume::Replay(events))) => {
-                    crate::metrics::REPLAY.inc(&["hit"]);
+                    crate::metrics::REPLAY.inc(["hit"]);
                     // SUBSCRIBED carries the token the stream resumes from, so a client that
                     // stops right after it loses nothing of the replay.
                     pre.push_back(feed::notice(
@@ -394,7 +394,7 @@ impl EventsHub {
                     pre.extend(events.iter().filter_map(|s| filter.select(s)));
                 }
                 Some((_, Resume::Gap(why))) => {
-                    crate::metrics::REPLAY.inc(&["gap"]);
+                    crate::metrics::REPLAY.inc(["gap"]);
                     pre.push_back(feed::notice(
                         NoticeKind::Subscribed,
                         "subscribed upstream",

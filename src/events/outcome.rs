@@ -111,6 +111,17 @@ pub enum Outcome {
     Unconfirmed,
 }
 
+impl Outcome {
+    /// Its `result` label in `gws_gateway_outcome_waits_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Confirmed(_) => "confirmed",
+            Outcome::Unconfirmed => "unconfirmed",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+}
+
 /// What a notification says, as far as matching goes.
 #[derive(Debug, Clone)]
 struct Seen {

@@ -183,7 +183,7 @@ impl SmsSessionApi {
             let by_config = Instant::now() + self.outcome_timeout;
             let until = limits.caller.map_or(by_config, |d| d.min(by_config));
             let outcome = pending.outcome(until).await;
-            crate::metrics::outcome_wait(&outcome);
+            crate::metrics::OUTCOME_WAITS.inc([outcome.label()]);
             let outcome = match outcome {
                 Outcome::Confirmed(item) => OperationOutcome {
                     status: OutcomeStatus::Confirmed as i32,

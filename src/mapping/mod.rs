@@ -95,6 +95,24 @@ impl Notification {
             Notification::MessageLog(_) => None,
         }
     }
+
+    /// The `kind` label of a notification the gateway cannot tell apart (a notificationType
+    /// the proto does not know, or one that could not be mapped at all).
+    pub const OTHER: &'static str = "other";
+
+    /// Its `kind` label in `gws_gateway_notifications_total`: its GWS notificationType, or
+    /// `MessageLogUpdated` for a transcript update.
+    pub fn label(&self) -> &'static str {
+        use proto::NotificationType as T;
+        match self.notification_type() {
+            None => "MessageLogUpdated",
+            Some(T::StatusChange) => "StatusChange",
+            Some(T::ParticipantsUpdated) => "ParticipantsUpdated",
+            Some(T::PropertiesUpdated) => "PropertiesUpdated",
+            Some(T::Error) => "Error",
+            Some(T::Unspecified) => Self::OTHER,
+        }
+    }
 }
 
 /// Why a notification could not be mapped. `path` is a dotted JSON path from the

@@ -137,6 +137,11 @@ fn each_notification_type_maps_to_its_enum() {
         let n = map_notification(&minimal(name)).expect(name);
         assert_eq!(n.notification_type(), Some(expected), "{name}");
         assert_eq!(n.session_id(), "S1");
+        assert_eq!(
+            n.label(),
+            name,
+            "the metrics label is GWS's notificationType"
+        );
         let sc = state_change(&minimal(name));
         assert_eq!(sc.notification_type_name, name);
         assert_eq!(sc.reference_id, None);
@@ -150,6 +155,7 @@ fn unknown_notification_type_keeps_its_name() {
     assert_eq!(sc.notification_type_name, "SomethingNew");
     let n = map_notification(&minimal("SomethingNew")).expect("maps");
     assert_eq!(n.notification_type(), Some(NotificationType::Unspecified));
+    assert_eq!(n.label(), Notification::OTHER);
 }
 
 #[test]
@@ -391,6 +397,7 @@ fn message_log_maps_messages() {
     let ml = message_log(&v);
     assert_eq!(ml.session_id, "0000Wa9CAM6W00K5");
     assert_eq!(ml.messages.len(), 3);
+    assert_eq!(map_notification(&v).unwrap().label(), "MessageLogUpdated");
     let m = &ml.messages[0];
     assert_eq!(
         (

@@ -344,7 +344,7 @@ struct Maps {
 impl Drop for Inner {
     fn drop(&mut self) {
         let held = self.maps.get_mut().map_or(0, |m| m.agents.len());
-        crate::metrics::AGENTS.add(-(held as i64));
+        crate::metrics::AGENTS.dec_by(held as i64);
     }
 }
 
@@ -400,7 +400,7 @@ impl AgentRegistry {
                         .map_err(|e| ClientError(format!("default agent: {e}")))?,
                 );
                 agents.insert(agent.key(), agent.clone());
-                crate::metrics::AGENTS.add(1);
+                crate::metrics::AGENTS.inc();
                 Some(agent)
             }
             None => None,
@@ -598,7 +598,7 @@ impl AgentRegistry {
             }
         }
         maps.agents.insert(agent.key(), agent.clone());
-        crate::metrics::AGENTS.add(1);
+        crate::metrics::AGENTS.inc();
         Ok(agent)
     }
 
@@ -639,7 +639,7 @@ impl AgentRegistry {
         let before = agents.len();
         agents.retain(|_, agent| Arc::strong_count(agent) > 1 || agent.idle_for(now) < min_idle);
         let evicted = before - agents.len();
-        crate::metrics::AGENTS.add(-(evicted as i64));
+        crate::metrics::AGENTS.dec_by(evicted as i64);
         evicted
     }
 }

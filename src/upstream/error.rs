@@ -99,6 +99,30 @@ pub enum Transport {
     Other,
 }
 
+impl UpstreamError {
+    /// Its `outcome` label in `gws_gateway_upstream_requests_total`.
+    pub fn label(&self) -> crate::metrics::UpstreamOutcome {
+        use crate::metrics::UpstreamOutcome as O;
+        match self {
+            // statusCode is GWS's small documented set; anything else is one bucket.
+            Self::Gws { status_code, .. } => match u16::try_from(*status_code) {
+                Ok(code @ 0..=99) => O::numbered("gws_status", code),
+                _ => O::word("gws_status_other"),
+            },
+            Self::Http { http_status, .. } => O::numbered("http", *http_status),
+            Self::BadBody { .. } | Self::Unmappable(_) => O::word("bad_body"),
+            Self::Timeout(_) | Self::TimeoutAfterSend(_) => O::word("timeout"),
+            Self::DeadlineTooShort(_) => O::word("deadline_too_short"),
+            Self::NoSlot { .. } | Self::NoSlotBeforeDeadline { .. } => O::word("no_slot"),
+            Self::OutOfDescriptors => O::word("descriptors_exhausted"),
+            Self::Unreachable(_)
+            | Self::UnreachableAfterSend(_)
+            | Self::TooManyAgents
+            | Self::RateLimited { .. } => O::word("transport"),
+        }
+    }
+}
+
 impl Transport {
     pub fn of(err: &reqwest::Error) -> Self {
         if crate::descriptors::in_chain(err) {
@@ -243,5 +267,77 @@ mod tests {
         assert!(!e.contains('\n'));
         assert!(e.ends_with('…'));
         assert_eq!(excerpt(&[0xff, 0xfe, b'a'], 10), "��a");
+    }
+
+    /// The `outcome` words of `gws_gateway_upstream_requests_total`, as dashboards read them.
+    #[test]
+    fn each_error_has_its_outcome_label() {
+        use crate::metrics::UpstreamOutcome as O;
+        let d = std::time::Duration::from_secs(1);
+        let gws = |status_code| UpstreamError::Gws {
+            status_code,
+            status_message: String::new(),
+            http_status: 400,
+        };
+        let cases = [
+            (gws(0), O::numbered("gws_status", 0)),
+            (gws(6), O::numbered("gws_status", 6)),
+            (gws(99), O::numbered("gws_status", 99)),
+            (gws(100), O::word("gws_status_other")),
+            (gws(-1), O::word("gws_status_other")),
+            (
+                UpstreamError::Http {
+                    http_status: 503,
+                    excerpt: String::new(),
+                },
+                O::numbered("http", 503),
+            ),
+            (
+                UpstreamError::BadBody {
+                    http_status: 200,
+                    excerpt: String::new(),
+                },
+                O::word("bad_body"),
+            ),
+            (
+                UpstreamError::Unmappable(String::new()),
+                O::word("bad_body"),
+            ),
+            (UpstreamError::Timeout(d), O::word("timeout")),
+            (UpstreamError::TimeoutAfterSend(d), O::word("timeout")),
+            (
+                UpstreamError::DeadlineTooShort(d),
+                O::word("deadline_too_short"),
+            ),
+            (
+                UpstreamError::NoSlot {
+                    limit: 1,
+                    waited: d,
+                },
+                O::word("no_slot"),
+            ),
+            (
+                UpstreamError::NoSlotBeforeDeadline {
+                    limit: 1,
+                    waited: d,
+                },
+                O::word("no_slot"),
+            ),
+            (
+                UpstreamError::OutOfDescriptors,
+                O::word("descriptors_exhausted"),
+            ),
+            (
+                UpstreamError::Unreachable(Transport::Connect),
+                O::word("transport"),
+            ),
+            (
+                UpstreamError::UnreachableAfterSend(Transport::Body),
+                O::word("transport"),
+            ),
+        ];
+        for (error, label) in cases {
+            assert_eq!(error.label(), label, "{error:?}");
+        }
     }
 }

@@ -345,7 +345,7 @@ impl GwsClient {
             }
             other => other,
         };
-        crate::metrics::upstream_request(operation.name(), started, &result);
+        count(operation.name(), started, &result);
         result
     }
 
@@ -395,7 +395,7 @@ impl GwsClient {
         };
         let started = std::time::Instant::now();
         let result = self.on_slot(share, timeout, work).await;
-        crate::metrics::upstream_request(read.name(), started, &result);
+        count(read.name(), started, &result);
         result
     }
 
@@ -506,6 +506,15 @@ impl GwsClient {
             _ => None,
         })
     }
+}
+
+/// Counts one exchange of `name`, by its outcome (an error's [`UpstreamError::label`]).
+fn count<T>(name: &'static str, started: std::time::Instant, result: &Result<T, UpstreamError>) {
+    let outcome = match result {
+        Ok(_) => crate::metrics::UpstreamOutcome::OK,
+        Err(e) => e.label(),
+    };
+    crate::metrics::upstream_request(name, outcome, started.elapsed());
 }
 
 /// The agent's CSRF header as already known, unless `refresh` asks to fetch it again:

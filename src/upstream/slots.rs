@@ -71,7 +71,7 @@ impl Share {
             Err(_) => {
                 let _waiting = self
                     .observed
-                    .then(|| crate::metrics::UPSTREAM_WAITING.hold());
+                    .then(|| crate::metrics::hold(&crate::metrics::UPSTREAM_WAITING));
                 let wait = tokio::time::timeout(within, self.permits.clone().acquire_owned());
                 match wait.await {
                     Ok(Ok(permit)) => permit,
@@ -89,7 +89,7 @@ impl Share {
             _permit: permit,
             _in_flight: self
                 .observed
-                .then(|| crate::metrics::UPSTREAM_IN_FLIGHT.hold()),
+                .then(|| crate::metrics::hold(&crate::metrics::UPSTREAM_IN_FLIGHT)),
         })
     }
 }

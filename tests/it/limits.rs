@@ -556,13 +556,20 @@ async fn out_of_descriptors_on_accept_is_logged_counted_backed_off_and_recovered
     let g = Gateway::spawn(LIMIT, &["--gws-url", "http://127.0.0.1:9"]);
     assert!(served(g.addr).await);
     let baseline = g.fds();
-    // Connections that send their preface are served (held by hyper): more of them than the
-    // process has descriptors.
+    // Connections that send their preface are served (held by hyper), one at a time: each
+    // is opened once the one before it was taken by the server (its SETTINGS frame arrived),
+    // so none is a pending handshake the cap would close, and the descriptors run out. The
+    // first connection the gateway cannot accept waits in the kernel's backlog: no SETTINGS.
     let mut held = Vec::new();
-    for _ in 0..LIMIT + 16 {
+    for _ in 0..LIMIT * 2 {
         let mut s = TcpStream::connect(g.addr).await.unwrap();
         s.write_all(PREFACE).await.unwrap();
+        let mut frame = [0u8; 9];
+        let taken = tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut frame)).await;
         held.push(s);
+        if !matches!(taken, Ok(Ok(_))) {
+            break;
+        }
     }
     let warn = g.wait_line("out of file descriptors");
     assert!(
