@@ -13,6 +13,8 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -105,7 +107,10 @@ where
             crate::metrics::HANDSHAKES_DROPPED.inc([which.label(), reason]);
         };
         // Oldest first. Finished ones are pruned before each new one counts against the cap.
-        let mut pending: VecDeque<tokio::task::AbortHandle> = VecDeque::new();
+        // Handshakes under way, each with a flag its task raises once the preface is in: from
+        // then on it only waits to hand the connection over, and is no longer a handshake
+        // the cap may close (that would close a well-behaved client's connection).
+        let mut pending: VecDeque<(tokio::task::AbortHandle, Arc<AtomicBool>)> = VecDeque::new();
         let mut backoff = BACKOFF_MIN;
         loop {
             let accepted = tokio::select! {
@@ -131,14 +136,17 @@ where
             };
             let _ = stream.set_nodelay(true);
             // Cheap in the common case (the oldest is done); a full pass only near the cap.
-            while pending.front().is_some_and(|task| task.is_finished()) {
+            let done = |(task, prefaced): &(tokio::task::AbortHandle, Arc<AtomicBool>)| {
+                task.is_finished() || prefaced.load(Ordering::Relaxed)
+            };
+            while pending.front().is_some_and(done) {
                 pending.pop_front();
             }
             if pending.len() >= max_pending {
-                pending.retain(|task| !task.is_finished());
+                pending.retain(|entry| !done(entry));
             }
             if pending.len() >= max_pending
-                && let Some(oldest) = pending.pop_front()
+                && let Some((oldest, _)) = pending.pop_front()
             {
                 oldest.abort();
                 dropped("evicted");
@@ -146,9 +154,12 @@ where
             let tx = tx.clone();
             let handshake = handshake(stream);
             let timeout = limits.handshake_timeout;
+            let prefaced = Arc::new(AtomicBool::new(false));
+            let flag = prefaced.clone();
             let task = tokio::spawn(async move {
                 match tokio::time::timeout(timeout, handshake).await {
                     Ok(Ok(io)) => {
+                        flag.store(true, Ordering::Relaxed);
                         let _ = tx.send(Ok(io)).await;
                     }
                     Ok(Err(error)) => {
@@ -162,7 +173,7 @@ where
                     }
                 }
             });
-            pending.push_back(task.abort_handle());
+            pending.push_back((task.abort_handle(), prefaced));
         }
     });
     ReceiverStream::new(rx)
@@ -320,5 +331,39 @@ mod tests {
             );
         }
         assert!(crate::metrics::HANDSHAKES_DROPPED.get(["grpc", "evicted"]) > evicted);
+    }
+
+    /// A connection whose preface is in waits to be handed over (tonic is slow to take it):
+    /// it is no longer a pending handshake, so silent newcomers never evict it.
+    #[tokio::test]
+    async fn a_prefaced_connection_waiting_for_handover_is_never_evicted() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            handshake_timeout: Duration::from_secs(10),
+            max_pending: 2,
+        };
+        let mut accepted = Box::pin(plain(listener, Listener::Grpc, limits));
+        // More prefaced clients than the handover queue holds, none taken yet.
+        let clients = HANDOFF + 4;
+        let mut good = Vec::new();
+        for _ in 0..clients {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(PREFACE).await.unwrap();
+            good.push(s);
+        }
+        // Silent ones beyond the cap: only they can be made room for.
+        let mut silent = Vec::new();
+        for _ in 0..4 {
+            silent.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Every prefaced client is handed over, whole.
+        for _ in 0..clients {
+            let next = tokio::time::timeout(Duration::from_secs(10), accepted.next()).await;
+            let mut io = next.expect("handed over in time").unwrap().unwrap();
+            let mut first = [0; PREFACE_LEN];
+            io.read_exact(&mut first).await.unwrap();
+            assert_eq!(&first, PREFACE);
+        }
     }
 }

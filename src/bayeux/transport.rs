@@ -107,6 +107,11 @@ async fn execute(
         .await
         .map_err(|_| RequestError::Transport(Transport::InFlightLimit))?;
     let timeout = timeout.saturating_sub(waiting.elapsed());
+    // A slot that came with next to no time left could send nothing: what held the request
+    // back was the limit, not GWS.
+    if timeout < crate::upstream::MIN_UPSTREAM_BUDGET {
+        return Err(RequestError::Transport(Transport::InFlightLimit));
+    }
     let mut response = agent
         .request(http, reqwest::Method::POST, config.url.clone())
         .headers(config.headers.clone())

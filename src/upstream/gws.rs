@@ -324,8 +324,11 @@ impl GwsClient {
             let (status, reply) = if is_csrf_rejection(status, &reply) {
                 // The token dies with the HTTP session: learn the new one and retry once.
                 tracing::debug!(agent = ?agent.key(), "CSRF token rejected, fetching it again");
+                // GWS refused that POST: nothing is applied until the retry leaves.
+                sent.store(false, std::sync::atomic::Ordering::Relaxed);
                 let token = self.csrf_token(agent, true, timeout).await?;
                 budget_left()?;
+                sent.store(true, std::sync::atomic::Ordering::Relaxed);
                 self.post(agent, &url, &body, token, timeout).await?
             } else {
                 (status, reply)
