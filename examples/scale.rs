@@ -905,7 +905,9 @@ async fn admission(http: &reqwest::Client) {
         .as_u64()
         .unwrap_or(0);
     println!(
-        "admission after a restart (default flags), 1,000 valid agents at once: {} served, last          after {:.2} s (median {:.2} s), {} calls refused UNAVAILABLE on the way, {} failed          otherwise; GWS saw {me_valid} GET /api/v2/me",
+        "admission after a restart (default flags), 1,000 valid agents at once: {} served, last \
+         after {:.2} s (median {:.2} s), {} calls refused UNAVAILABLE on the way, {} failed \
+         otherwise; GWS saw {me_valid} GET /api/v2/me",
         served.len(),
         served.last().copied().unwrap_or(f64::NAN),
         percentile(&served, 0.5),
