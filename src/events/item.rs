@@ -12,6 +12,9 @@ use std::sync::{Arc, OnceLock};
 #[derive(Debug, Clone, Default)]
 pub struct SharedItem(Arc<Shared>);
 
+/// What the feed's modules call a stream item.
+pub type Item = SharedItem;
+
 #[derive(Debug, Clone, Default)]
 struct Shared {
     response: SessionEventsResponse,

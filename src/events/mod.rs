@@ -9,21 +9,24 @@ pub mod filter;
 mod item;
 mod outcome;
 pub mod replay;
+mod state;
 mod stream;
 
-pub use feed::Upstream;
 pub use filter::Filter;
 pub use item::SharedItem;
 pub use outcome::{Expect, Outcome};
 pub use replay::{RESUME_WINDOW, ReplayBudget, Token};
+pub use state::Upstream;
 pub use stream::EventStream;
 
 use crate::bayeux::BayeuxConfig;
 use crate::proto::NoticeKind;
 use crate::upstream::{Agent, AgentKey, GwsClient, UpstreamError};
 use feed::Feed;
+use outcome::Waiters;
 use rand::Rng;
-use replay::{ReplayBuffer, Resume};
+use replay::ReplayBuffer;
+use state::Core;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -241,50 +244,85 @@ impl EventsHub {
     }
 
     /// The agent's feed, created (and its upstream session started) on first use, with a
-    /// new interest registered on it.
+    /// new interest registered on it. The session is started after the map lock is released.
     fn interest(&self, agent: &Arc<Agent>) -> Result<Interest, EventsError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(EventsError::ShuttingDown);
         }
-        let mut feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
-        let feed = feeds
-            .entry(agent.key())
-            .or_insert_with(|| {
-                let floor = self.inner.seq.load(std::sync::atomic::Ordering::Relaxed);
-                let replay = ReplayBuffer::new(
-                    self.inner.config.replay_max_events,
-                    self.inner.config.replay_max_bytes,
-                    self.inner.config.replay_max_age,
-                    floor,
-                    self.inner.replay_budget.clone(),
-                );
-                let feed = Arc::new(Feed::new(agent.clone(), self.inner.epoch, self.inner.seq.clone(), replay));
-                let hub = Arc::downgrade(&self.inner);
-                let pump_feed = feed.clone();
-                let bayeux = self.inner.bayeux.clone();
-                let gws = self.inner.gws.clone();
-                let read_timeout = self.inner.config.read_timeout;
-                // In the trace of the call that started it: its upstream requests carry that
-                // trace's `traceparent`.
-                let span = tracing::info_span!("cometd_feed",
-                    trace_id = crate::telemetry::trace_id());
-                self.inner.tasks.spawn(crate::telemetry::propagate(tracing::Instrument::instrument(async move {
-                    let _live = crate::metrics::COMETD_SESSIONS.hold();
-                    feed::pump(pump_feed.clone(), bayeux, gws, read_timeout).await;
-                    // Whatever ended the session, the next subscriber starts a fresh one.
-                    if let Some(hub) = hub.upgrade() {
-                        hub.remove(&pump_feed, false);
-                    }
-                }, span)));
-                tracing::debug!(agent = ?agent.key(), "first stream: upstream notification session started");
-                feed
-            })
-            .clone();
-        feed.lock().interest += 1;
+        let (feed, created) = {
+            let mut feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
+            let mut created = false;
+            let feed = feeds
+                .entry(agent.key())
+                .or_insert_with(|| {
+                    created = true;
+                    Arc::new(Feed::new(agent.clone(), self.new_core(agent)))
+                })
+                .clone();
+            // Under the map lock: `Inner::remove` checks it under the same lock.
+            feed.lock().interest += 1;
+            (feed, created)
+        };
+        if created {
+            self.start(feed.clone());
+            tracing::debug!(agent = ?agent.key(), "first stream: upstream notification session started");
+        }
         Ok(Interest {
             hub: Arc::downgrade(&self.inner),
             feed,
         })
+    }
+
+    fn new_core(&self, agent: &Agent) -> Core {
+        let floor = self.inner.seq.load(Ordering::Relaxed);
+        let replay = ReplayBuffer::new(
+            self.inner.config.replay_max_events,
+            self.inner.config.replay_max_bytes,
+            self.inner.config.replay_max_age,
+            floor,
+            self.inner.replay_budget.clone(),
+        );
+        Core::new(
+            self.inner.epoch,
+            replay,
+            Waiters::new(agent.unsettled().clone()),
+        )
+    }
+
+    /// Starts `feed`'s source under the hub's task tracker.
+    fn start(&self, feed: Arc<Feed>) {
+        let hub = Arc::downgrade(&self.inner);
+        let inner = &self.inner;
+        let sink = feed::LocalSink {
+            feed: feed.clone(),
+            seq: inner.seq.clone(),
+            gws: inner.gws.clone(),
+            read_timeout: inner.config.read_timeout,
+            tasks: inner.tasks.clone(),
+        };
+        let source = feed::pump(
+            feed.agent.clone(),
+            feed.cancel.clone(),
+            inner.bayeux.clone(),
+            inner.gws.clone(),
+            inner.tasks.clone(),
+            sink,
+        );
+        // In the trace of the call that started it: its upstream requests carry that
+        // trace's `traceparent`.
+        let span = tracing::info_span!("cometd_feed", trace_id = crate::telemetry::trace_id());
+        inner.tasks.spawn(crate::telemetry::propagate(
+            tracing::Instrument::instrument(
+                async move {
+                    source.await;
+                    // Whatever ended the session, the next subscriber starts a fresh one.
+                    if let Some(hub) = hub.upgrade() {
+                        hub.remove(&feed, false);
+                    }
+                },
+                span,
+            ),
+        ));
     }
 
     /// Registers an interest in `agent`'s feed and waits, at most `wait`, until its upstream
@@ -329,7 +367,7 @@ impl EventsHub {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id = {
             let mut state = interest.feed.lock();
-            if let Some(error) = interest.feed.failure() {
+            if let Some(error) = state.failure() {
                 return Err(error);
             }
             if state.waiters.len() >= self.inner.config.max_outcome_waits {
@@ -359,11 +397,11 @@ impl EventsHub {
         let end = Arc::new(Mutex::new(None));
         let mut pre = VecDeque::new();
         // The stream's position when it joined the feed.
-        let mut registered = String::new();
+        let registered;
         let slot = {
             let mut state = feed.lock();
-            // Checked under the lock `Feed::fail` drains under: a stream never joins a dead feed.
-            if let Some(error) = feed.failure() {
+            // Checked under the lock a failure drains under: a stream never joins a dead feed.
+            if let Some(error) = state.failure() {
                 return Err(error);
             }
             if state.slots_len() >= self.inner.config.max_streams_per_agent {
@@ -371,37 +409,11 @@ impl EventsHub {
                     self.inner.config.max_streams_per_agent,
                 ));
             }
-            let now = feed.token(state.replay.last_seq());
-            registered.clone_from(&now);
-            let issued = self.inner.seq.load(std::sync::atomic::Ordering::Relaxed);
-            match resume.map(|t| (t, state.replay.resume(t, feed.epoch, issued))) {
-                None => pre.push_back(feed::notice(
-                    NoticeKind::Subscribed,
-                    "subscribed upstream",
-                    now,
-                )),
-                Some((token, Resume::Replay(events))) => {
-                    crate::metrics::REPLAY.inc(&["hit"]);
-                    // SUBSCRIBED carries the token the stream resumes from, so a client that
-                    // stops right after it loses nothing of the replay.
-                    pre.push_back(feed::notice(
-                        NoticeKind::Subscribed,
-                        "subscribed upstream; replaying what followed resume_token",
-                        token.encode(),
-                    ));
-                    pre.extend(events.iter().filter_map(|s| filter.select(s)));
-                }
-                Some((_, Resume::Gap(why))) => {
-                    crate::metrics::REPLAY.inc(&["gap"]);
-                    pre.push_back(feed::notice(
-                        NoticeKind::Subscribed,
-                        "subscribed upstream",
-                        now.clone(),
-                    ));
-                    pre.push_back(feed::notice(NoticeKind::Gap, why, now));
-                }
-            }
-            Feed::add_slot(&mut state, tx, filter.clone(), end.clone())
+            let issued = self.inner.seq.load(Ordering::Relaxed);
+            let joined = state.join(tx, filter.clone(), end.clone(), resume, issued);
+            registered = joined.registered;
+            pre.extend(joined.pre);
+            joined.slot
         };
         // From here the slot is released however this ends, cancellation included.
         let guard = stream::SlotGuard::new(feed, slot, interest);
@@ -415,8 +427,8 @@ impl EventsHub {
                 r = read => r,
             };
             match read {
-                Ok(sessions) => pre.extend(filter.snapshot(&feed::snapshot(sessions, registered))),
-                Err(why) => pre.push_back(feed::notice(
+                Ok(sessions) => pre.extend(filter.snapshot(&state::snapshot(sessions, registered))),
+                Err(why) => pre.push_back(state::notice(
                     NoticeKind::Gap,
                     &format!("snapshot read failed: {why}; the sessions' state is unknown"),
                     registered,

@@ -12,7 +12,7 @@
 //! after a pinned position (the byte bounds still do, and the cut stream's message says so
 //! honestly if they did).
 
-use super::feed::Item;
+use super::item::Item;
 use crate::proto::NotificationType;
 use std::collections::VecDeque;
 use std::sync::Arc;
