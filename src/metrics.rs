@@ -318,6 +318,11 @@ pub static NOTIFICATIONS_UNMAPPED: Counter = Counter::new(
     "Notifications that could not be mapped to the gRPC contract and were skipped.",
     &[],
 );
+pub static CLUSTER_STALE: Counter = Counter::new(
+    "gws_gateway_cluster_stale_publishes_total",
+    "Cluster mode: messages of an owner that had lost its lease, refused or dropped.",
+    &[],
+);
 pub static STREAMS_OPEN: Gauge = Gauge::new(
     "gws_gateway_streams_open",
     "SessionEvents streams open now.",
@@ -352,6 +357,7 @@ pub fn render() -> String {
     render_counter(&mut out, &COMETD_HANDSHAKES);
     render_counter(&mut out, &NOTIFICATIONS);
     render_counter(&mut out, &NOTIFICATIONS_UNMAPPED);
+    render_counter(&mut out, &CLUSTER_STALE);
     render_gauge(&mut out, &STREAMS_OPEN);
     render_counter(&mut out, &STREAMS_CUT);
     render_counter(&mut out, &REPLAY);

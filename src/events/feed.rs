@@ -64,6 +64,12 @@ impl Feed {
         effect
     }
 
+    /// Ends every subscriber with `error` (after what they already have queued), unless the
+    /// feed already failed.
+    pub fn fail(&self, error: EventsError) {
+        self.apply(Input::Failed(error));
+    }
+
     /// The subscriber's stream is gone (see [`Core::leave`]).
     pub fn remove_slot(&self, id: u64) {
         self.lock().leave(id, Instant::now());

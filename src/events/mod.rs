@@ -4,12 +4,12 @@
 //! subscription is confirmed, can resume from a token ([`replay`]), and is filtered
 //! ([`filter`]). Nothing here knows about tonic: errors are [`EventsError`].
 
-mod feed;
+pub(crate) mod feed;
 pub mod filter;
-mod item;
+pub(crate) mod item;
 mod outcome;
 pub mod replay;
-mod state;
+pub(crate) mod state;
 mod stream;
 
 pub use filter::Filter;
@@ -125,6 +125,9 @@ struct Inner {
     /// atomic load instead of the token's lock.
     stopping: Arc<AtomicBool>,
     tasks: TaskTracker,
+    /// Cluster mode: feeds follow the agent's JetStream subject instead of running their own
+    /// CometD session, which only the agent's lease holder runs.
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 /// A subscriber's hold on its feed (waiting or registered). Dropping the last one starts
@@ -225,6 +228,15 @@ impl Inner {
 
 impl EventsHub {
     pub fn new(config: EventsConfig, gws: GwsClient) -> Self {
+        Self::with_cluster(config, gws, None)
+    }
+
+    /// A hub whose feeds, with `cluster`, come from NATS JetStream (see [`crate::cluster`]).
+    pub fn with_cluster(
+        config: EventsConfig,
+        gws: GwsClient,
+        cluster: Option<crate::cluster::Cluster>,
+    ) -> Self {
         let bayeux = BayeuxConfig::new(config.notifications_url.clone(), config.channels.clone());
         let replay_budget = ReplayBudget::new(config.replay_budget_bytes);
         Self {
@@ -239,6 +251,7 @@ impl EventsHub {
                 shutdown: CancellationToken::new(),
                 stopping: Arc::new(AtomicBool::new(false)),
                 tasks: TaskTracker::new(),
+                cluster,
             }),
         }
     }
@@ -282,17 +295,42 @@ impl EventsHub {
             floor,
             self.inner.replay_budget.clone(),
         );
-        Core::new(
-            self.inner.epoch,
-            replay,
-            Waiters::new(agent.unsettled().clone()),
-        )
+        // In cluster mode the numbering is the stream's; its floor is set from the agent's
+        // subject before any stream can join.
+        let epoch = self
+            .inner
+            .cluster
+            .as_ref()
+            .map_or(self.inner.epoch, |c| c.epoch());
+        Core::new(epoch, replay, Waiters::new(agent.unsettled().clone()))
     }
 
     /// Starts `feed`'s source under the hub's task tracker.
     fn start(&self, feed: Arc<Feed>) {
         let hub = Arc::downgrade(&self.inner);
         let inner = &self.inner;
+        if let Some(cluster) = &inner.cluster {
+            let ctx = crate::cluster::source::Context {
+                cluster: cluster.clone(),
+                bayeux: inner.bayeux.clone(),
+                gws: inner.gws.clone(),
+                read_timeout: inner.config.read_timeout,
+                tasks: inner.tasks.clone(),
+            };
+            let span = tracing::info_span!("cluster_feed", trace_id = crate::telemetry::trace_id());
+            inner.tasks.spawn(crate::telemetry::propagate(
+                tracing::Instrument::instrument(
+                    async move {
+                        crate::cluster::source::run(ctx, feed.clone()).await;
+                        if let Some(hub) = hub.upgrade() {
+                            hub.remove(&feed, false);
+                        }
+                    },
+                    span,
+                ),
+            ));
+            return;
+        }
         let sink = feed::LocalSink {
             feed: feed.clone(),
             seq: inner.seq.clone(),
@@ -392,6 +430,12 @@ impl EventsHub {
         let interest = self
             .ready(&agent, self.inner.config.subscribe_timeout)
             .await?;
+        // The highest position issued: a token beyond it was never one of ours.
+        let issued = match (&self.inner.cluster, resume) {
+            (Some(cluster), Some(_)) => cluster.last_seq().await.unwrap_or(0),
+            (Some(_), None) => 0,
+            (None, _) => self.inner.seq.load(Ordering::Relaxed),
+        };
         let feed = interest.feed.clone();
         let (tx, rx) = mpsc::channel(self.inner.config.stream_buffer.max(1));
         let end = Arc::new(Mutex::new(None));
@@ -409,7 +453,6 @@ impl EventsHub {
                     self.inner.config.max_streams_per_agent,
                 ));
             }
-            let issued = self.inner.seq.load(Ordering::Relaxed);
             let joined = state.join(tx, filter.clone(), end.clone(), resume, issued);
             registered = joined.registered;
             pre.extend(joined.pre);

@@ -174,6 +174,14 @@ impl ReplayBuffer {
         }
     }
 
+    /// Where the numbering's history starts for this agent, learnt after the buffer was made
+    /// (cluster mode: from the agent's subject). Only while it holds nothing.
+    pub fn set_floor(&mut self, floor: u64) {
+        if self.events.is_empty() {
+            self.floor = floor;
+        }
+    }
+
     /// Holds everything after `seq` for the cut subscriber `slot` (see the module notes).
     pub fn pin(&mut self, slot: u64, seq: u64) {
         if self.pins.len() >= MAX_PINS {

@@ -77,6 +77,9 @@ struct Slot {
     held: Option<Vec<Item>>,
     /// The position of the last item queued: where the stream resumes if it is cut.
     last_seq: u64,
+    /// Items at or before this position are not delivered: the stream resumed from a token
+    /// this feed had not reached yet (cluster mode: another replica's follower was ahead).
+    after: u64,
 }
 
 /// How a new subscriber starts: the items decided under the lock, in order.
@@ -187,6 +190,9 @@ impl Core {
         let slot = self.next_slot;
         self.next_slot += 1;
         let last_seq = self.replay.last_seq();
+        let after = resume
+            .filter(|t| t.epoch == self.epoch && t.seq > last_seq && t.seq <= issued)
+            .map_or(0, |t| t.seq);
         self.slots.insert(
             slot,
             Slot {
@@ -194,7 +200,8 @@ impl Core {
                 filter,
                 end,
                 held: None,
-                last_seq,
+                last_seq: last_seq.max(after),
+                after,
             },
         );
         Joined {
@@ -361,6 +368,9 @@ fn slow(slot: &Slot) {
 /// Queues `item` (standing at `seq`) for one subscriber, or holds it while a resync is under
 /// way; never waits. False drops the slot (its queue, or what it may hold, is full).
 fn deliver(slot: &mut Slot, item: &Item, seq: u64) -> bool {
+    if seq <= slot.after {
+        return true;
+    }
     match &mut slot.held {
         None => offer(slot, item, seq),
         Some(held) if held.len() < slot.tx.max_capacity() => {
@@ -705,6 +715,36 @@ mod tests {
         });
         let got = drain(&mut sub);
         assert_eq!(got[2], ("n:NOTICE_KIND_UPSTREAM_LOST".into(), 7));
+    }
+
+    #[test]
+    fn a_token_ahead_of_this_feed_skips_what_it_already_had() {
+        let mut core = core(100);
+        core.apply(event(1, "a"));
+        let (tx, rx) = mpsc::channel(8);
+        let joined = core.join(
+            tx,
+            Filter::default(),
+            EndReason::default(),
+            Some(Token {
+                epoch: EPOCH,
+                seq: 3,
+            }),
+            3,
+        );
+        let mut sub = Sub {
+            rx,
+            end: EndReason::default(),
+            joined,
+        };
+        for seq in 2..=4 {
+            core.apply(event(seq, "a"));
+        }
+        assert_eq!(
+            drain(&mut sub),
+            [("n:NOTICE_KIND_SUBSCRIBED".into(), 3), ("e".into(), 4)],
+            "2 and 3 were delivered where the token came from"
+        );
     }
 
     #[test]
