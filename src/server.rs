@@ -151,6 +151,7 @@ pub async fn serve_on(
     events_config.max_outcome_waits = args.max_outcome_waits;
     events_config.max_streams_per_agent = args.max_streams_per_agent;
     events_config.read_timeout = args.upstream_timeout;
+    events_config.handover = args.drain_timeout;
     let cluster = match &config.cluster {
         Some(cluster) => Some(crate::cluster::Cluster::connect(cluster.clone()).await?),
         None => None,

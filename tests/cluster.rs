@@ -15,6 +15,7 @@ use events::{Stream, expect_notice, next, open, subscribed_at};
 use gateway::{AGENT1, Harness, SEED_SESSION, STEP, authed, eventually};
 use gws_simulator::{self as simulator, RunningSimulator, SimulatorConfig};
 use gws_sms_gateway::proto::session_events_response::Event;
+use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;
 use gws_sms_gateway::proto::*;
 use nats::Nats;
 use serde_json::{Value, json};
@@ -303,4 +304,286 @@ async fn health(h: &Harness, service: &str) -> i32 {
 #[allow(dead_code)]
 fn _uses(_: &Harness) {
     let _ = open;
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_gws-sms-gateway");
+
+/// A replica as a child process (so it can be killed with SIGKILL), and its address from
+/// its "gateway serving gRPC" line.
+fn spawn_replica(
+    sim: &RunningSimulator,
+    nats: &Nats,
+) -> (std::process::Child, std::net::SocketAddr) {
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--gws-url", &sim.url])
+        .args(cluster_flags(nats))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gateway starts");
+    let (tx, rx) = std::sync::mpsc::channel();
+    process::forward_lines(&mut child, move |line| {
+        let _ = tx.send(line);
+    });
+    let deadline = std::time::Instant::now() + STEP;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx.recv_timeout(left).expect("the gateway says it serves");
+        if line.contains("gateway serving gRPC")
+            && let Some(addr) = line
+                .split("listen=")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+        {
+            // Keep draining its output so it never blocks on a full pipe.
+            std::thread::spawn(move || while rx.recv().is_ok() {});
+            return (child, addr.parse().expect("an address"));
+        }
+    }
+}
+
+fn with_snapshot() -> SessionEventsRequest {
+    SessionEventsRequest {
+        include_snapshot: true,
+        ..Default::default()
+    }
+}
+
+/// LOST, RESTORED and the resync snapshot, as (kind, token).
+async fn takeover_items(stream: &mut Stream) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let item = next(stream).await.unwrap();
+        let kind = match &item.event {
+            Some(Event::Notice(n)) => format!("{:?}", NoticeKind::try_from(n.kind).unwrap()),
+            Some(Event::Snapshot(_)) => "snapshot".into(),
+            other => panic!("expected a notice or a snapshot, got {other:?}"),
+        };
+        got.push((kind, item.resume_token));
+    }
+    got
+}
+
+#[tokio::test]
+async fn kill_9_of_the_owner_another_replica_takes_over_and_every_stream_learns_it_at_one_sequence()
+{
+    let nats = Nats::start();
+    let sim = simulator().await;
+    let (mut child, addr) = spawn_replica(&sim, &nats);
+    let owner = Harness::remote(addr, &sim.url).await;
+    // The first replica with the credential owns the agent.
+    let (_on_owner, _) = stream_on(&owner, "").await;
+    let b = replica(&sim, &nats).await;
+    let c = replica(&sim, &nats).await;
+    let mut streams = Vec::new();
+    for r in [&b, &c] {
+        let mut s = open(r, AGENT1, with_snapshot()).await.unwrap();
+        expect_notice(&mut s, NoticeKind::Subscribed).await;
+        assert!(matches!(
+            next(&mut s).await.unwrap().event,
+            Some(Event::Snapshot(_))
+        ));
+        streams.push(s);
+    }
+    assert_eq!(handshakes(&b).await, 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    let mut seen = Vec::new();
+    for s in &mut streams {
+        seen.push(takeover_items(s).await);
+    }
+    println!("takeover after kill -9: {:?}", killed.elapsed());
+    let kinds: Vec<&str> = seen[0].iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["UpstreamLost", "UpstreamRestored", "snapshot"]);
+    assert_eq!(
+        seen[0], seen[1],
+        "both replicas' streams at the same tokens"
+    );
+    assert_eq!(handshakes(&b).await, 2, "the new owner's handshake");
+    // And events flow through the new owner to both.
+    b.inject("agent1", properties_updated("after")).await;
+    let mut tokens = Vec::new();
+    for s in &mut streams {
+        let item = next(s).await.unwrap();
+        assert_eq!(tag(&item), "after");
+        tokens.push(item.resume_token);
+    }
+    assert_eq!(tokens[0], tokens[1]);
+}
+
+type Live = std::collections::VecDeque<Harness>;
+
+fn endpoints(live: &Live) -> Vec<String> {
+    live.iter().map(Harness::endpoint).collect()
+}
+
+/// What the rolling-restart client saw: notification tags, and notices.
+struct Seen {
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, Option<NoticeKind>)>,
+    tags: Vec<String>,
+    notices: Vec<NoticeKind>,
+}
+
+impl Seen {
+    /// Waits for the client's first SUBSCRIBED.
+    async fn subscribed(&mut self) {
+        while self.notices.is_empty() {
+            let (t, n) = tokio::time::timeout(STEP, self.rx.recv())
+                .await
+                .expect("the client subscribes")
+                .expect("client running");
+            match n {
+                Some(kind) => self.notices.push(kind),
+                None => self.tags.push(t),
+            }
+        }
+    }
+
+    /// Waits for `more` notifications (a signal: they flow).
+    async fn take(&mut self, more: usize) {
+        let want = self.tags.len() + more;
+        while self.tags.len() < want {
+            let Ok(got) = tokio::time::timeout(STEP, self.rx.recv()).await else {
+                let missing: Vec<usize> = (0..want)
+                    .filter(|n| !self.tags.contains(&format!("n{n}")))
+                    .collect();
+                panic!(
+                    "items stopped at {} of {want}: missing {missing:?}, notices {:?}",
+                    self.tags.len(),
+                    self.notices
+                );
+            };
+            let (t, n) = got.expect("client running");
+            match n {
+                Some(kind) => self.notices.push(kind),
+                None => self.tags.push(t),
+            }
+        }
+    }
+}
+
+/// A client that streams from the first replica listed and, whenever its stream ends,
+/// reconnects at once with its last token to the first one listed then (the test lists
+/// the oldest live replica first: the next to be restarted, so every restart moves it).
+fn rolling_client(
+    addrs: tokio::sync::watch::Receiver<Vec<String>>,
+) -> (tokio::task::JoinHandle<()>, Seen) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut token = String::new();
+        loop {
+            let list = addrs.borrow().clone();
+            let Some(addr) = list.first().cloned() else {
+                return;
+            };
+            let Ok(mut c) = SmsSessionServiceClient::connect(addr).await else {
+                continue;
+            };
+            let req = SessionEventsRequest {
+                resume_token: token.clone(),
+                ..Default::default()
+            };
+            let Ok(stream) = c.session_events(authed(req, AGENT1)).await else {
+                continue;
+            };
+            let mut stream = stream.into_inner();
+            while let Ok(Some(item)) = stream.message().await {
+                if !item.resume_token.is_empty() {
+                    token = item.resume_token.clone();
+                }
+                let n = notice(&item);
+                let t = if n.is_none() {
+                    tag(&item)
+                } else {
+                    String::new()
+                };
+                if tx.send((t, n)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (
+        task,
+        Seen {
+            rx,
+            tags: Vec::new(),
+            notices: Vec::new(),
+        },
+    )
+}
+
+/// Notifications flowing throughout (paced, so the machine is not flooded); each must
+/// reach an upstream session. Returns how many were sent once `stop` is cancelled.
+fn injector(
+    sim_url: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut n = 0;
+        while !stop.is_cancelled() {
+            let reply = http
+                .post(format!("{sim_url}/simulator/agents/agent1/notifications"))
+                .header("content-type", "application/json")
+                .body(properties_updated(&format!("n{n}")).to_string())
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let reply: Value = serde_json::from_str(&reply).unwrap();
+            assert!(
+                reply["delivered"].as_u64().unwrap_or(0) >= 1,
+                "notification {n} reached no upstream session: {reply}"
+            );
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        n
+    })
+}
+
+#[tokio::test]
+async fn a_rolling_restart_loses_nothing_and_doubles_nothing() {
+    let nats = Nats::start();
+    let sim = simulator().await;
+    let mut live = Live::new();
+    for _ in 0..3 {
+        live.push_back(replica(&sim, &nats).await);
+    }
+    let (addrs_tx, addrs) = tokio::sync::watch::channel(endpoints(&live));
+    let (client, mut seen) = rolling_client(addrs);
+    seen.subscribed().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let injector = injector(sim.url.clone(), stop.clone());
+    seen.take(5).await;
+    for round in 0..3 {
+        let mut old = live.pop_front().unwrap();
+        live.push_back(replica(&sim, &nats).await);
+        addrs_tx.send_replace(endpoints(&live));
+        // SIGTERM's path: the graceful shutdown.
+        let stopped = old.trigger_stop();
+        seen.take(20).await;
+        stopped
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        seen.take(10).await;
+    }
+    stop.cancel();
+    let sent = injector.await.unwrap();
+    let more = sent.saturating_sub(seen.tags.len());
+    seen.take(more).await;
+    let want: Vec<String> = (0..sent).map(|n| format!("n{n}")).collect();
+    assert_eq!(seen.tags, want, "every notification once, in order");
+    assert!(
+        seen.notices.iter().all(|n| *n == NoticeKind::Subscribed),
+        "no GAP, LOST or RESTORED through the restart: {:?}",
+        seen.notices
+    );
+    client.abort();
 }

@@ -19,6 +19,9 @@ pub enum LeaseError {
     Nats(String),
 }
 
+/// A draining owner's lease value: `draining:<term>`.
+pub const DRAINING: &str = "draining:";
+
 pub struct Lease {
     store: kv::Store,
     key: String,
@@ -74,6 +77,13 @@ impl Lease {
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(LeaseError::Taken),
             Err(e) => Err(LeaseError::Nats(e.to_string())),
         }
+    }
+
+    /// Says in the lease that its owner is shutting down: replicas holding the credential
+    /// start their own session, and the first one subscribed says so (see `source`).
+    pub async fn mark_draining(&mut self) -> Result<(), LeaseError> {
+        self.value = Bytes::from(format!("{DRAINING}{}", self.term));
+        self.renew().await
     }
 
     pub fn valid(&self) -> bool {

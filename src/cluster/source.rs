@@ -10,7 +10,7 @@
 //! be the one this owner saw: a stale owner's late publish is refused by the stream itself
 //! once a new owner has written, and dropped by followers (its term is below the newest).
 
-use super::lease::{Lease, LeaseError};
+use super::lease::{DRAINING, Lease, LeaseError};
 use super::{Cluster, Link, subject};
 use crate::bayeux::BayeuxConfig;
 use crate::events::feed::{self, Feed, Sink, Upstreamed};
@@ -27,7 +27,7 @@ use prost::Message as _;
 use prost::bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,6 +35,14 @@ const KIND: &str = "Gws-Kind";
 const TERM: &str = "Gws-Term";
 const SESSION: &str = "Gws-Session";
 const TYPE: &str = "Gws-Type";
+/// Events a session may queue for its owner's publishing loop.
+const SESSION_QUEUE: usize = 256;
+/// Events a standby session keeps until its replica owns the agent; beyond, the handover is
+/// given up (a takeover then says LOST/RESTORED).
+const MAX_STANDBY: usize = 10_000;
+/// How often, during a handover, the draining owner looks for its successor and the
+/// successor for the lease: a handover lasts a second or two, and this is its latency.
+const HANDOVER_POLL: Duration = Duration::from_millis(50);
 /// Between attempts to follow the subject again after NATS came back.
 const RESUBSCRIBE: Duration = Duration::from_millis(200);
 
@@ -71,6 +79,9 @@ pub struct Context {
     pub gws: GwsClient,
     pub read_timeout: Duration,
     pub tasks: TaskTracker,
+    /// Cancelled when this replica shuts down.
+    pub draining: CancellationToken,
+    pub handover: Duration,
 }
 
 /// Runs `feed` from the agent's subject until the feed is cancelled, competing meanwhile for
@@ -336,8 +347,48 @@ fn on_link(ctx: &Context, feed: &Arc<Feed>, link: Link) {
     }
 }
 
+/// A running upstream session of this replica; what it learns arrives on `rx`.
+struct Session {
+    stop: CancellationToken,
+    rx: mpsc::Receiver<Upstreamed>,
+}
+
+/// A session started while another replica still owns the agent (it is draining): its
+/// events are kept until this replica owns the agent, then published unless the old owner
+/// already did (make before break).
+struct Standby {
+    session: Session,
+    buffer: Vec<Upstreamed>,
+    /// The subject's position before this session started: what the old owner published
+    /// after it may be in `buffer` too.
+    mark: u64,
+}
+
+/// Hands a session's events to its owner's loop (bounded: the session waits).
+struct ForwardSink(mpsc::Sender<Upstreamed>);
+
+impl Sink for ForwardSink {
+    async fn emit(&mut self, event: Upstreamed) -> bool {
+        self.0.send(event).await.is_ok()
+    }
+}
+
+fn start_session(ctx: &Context, feed: &Arc<Feed>) -> Session {
+    let stop = feed.cancel.child_token();
+    let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+    ctx.tasks.spawn(crate::telemetry::propagate(feed::pump(
+        feed.agent.clone(),
+        stop.clone(),
+        ctx.bayeux.clone(),
+        ctx.gws.clone(),
+        ctx.tasks.clone(),
+        ForwardSink(tx),
+    )));
+    Session { stop, rx }
+}
+
 /// Competes for the agent's lease until the feed is cancelled; while it holds the lease,
-/// runs the agent's upstream session.
+/// runs the agent's upstream session. When the owner is draining, starts a standby session.
 async fn contend(
     ctx: Context,
     feed: Arc<Feed>,
@@ -350,6 +401,11 @@ async fn contend(
         if feed.cancel.is_cancelled() {
             return;
         }
+        if ctx.draining.is_cancelled() {
+            // This replica is shutting down and owns nothing of this agent.
+            feed.cancel.cancel();
+            return;
+        }
         match Lease::take(
             ctx.cluster.leases(),
             &name,
@@ -358,19 +414,114 @@ async fn contend(
         )
         .await
         {
-            Ok(lease) => own(&ctx, &feed, &name, &shared, position.clone(), lease).await,
-            Err(LeaseError::Taken) => {}
+            Ok(lease) => own(&ctx, &feed, &name, &shared, position.clone(), lease, None).await,
+            Err(LeaseError::Taken) => {
+                if let Some(term) = draining_term(&ctx, &name).await {
+                    standby(&ctx, &feed, &name, &shared, &position, term).await;
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "cluster: lease not taken"),
         }
         tokio::select! {
             _ = feed.cancel.cancelled() => return,
+            _ = ctx.draining.cancelled() => {}
             _ = tokio::time::sleep(config.lease_renew) => {}
         }
     }
 }
 
-/// This replica owns the agent: runs its session, renews the lease, and stops the session
-/// as soon as the lease is lost or cannot be renewed in time.
+/// The owner's term, when the lease says its owner is draining.
+async fn draining_term(ctx: &Context, name: &str) -> Option<u64> {
+    let value = ctx.cluster.leases().get(name).await.ok()??;
+    std::str::from_utf8(&value)
+        .ok()?
+        .strip_prefix(DRAINING)?
+        .parse()
+        .ok()
+}
+
+fn ready_key(name: &str) -> String {
+    format!("{name}.ready")
+}
+
+/// The owner (of `term`) is draining: start this replica's own session, say once it is
+/// subscribed, and take the lease as soon as the owner hands it back.
+async fn standby(
+    ctx: &Context,
+    feed: &Arc<Feed>,
+    name: &str,
+    shared: &Shared,
+    position: &watch::Receiver<u64>,
+    term: u64,
+) {
+    let mark = *position.borrow();
+    let mut session = start_session(ctx, feed);
+    let subscribed = tokio::time::timeout(ctx.handover, async {
+        loop {
+            match session.rx.recv().await {
+                Some(Upstreamed::Subscribed { .. }) => return true,
+                Some(Upstreamed::Event { .. }) => {}
+                Some(Upstreamed::Lost { .. } | Upstreamed::Failed(_)) | None => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !subscribed {
+        session.stop.cancel();
+        return;
+    }
+    let ready = ctx
+        .cluster
+        .leases()
+        .put(ready_key(name), Bytes::from(term.to_string()))
+        .await;
+    if ready.is_err() {
+        session.stop.cancel();
+        return;
+    }
+    tracing::info!(agent = ?feed.agent.key(), term, "cluster: standby session subscribed; waiting for the draining owner's lease");
+    let mut buffer = Vec::new();
+    let deadline = tokio::time::Instant::now() + ctx.handover + ctx.cluster.config().lease_ttl;
+    let mut poll = tokio::time::interval(HANDOVER_POLL);
+    loop {
+        tokio::select! {
+            _ = feed.cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+            event = session.rx.recv() => match event {
+                Some(event @ Upstreamed::Event { .. }) if buffer.len() < MAX_STANDBY => buffer.push(event),
+                Some(Upstreamed::Subscribed { .. }) => {}
+                // Lost, failed, or more than a handover can hold: let a takeover say so.
+                _ => break,
+            },
+            _ = poll.tick() => {
+                match Lease::take(ctx.cluster.leases(), name, ctx.cluster.replica(), ctx.cluster.config().lease_ttl).await {
+                    Ok(lease) => {
+                        let standby = Standby { session, buffer, mark };
+                        own(ctx, feed, name, shared, position.clone(), lease, Some(standby)).await;
+                        return;
+                    }
+                    Err(LeaseError::Taken) => {}
+                    Err(e) => tracing::debug!(error = %e, "cluster: lease not taken"),
+                }
+            }
+        }
+    }
+    session.stop.cancel();
+}
+
+/// How many items of `published` (the old owner's, oldest first) end with what `received`
+/// (the new session's, oldest first) starts with: those were published already.
+fn overlap<T: PartialEq>(published: &[T], received: &[T]) -> usize {
+    (0..=published.len().min(received.len()))
+        .rev()
+        .find(|&k| published[published.len() - k..] == received[..k])
+        .unwrap_or(0)
+}
+
+/// This replica owns the agent: runs its session (or takes over its standby one), renews
+/// the lease, and stops the session as soon as the lease is lost or cannot be renewed in
+/// time. At shutdown it keeps publishing until a successor is subscribed (or `handover`).
 async fn own(
     ctx: &Context,
     feed: &Arc<Feed>,
@@ -378,6 +529,7 @@ async fn own(
     shared: &Shared,
     mut position: watch::Receiver<u64>,
     lease: Lease,
+    standby: Option<Standby>,
 ) {
     let subject = subject(name);
     let expected = match ctx
@@ -402,16 +554,18 @@ async fn own(
             .map_or(true, |r| r.is_err())
     {
         lease.release().await;
+        if let Some(standby) = standby {
+            standby.session.stop.cancel();
+        }
         return;
     }
     let previous = *shared
         .last_control
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    tracing::info!(agent = ?feed.agent.key(), term = lease.term, "cluster: this replica owns the agent's upstream session");
-    let session = feed.cancel.child_token();
+    let term = lease.term;
+    tracing::info!(agent = ?feed.agent.key(), term, handover = standby.is_some(), "cluster: this replica owns the agent's upstream session");
     let lease = Arc::new(tokio::sync::Mutex::new(Some(lease)));
-    let term = lease.lock().await.as_ref().map_or(0, |l| l.term);
     let valid = Arc::new(Mutex::new(
         lease
             .lock()
@@ -420,6 +574,36 @@ async fn own(
             .map(|l| l.valid_until)
             .unwrap_or_else(std::time::Instant::now),
     ));
+    let handed = standby.is_some();
+    let (mut session, pending) = match standby {
+        Some(Standby {
+            session,
+            mut buffer,
+            mark,
+        }) => {
+            // What the old owner published since this session started may be in `buffer`
+            // too: published once.
+            let published: Vec<_> = feed
+                .lock()
+                .replay
+                .after(mark)
+                .map(|s| s.response.event.clone())
+                .collect();
+            let received: Vec<_> = buffer
+                .iter()
+                .map(|e| match e {
+                    Upstreamed::Event { event, .. } => Some(event.clone()),
+                    _ => None,
+                })
+                .collect();
+            let skip = overlap(&published, &received);
+            buffer.drain(..skip);
+            (session, buffer)
+        }
+        None => (start_session(ctx, feed), Vec::new()),
+    };
+    // Cancelled when the lease is lost: from then on nothing of this owner is published.
+    let fence = CancellationToken::new();
     let mut sink = ClusterSink {
         js: ctx.cluster.js().clone(),
         subject,
@@ -430,10 +614,10 @@ async fn own(
         valid: valid.clone(),
         had_session: previous.is_some(),
         feed: feed.clone(),
-        session: session.clone(),
+        session: fence.clone(),
         stopped: false,
     };
-    if matches!(previous, Some(Control::Subscribed | Control::Restored)) {
+    if !handed && matches!(previous, Some(Control::Subscribed | Control::Restored)) {
         // The previous owner went without a word: its session is gone, and whatever GWS sent
         // since it last published is missed.
         sink.publish(
@@ -448,22 +632,56 @@ async fn own(
     let renewer = ctx.tasks.spawn(renew(
         lease.clone(),
         valid,
-        session.clone(),
+        session.stop.clone(),
+        fence.clone(),
         ctx.cluster.config().lease_renew,
     ));
-    feed::pump(
-        feed.agent.clone(),
-        session.clone(),
-        ctx.bayeux.clone(),
-        ctx.gws.clone(),
-        ctx.tasks.clone(),
-        sink,
-    )
-    .await;
-    session.cancel();
+    let mut going = true;
+    for event in pending {
+        going = going && sink.emit(event).await;
+    }
+    let mut handover: Option<tokio::time::Instant> = None;
+    let mut poll = tokio::time::interval(HANDOVER_POLL);
+    while going {
+        tokio::select! {
+            event = session.rx.recv() => match event {
+                Some(event) => going = sink.emit(event).await,
+                None => going = false,
+            },
+            _ = ctx.draining.cancelled(), if handover.is_none() => {
+                handover = Some(tokio::time::Instant::now() + ctx.handover);
+                if let Some(held) = lease.lock().await.as_mut()
+                    && let Err(e) = held.mark_draining().await
+                {
+                    tracing::warn!(error = %e, "cluster: cannot mark the lease draining");
+                    going = false;
+                }
+                tracing::info!(agent = ?feed.agent.key(), "cluster: draining; keeping the upstream session until another replica has its own");
+            }
+            _ = poll.tick(), if handover.is_some() => {
+                let ready = ctx.cluster.leases().get(ready_key(name)).await.ok().flatten();
+                let successor = ready.is_some_and(|v| v.as_ref() == term.to_string().as_bytes());
+                if successor || handover.is_some_and(|h| tokio::time::Instant::now() >= h) {
+                    going = false;
+                }
+            }
+        }
+    }
+    session.stop.cancel();
+    // What the session received and this loop has not published yet: published now, while
+    // the lease is still held (the successor, subscribed before this one stopped, drops what
+    // it received too when it takes over).
+    while let Some(event) = session.rx.recv().await {
+        if matches!(event, Upstreamed::Event { .. }) && !sink.emit(event).await {
+            break;
+        }
+    }
     let _ = renewer.await;
     if let Some(lease) = lease.lock().await.take() {
         lease.release().await;
+    }
+    if handover.is_some() {
+        feed.cancel.cancel();
     }
     tracing::info!(agent = ?feed.agent.key(), term, "cluster: upstream session ended; lease handed back");
 }
@@ -474,6 +692,7 @@ async fn renew(
     lease: Arc<tokio::sync::Mutex<Option<Lease>>>,
     valid: Arc<Mutex<std::time::Instant>>,
     session: CancellationToken,
+    fence: CancellationToken,
     every: Duration,
 ) {
     loop {
@@ -490,11 +709,13 @@ async fn renew(
             Err(LeaseError::Taken) => {
                 tracing::warn!("cluster: lease taken by another replica; upstream session stops");
                 guard.take();
+                fence.cancel();
                 session.cancel();
                 return;
             }
             Err(e) if !held.valid() => {
                 tracing::warn!(error = %e, "cluster: lease not renewed in time; upstream session stops");
+                fence.cancel();
                 session.cancel();
                 return;
             }
@@ -653,5 +874,22 @@ impl Sink for ClusterSink {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlap;
+
+    #[test]
+    fn the_overlap_is_the_longest_tail_of_what_was_published_that_starts_what_was_received() {
+        assert_eq!(overlap(&[1, 2, 3, 4], &[3, 4, 5]), 2);
+        assert_eq!(overlap(&[1, 2], &[3, 4]), 0, "nothing in common");
+        assert_eq!(overlap::<u8>(&[], &[1]), 0);
+        assert_eq!(overlap(&[1, 2, 3], &[1, 2, 3]), 3, "all of it");
+        // Repeats: the longest match wins, so nothing the old owner published is doubled.
+        assert_eq!(overlap(&[7, 7, 7], &[7, 7, 7, 8]), 3);
+        // Published after the new session started but not received by it (3): no match.
+        assert_eq!(overlap(&[1, 2, 3], &[2, 4]), 0);
     }
 }

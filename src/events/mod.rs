@@ -82,6 +82,9 @@ pub struct EventsConfig {
     pub max_outcome_waits: usize,
     /// Bound on a snapshot read (`GET /api/v2/me/smssessions`).
     pub read_timeout: Duration,
+    /// Cluster mode, at shutdown: how long an owner keeps an agent's upstream session while
+    /// another replica takes it over (make before break).
+    pub handover: Duration,
 }
 
 impl EventsConfig {
@@ -99,6 +102,7 @@ impl EventsConfig {
             max_streams_per_agent: 10_000,
             max_outcome_waits: 1000,
             read_timeout: Duration::from_secs(10),
+            handover: Duration::from_secs(10),
         }
     }
 }
@@ -128,6 +132,8 @@ struct Inner {
     /// Cluster mode: feeds follow the agent's JetStream subject instead of running their own
     /// CometD session, which only the agent's lease holder runs.
     cluster: Option<crate::cluster::Cluster>,
+    /// Cluster mode: cancelled at shutdown; owners then hand their agents over.
+    draining: CancellationToken,
 }
 
 /// A subscriber's hold on its feed (waiting or registered). Dropping the last one starts
@@ -152,20 +158,28 @@ impl Drop for Interest {
         };
         let feed = self.feed.clone();
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
+            Ok(_) => {
                 let linger = hub.config.linger;
-                rt.spawn(async move {
-                    tokio::time::sleep(linger).await;
-                    // A stream cut for being slow was told it can resume: the feed (its
-                    // upstream session and replay buffer) stays while that pin lasts.
-                    loop {
-                        let until = feed.lock().replay.pinned_until(Instant::now());
-                        match until {
-                            Some(until) => tokio::time::sleep_until(until.into()).await,
-                            None => break,
+                let tasks = hub.tasks.clone();
+                let shutdown = hub.shutdown.clone();
+                // Under the tracker, and over at shutdown (which ends every feed itself).
+                tasks.spawn(async move {
+                    let lingered = async {
+                        tokio::time::sleep(linger).await;
+                        // A stream cut for being slow was told it can resume: the feed (its
+                        // upstream session and replay buffer) stays while that pin lasts.
+                        loop {
+                            let until = feed.lock().replay.pinned_until(Instant::now());
+                            match until {
+                                Some(until) => tokio::time::sleep_until(until.into()).await,
+                                None => break,
+                            }
                         }
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        () = lingered => hub.remove(&feed, true),
                     }
-                    hub.remove(&feed, true);
                 });
             }
             Err(_) => hub.remove(&feed, true),
@@ -252,6 +266,7 @@ impl EventsHub {
                 stopping: Arc::new(AtomicBool::new(false)),
                 tasks: TaskTracker::new(),
                 cluster,
+                draining: CancellationToken::new(),
             }),
         }
     }
@@ -316,6 +331,8 @@ impl EventsHub {
                 gws: inner.gws.clone(),
                 read_timeout: inner.config.read_timeout,
                 tasks: inner.tasks.clone(),
+                draining: inner.draining.clone(),
+                handover: inner.config.handover,
             };
             let span = tracing::info_span!("cluster_feed", trace_id = crate::telemetry::trace_id());
             inner.tasks.spawn(crate::telemetry::propagate(
@@ -490,9 +507,21 @@ impl EventsHub {
 
     /// Ends every stream with UNAVAILABLE and closes every upstream session (CometD
     /// disconnect), waiting at most `grace` for the disconnects.
+    ///
+    /// In cluster mode the streams end as well (their clients reconnect to other replicas),
+    /// but an agent's owner keeps its upstream session, publishing, until a replica those
+    /// clients reached has its own session subscribed, then hands the lease over; at most
+    /// `handover` (then the session ends as linger ends it).
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.stopping.store(true, Ordering::Release);
         self.inner.shutdown.cancel();
+        if self.inner.cluster.is_some() {
+            self.inner.draining.cancel();
+            self.inner.tasks.close();
+            let limit = self.inner.config.handover + grace;
+            let _ = tokio::time::timeout(limit, self.inner.tasks.wait()).await;
+            return;
+        }
         let feeds: Vec<_> = {
             let mut feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
             feeds.drain().map(|(_, f)| f).collect()

@@ -242,6 +242,11 @@ impl ReplayBuffer {
         self.events.len()
     }
 
+    /// The events held after `seq`, oldest first.
+    pub fn after(&self, seq: u64) -> impl Iterator<Item = &Arc<Stored>> {
+        self.events.iter().filter(move |s| s.seq > seq)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
     }
