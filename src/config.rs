@@ -197,6 +197,10 @@ pub struct ServeArgs {
     /// could be tested against guessed passwords without it. Required with --nats-url.
     #[arg(long, env = "GATEWAY_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Copies of the event stream and the lease bucket JetStream keeps (at most the NATS
+    /// cluster's size; 3 on a 3-node NATS, so one NATS node may fail).
+    #[arg(long, env = "GATEWAY_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
     /// How long an agent's lease (the right to run its upstream session) lasts unrenewed:
     /// after a replica dies, another takes its agents over within about this long.
     #[arg(long, env = "GATEWAY_LEASE_TTL", default_value = "5s", value_parser = parse_duration)]
@@ -800,7 +804,11 @@ fn cluster_config(args: &ServeArgs) -> Result<Option<crate::cluster::ClusterConf
             args.lease_renew, args.lease_ttl
         ));
     }
+    if !(1..=5).contains(&args.nats_replicas) {
+        return Err("--nats-replicas must be 1 to 5 (JetStream's limit)".into());
+    }
     Ok(Some(crate::cluster::ClusterConfig {
+        replicas: args.nats_replicas,
         servers,
         auth,
         ca: args.nats_ca.clone(),

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         let cluster = gateway.and_then(|c| c.cluster);
         return runtime.block_on(async {
             if let Some(cluster) = cluster
-                && let Err(e) = gws_sms_gateway::cluster::Cluster::connect(cluster).await
+                && let Err(e) = gws_sms_gateway::cluster::Cluster::check(&cluster).await
             {
                 eprintln!("error: {e}");
                 return ExitCode::from(EX_USAGE);
@@ -120,7 +120,7 @@ async fn serve(config: ServeConfig) -> ExitCode {
     // Cluster mode: an unreachable NATS is a configuration error, found before any port is
     // bound (the server connects again for itself).
     if let Some(cluster) = &config.cluster
-        && let Err(e) = gws_sms_gateway::cluster::Cluster::connect(cluster.clone()).await
+        && let Err(e) = gws_sms_gateway::cluster::Cluster::check(cluster).await
     {
         eprintln!("error: {e}");
         return ExitCode::from(EX_USAGE);

@@ -51,6 +51,8 @@ pub struct ClusterConfig {
     pub secret: String,
     pub lease_ttl: Duration,
     pub lease_renew: Duration,
+    /// Copies JetStream keeps of the stream and the lease bucket.
+    pub replicas: usize,
     /// Retention: events kept per agent, bytes kept by all agents, age.
     pub replay_max_events: usize,
     pub replay_max_bytes: usize,
@@ -103,56 +105,29 @@ struct Inner {
 }
 
 impl Cluster {
+    /// Checks that NATS answers with JetStream enabled for these settings' account, creating
+    /// nothing (`--check-config`, and before the gateway binds its ports).
+    pub async fn check(config: &ClusterConfig) -> Result<(), ClusterError> {
+        let servers = config.servers.join(",");
+        let client = connect(config, watch::channel(Link::Up).0).await?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(NATS_TIMEOUT)
+            .build(client);
+        js.query_account()
+            .await
+            .map(|_| ())
+            .map_err(|e| ClusterError::JetStream {
+                servers,
+                reason: e.to_string(),
+            })
+    }
+
     /// Connects and makes sure the stream and the lease bucket exist (creating them with the
     /// configured retention if not). Fails within a few seconds when NATS does not answer.
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClusterError> {
         let servers = config.servers.join(",");
         let (link_tx, link) = watch::channel(Link::Up);
-        let mut options = async_nats::ConnectOptions::new()
-            .connection_timeout(NATS_TIMEOUT)
-            .name("gws-sms-gateway")
-            .event_callback(move |event| {
-                let link_tx = link_tx.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Connected => {
-                            tracing::info!("NATS connection restored");
-                            link_tx.send_replace(Link::Up);
-                        }
-                        async_nats::Event::Disconnected => {
-                            tracing::warn!("NATS connection lost; reconnecting");
-                            link_tx.send_replace(Link::Down);
-                        }
-                        other => tracing::debug!(event = %other, "NATS event"),
-                    }
-                }
-            });
-        options = match &config.auth {
-            NatsAuth::None => options,
-            NatsAuth::UserPassword(user, password) => {
-                options.user_and_password(user.clone(), password.clone())
-            }
-            NatsAuth::Token(token) => options.token(token.clone()),
-        };
-        if let Some(ca) = &config.ca {
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        let connect = options.connect(config.servers.clone());
-        let client = match tokio::time::timeout(NATS_TIMEOUT, connect).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                return Err(ClusterError::Connect {
-                    servers,
-                    reason: e.to_string(),
-                });
-            }
-            Err(_) => {
-                return Err(ClusterError::Connect {
-                    servers,
-                    reason: format!("no answer within {NATS_TIMEOUT:?}"),
-                });
-            }
-        };
+        let client = connect(&config, link_tx).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(NATS_TIMEOUT)
             .build(client);
@@ -170,6 +145,7 @@ impl Cluster {
                 max_age: config.replay_max_age,
                 duplicate_window: DUPLICATE_WINDOW,
                 storage: jetstream::stream::StorageType::File,
+                num_replicas: config.replicas,
                 ..Default::default()
             })
             .await
@@ -184,6 +160,7 @@ impl Cluster {
                     history: 1,
                     max_age: config.lease_ttl,
                     storage: jetstream::stream::StorageType::File,
+                    num_replicas: config.replicas,
                     ..Default::default()
                 })
                 .await
@@ -258,6 +235,55 @@ pub fn agent_name(secret: &str, agent: &Agent) -> String {
         .take(20)
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Connects (failing within a few seconds when NATS does not answer); `link` learns when
+/// the connection drops and comes back.
+async fn connect(
+    config: &ClusterConfig,
+    link: watch::Sender<Link>,
+) -> Result<async_nats::Client, ClusterError> {
+    let servers = config.servers.join(",");
+    let mut options = async_nats::ConnectOptions::new()
+        .connection_timeout(NATS_TIMEOUT)
+        .name("gws-sms-gateway")
+        .event_callback(move |event| {
+            let link = link.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connection restored");
+                        link.send_replace(Link::Up);
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting");
+                        link.send_replace(Link::Down);
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            }
+        });
+    options = match &config.auth {
+        NatsAuth::None => options,
+        NatsAuth::UserPassword(user, password) => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::Token(token) => options.token(token.clone()),
+    };
+    if let Some(ca) = &config.ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    match tokio::time::timeout(NATS_TIMEOUT, options.connect(config.servers.clone())).await {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(ClusterError::Connect {
+            servers,
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(ClusterError::Connect {
+            servers,
+            reason: format!("no answer within {NATS_TIMEOUT:?}"),
+        }),
+    }
 }
 
 pub fn subject(name: &str) -> String {

@@ -79,6 +79,7 @@ struct Slot {
     last_seq: u64,
     /// Items at or before this position are not delivered: the stream resumed from a token
     /// this feed had not reached yet (cluster mode: another replica's follower was ahead).
+    /// 0: none (no token is at 0 that this could skip anything for).
     after: u64,
 }
 
@@ -368,7 +369,7 @@ fn slow(slot: &Slot) {
 /// Queues `item` (standing at `seq`) for one subscriber, or holds it while a resync is under
 /// way; never waits. False drops the slot (its queue, or what it may hold, is full).
 fn deliver(slot: &mut Slot, item: &Item, seq: u64) -> bool {
-    if seq <= slot.after {
+    if slot.after != 0 && seq <= slot.after {
         return true;
     }
     match &mut slot.held {
