@@ -43,6 +43,9 @@ const MAX_STANDBY: usize = 10_000;
 /// How often, during a handover, the draining owner looks for its successor and the
 /// successor for the lease: a handover lasts a second or two, and this is its latency.
 const HANDOVER_POLL: Duration = Duration::from_millis(50);
+/// Past a lease's expiry before trying to take it (the server drops expired entries on a
+/// sweep, not at the instant).
+const EXPIRY_SLACK: Duration = Duration::from_millis(50);
 /// Between attempts to follow the subject again after NATS came back.
 const RESUBSCRIBE: Duration = Duration::from_millis(200);
 
@@ -406,6 +409,7 @@ async fn contend(
             feed.cancel.cancel();
             return;
         }
+        let mut wait = config.lease_renew;
         match Lease::take(
             ctx.cluster.leases(),
             &name,
@@ -416,8 +420,22 @@ async fn contend(
         {
             Ok(lease) => own(&ctx, &feed, &name, &shared, position.clone(), lease, None).await,
             Err(LeaseError::Taken) => {
-                if let Some(term) = draining_term(&ctx, &name).await {
-                    standby(&ctx, &feed, &name, &shared, &position, term).await;
+                if let Ok(Some(entry)) = ctx.cluster.leases().entry(name.as_str()).await {
+                    let draining = std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|v| v.strip_prefix(DRAINING))
+                        .and_then(|t| t.parse().ok());
+                    if let Some(term) = draining {
+                        standby(&ctx, &feed, &name, &shared, &position, term).await;
+                    } else {
+                        // Try again just after the lease would run out unrenewed (the
+                        // owner's last write plus the TTL), not up to a renewal later: the
+                        // takeover after an owner dies is the TTL plus a handshake.
+                        wait = wait.min(expires_in(
+                            entry.created.unix_timestamp_nanos(),
+                            config.lease_ttl,
+                        ));
+                    }
                 }
             }
             Err(e) => tracing::debug!(error = %e, "cluster: lease not taken"),
@@ -425,19 +443,19 @@ async fn contend(
         tokio::select! {
             _ = feed.cancel.cancelled() => return,
             _ = ctx.draining.cancelled() => {}
-            _ = tokio::time::sleep(config.lease_renew) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
 
-/// The owner's term, when the lease says its owner is draining.
-async fn draining_term(ctx: &Context, name: &str) -> Option<u64> {
-    let value = ctx.cluster.leases().get(name).await.ok()??;
-    std::str::from_utf8(&value)
-        .ok()?
-        .strip_prefix(DRAINING)?
-        .parse()
-        .ok()
+/// How long until a lease last written at `written` (the server's clock) runs out, plus a
+/// little for the server's expiry sweep; never less than that little.
+fn expires_in(written_unix_nanos: i128, ttl: Duration) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    let left = i128::try_from(ttl.as_nanos()).unwrap_or(i128::MAX) - (now - written_unix_nanos);
+    Duration::from_nanos(u64::try_from(left.max(0)).unwrap_or(u64::MAX)) + EXPIRY_SLACK
 }
 
 fn ready_key(name: &str) -> String {
