@@ -578,8 +578,8 @@ async fn orchestrate() {
     );
     let run = Duration::from_secs(env_or("SCALE_RUN_SECS", 3));
     let rounds: usize = env_or("SCALE_ROUNDS", 11);
-    // SCALE_SECTIONS picks sections, e.g. "1" or "34" (default: all five).
-    let sections = std::env::var("SCALE_SECTIONS").unwrap_or_else(|_| "12345".into());
+    // SCALE_SECTIONS picks sections, e.g. "1" or "34" (default: all six).
+    let sections = std::env::var("SCALE_SECTIONS").unwrap_or_else(|_| "123456".into());
     let http = reqwest::Client::new();
 
     // ---- 1. Throughput and CPU per call: gateway against relay.
@@ -702,6 +702,11 @@ async fn orchestrate() {
     // ---- 5. Admission after a restart, default flags.
     if sections.contains('5') {
         admission(&http).await;
+    }
+
+    // ---- 6. Cluster mode: three replicas on one NATS JetStream.
+    if sections.contains('6') {
+        cluster(&http).await;
     }
 
     // ---- 3. Memory per agent with one stream each; event latency over those streams.
@@ -955,6 +960,203 @@ async fn admission(http: &reqwest::Client) {
         "admission after a restart (default flags), 2,000 random credentials at once: {}; GWS saw \
          {me_random} upstream requests for them (burst 100 + 50/s)",
         codes.join(", ")
+    );
+}
+
+/// A nats-server with JetStream on a random loopback port and its own store, killed (and its
+/// store removed) when dropped. The binary: `$GWS_NATS_SERVER`, else `nats-server` on PATH,
+/// else `target/nats-venv/bin/nats-server` (what `.ci/run` installs).
+struct NatsServer {
+    child: Child,
+    url: String,
+    store: std::path::PathBuf,
+}
+
+impl NatsServer {
+    fn start() -> Self {
+        let bin = std::env::var_os("GWS_NATS_SERVER")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("target/nats-venv/bin/nats-server");
+                venv.exists().then_some(venv)
+            })
+            .unwrap_or_else(|| "nats-server".into());
+        let store = std::env::temp_dir().join(format!("scale-nats-{}", std::process::id()));
+        let mut child = Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(&store)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (set GWS_NATS_SERVER)");
+        let mut port = None;
+        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if let Some((_, addr)) = line.split_once("Listening for client connections on ") {
+                port = addr.trim().rsplit(':').next().map(str::to_string);
+            }
+            if line.contains("Server is ready") {
+                break;
+            }
+        }
+        let url = format!("nats://127.0.0.1:{}", port.expect("nats-server listens"));
+        Self { child, url, store }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// Stamped events to `agent`, one at a time, each waited for on `rx`: the latencies (ms).
+async fn latencies(
+    http: &reqwest::Client,
+    sim: &str,
+    agent: usize,
+    rx: &mut tokio::sync::mpsc::Receiver<f64>,
+    events: usize,
+) -> Vec<f64> {
+    let mut lat = Vec::with_capacity(events);
+    for _ in 0..events {
+        inject(http, sim, agent, stamped_event(now_us())).await;
+        if let Ok(Some(ms)) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            lat.push(ms);
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    lat
+}
+
+/// Reads `stream`, sending the latency of every stamped event to `tx`; notices go to
+/// `notices` (kind and when).
+fn read_stamps(
+    mut stream: tonic::Streaming<SessionEventsResponse>,
+    tx: tokio::sync::mpsc::Sender<f64>,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<(i32, Instant)>>,
+) {
+    tokio::spawn(async move {
+        while let Ok(Some(item)) = stream.message().await {
+            if let Some(t_us) = stamp(&item) {
+                let _ = tx.try_send((now_us() - t_us) as f64 / 1000.0);
+            } else if let (Some(Event::Notice(n)), Some(notices)) = (&item.event, &notices) {
+                let _ = notices.send((n.kind, Instant::now()));
+            }
+        }
+    });
+}
+
+/// Cluster mode, in the same run as the single process: event latency on a replica that does
+/// not own the agent against one process; 10,000 streams of one agent spread over three
+/// replicas (handshakes, fan-out); takeover time after kill -9 of the owner.
+async fn cluster(http: &reqwest::Client) {
+    let nats = NatsServer::start();
+    let sim = Proc::start(&["sim", "3"], &[]);
+    let flags = |extra: &[&str]| {
+        let mut v: Vec<String> = ["gateway", "--gws-url", &sim.url, "--nats-url", &nats.url]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(["--cluster-secret", "scale-harness-cluster-secret"].map(String::from));
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let start = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::start(&args, &[("RUST_LOG", "warn")])
+    };
+    let events: usize = env_or("SCALE_CLUSTER_EVENTS", 300);
+
+    // Latency: one process, then a non-owner replica, agent a0 and a1.
+    let single = Proc::start(&["gateway", "--gws-url", &sim.url], &[("RUST_LOG", "warn")]);
+    let (s, _) = open_streams(&single.url, &[auth(0)], 1, 1).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    read_stamps(s.into_iter().next().unwrap(), tx, None);
+    let one = latencies(http, &sim.url, 0, &mut rx, events).await;
+    drop(single);
+    let replicas: Vec<Proc> = (0..3).map(|_| start(&flags(&[]))).collect();
+    // The first stream makes replica 0 the owner; the measured one is on replica 1.
+    let (owner_stream, _) = open_streams(&replicas[0].url, &[auth(1)], 1, 1).await;
+    let (s, _) = open_streams(&replicas[1].url, &[auth(1)], 1, 1).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let (ntx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    read_stamps(s.into_iter().next().unwrap(), tx, Some(ntx));
+    let other = latencies(http, &sim.url, 1, &mut rx, events).await;
+    println!(
+        "event latency, simulator publish -> gRPC client, {events} events one at a time: single process p50 {:.2} ms, p99 {:.2} ms; cluster, on a replica that does not own the agent (owner -> NATS -> replica) p50 {:.2} ms, p99 {:.2} ms => {:.2}x, {:.2}x",
+        percentile(&one, 0.5),
+        percentile(&one, 0.99),
+        percentile(&other, 0.5),
+        percentile(&other, 0.99),
+        ratio(percentile(&other, 0.5), percentile(&one, 0.5)),
+        ratio(percentile(&other, 0.99), percentile(&one, 0.99)),
+    );
+
+    // 10,000 streams of agent a2 over the three replicas.
+    let agent = 2;
+    let per = env_or("SCALE_CLUSTER_STREAMS", 10_000) / 3;
+    let mut streams = Vec::new();
+    let t = Instant::now();
+    for r in &replicas {
+        let (mut s, failed) = open_streams(&r.url, &vec![auth(agent); per], 20, 500).await;
+        if failed > 0 {
+            println!("  {failed} streams failed to open on {}", r.url);
+        }
+        streams.append(&mut s);
+    }
+    let opened = t.elapsed();
+    let cometd = control_json(
+        http,
+        format!("{}/simulator/agents/a{agent}/cometd", sim.url),
+    )
+    .await;
+    let n = streams.len();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(n * 2);
+    for s in streams {
+        read_stamps(s, tx.clone(), None);
+    }
+    let fan_events: usize = env_or("SCALE_FANOUT_EVENTS", 10);
+    let mut lat = Vec::new();
+    for _ in 0..fan_events {
+        inject(http, &sim.url, agent, stamped_event(now_us())).await;
+        for _ in 0..n {
+            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+                Ok(Some(ms)) => lat.push(ms),
+                _ => break,
+            }
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "{n} streams of one agent over 3 replicas: opened in {opened:?}, upstream handshakes {}; fan-out of {fan_events} events: {} deliveries, p50 {:.1} ms, p99 {:.1} ms",
+        cometd["handshakes"],
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+    );
+
+    // Takeover: kill -9 of the owner of a1 (replica 0); replica 1's stream learns it.
+    drop(owner_stream);
+    let mut replicas = replicas.into_iter();
+    let owner = replicas.next().unwrap();
+    let killed = Instant::now();
+    drop(owner);
+    let restored = NoticeKind::UpstreamRestored as i32;
+    let mut took = None;
+    while let Ok(Some((kind, at))) =
+        tokio::time::timeout(Duration::from_secs(30), notices.recv()).await
+    {
+        if kind == restored {
+            took = Some(at - killed);
+            break;
+        }
+    }
+    println!(
+        "takeover after kill -9 of the owner (default --lease-ttl 5s, --lease-renew 1s): RESTORED on another replica's stream after {took:?}"
     );
 }
 

@@ -200,6 +200,40 @@ pub struct ServeArgs {
     /// timeout of whatever is in front of GWS).
     #[arg(long, env = "GWS_IDLE_TIMEOUT", default_value = "50s", value_parser = parse_duration)]
     pub upstream_idle_timeout: Duration,
+    /// Run as one replica of a cluster on this NATS JetStream (e.g. nats://nats:4222; several
+    /// servers comma-separated): resume on any replica, one upstream session per agent
+    /// cluster-wide. Without it the gateway is a single process and needs no NATS.
+    #[arg(long, env = "GATEWAY_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "GATEWAY_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// Password of --nats-user.
+    #[arg(long, env = "GATEWAY_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS authentication token (instead of --nats-user).
+    #[arg(long, env = "GATEWAY_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// PEM CA certificate(s) trusted for a TLS NATS (tls:// URLs, or a server requiring TLS).
+    #[arg(long, env = "GATEWAY_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+    /// The secret every replica shares (at least 16 bytes): agents are keyed in NATS by a hash
+    /// of their credential salted with it, so NATS never sees a credential nor a hash that
+    /// could be tested against guessed passwords without it. Required with --nats-url.
+    #[arg(long, env = "GATEWAY_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Copies of the event stream and the lease bucket JetStream keeps (at most the NATS
+    /// cluster's size; 3 on a 3-node NATS, so one NATS node may fail).
+    #[arg(long, env = "GATEWAY_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+    /// How long an agent's lease (the right to run its upstream session) lasts unrenewed:
+    /// after a replica dies, another takes its agents over within about this long.
+    #[arg(long, env = "GATEWAY_LEASE_TTL", default_value = "5s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// How often an owner renews its leases (under a third of --lease-ttl, so two renewals
+    /// may fail before the lease runs out).
+    #[arg(long, env = "GATEWAY_LEASE_RENEW", default_value = "1s", value_parser = parse_duration)]
+    pub lease_renew: Duration,
     /// Listen address of the embedded simulator (`demo` only; loopback only).
     #[arg(long, env = "SIMULATOR_LISTEN", default_value = "127.0.0.1:0")]
     pub simulator_listen: SocketAddr,
@@ -278,6 +312,8 @@ pub struct ServeConfig {
     pub server_tls: Option<ReloadableTls>,
     /// Extra trust and identity towards GWS.
     pub upstream_tls: UpstreamTls,
+    /// Cluster mode (`--nats-url`), validated; connecting is checked at start.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Why a `serve` / `demo` configuration cannot be used: printed as one line, exit 64.
@@ -330,6 +366,9 @@ pub enum ConfigError {
     ServerTls(crate::tls::TlsError),
     #[error("GWS TLS: {0}")]
     UpstreamTls(crate::tls::TlsError),
+    /// A cluster flag (`--nats-url` and the flags that go with it), said as one line.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 impl ServeConfig {
@@ -464,12 +503,14 @@ impl ServeConfig {
             args.gws_client_key.as_deref(),
         )
         .map_err(ConfigError::UpstreamTls)?;
+        let cluster = cluster_config(&args).map_err(ConfigError::Cluster)?;
         Ok(Self {
             mode,
             args,
             default_credential,
             server_tls,
             upstream_tls,
+            cluster,
         })
     }
 
@@ -484,6 +525,84 @@ impl ServeConfig {
         url.set_path(&path);
         url
     }
+}
+
+/// The cluster flags, checked together: the URL here (not a clap value parser, so a bad one
+/// is exit 64 like any unusable setting); whether NATS answers is checked at start.
+fn cluster_config(args: &ServeArgs) -> Result<Option<crate::cluster::ClusterConfig>, String> {
+    let Some(urls) = &args.nats_url else {
+        let stray = [
+            ("--nats-user", args.nats_user.is_some()),
+            ("--nats-password", args.nats_password.is_some()),
+            ("--nats-token", args.nats_token.is_some()),
+            ("--nats-ca", args.nats_ca.is_some()),
+            ("--cluster-secret", args.cluster_secret.is_some()),
+        ];
+        if let Some((name, _)) = stray.iter().find(|(_, given)| *given) {
+            return Err(format!("{name} needs --nats-url (cluster mode)"));
+        }
+        return Ok(None);
+    };
+    let mut servers = Vec::new();
+    for text in urls.split(',').map(str::trim) {
+        let url: reqwest::Url = text
+            .parse()
+            .map_err(|e| format!("--nats-url {text:?} is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "nats" | "tls") || url.host_str().is_none_or(str::is_empty) {
+            return Err(format!(
+                "--nats-url {text:?} must be a nats:// or tls:// URL with a host, e.g. nats://nats:4222"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(
+                "--nats-url must not contain user:password@: give --nats-user and --nats-password"
+                    .into(),
+            );
+        }
+        servers.push(url.to_string());
+    }
+    let auth = match (&args.nats_user, &args.nats_password, &args.nats_token) {
+        (None, None, None) => crate::cluster::NatsAuth::None,
+        (Some(user), Some(password), None) => {
+            crate::cluster::NatsAuth::UserPassword(user.clone(), password.clone())
+        }
+        (None, None, Some(token)) => crate::cluster::NatsAuth::Token(token.clone()),
+        (_, _, Some(_)) => {
+            return Err("--nats-token and --nats-user are alternatives: give one".into());
+        }
+        _ => return Err("--nats-user and --nats-password go together".into()),
+    };
+    if let Some(ca) = &args.nats_ca {
+        std::fs::metadata(ca).map_err(|e| format!("--nats-ca {}: {e}", ca.display()))?;
+    }
+    let secret = match &args.cluster_secret {
+        Some(s) if s.len() >= 16 => s.clone(),
+        Some(_) => return Err("--cluster-secret must be at least 16 bytes".into()),
+        None => {
+            return Err("--nats-url needs --cluster-secret (GATEWAY_CLUSTER_SECRET), the secret every replica shares".into());
+        }
+    };
+    if args.lease_renew.is_zero() || args.lease_renew.saturating_mul(3) > args.lease_ttl {
+        return Err(format!(
+            "--lease-renew ({:?}) must be above 0 and at most a third of --lease-ttl ({:?})",
+            args.lease_renew, args.lease_ttl
+        ));
+    }
+    if !(1..=5).contains(&args.nats_replicas) {
+        return Err("--nats-replicas must be 1 to 5 (JetStream's limit)".into());
+    }
+    Ok(Some(crate::cluster::ClusterConfig {
+        replicas: args.nats_replicas,
+        servers,
+        auth,
+        ca: args.nats_ca.clone(),
+        secret,
+        lease_ttl: args.lease_ttl,
+        lease_renew: args.lease_renew,
+        replay_max_events: args.replay_max_events(),
+        replay_max_bytes: args.replay_budget_mib.saturating_mul(1024 * 1024),
+        replay_max_age: args.replay_max_age,
+    }))
 }
 
 /// Validated `simulate` agents (and its address: loopback only).
@@ -750,5 +869,70 @@ mod tests {
         }
         let d = serve(&["--default-user", "a", "--default-password", "b"]).unwrap();
         assert_eq!(d.default_credential.unwrap().user(), "a");
+    }
+
+    #[test]
+    fn validates_cluster_settings() {
+        const SECRET: &str = "0123456789abcdef";
+        assert!(
+            serve(&[]).unwrap().cluster.is_none(),
+            "single process by default"
+        );
+        let c = serve(&[
+            "--nats-url",
+            "nats://a:4222, tls://b:4222",
+            "--cluster-secret",
+            SECRET,
+        ])
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(c.servers, ["nats://a:4222", "tls://b:4222"]);
+        assert_eq!(
+            (c.lease_ttl, c.lease_renew),
+            (Duration::from_secs(5), Duration::from_secs(1))
+        );
+        assert_eq!(
+            c.replay_max_events, 1024,
+            "retention follows the replay flags"
+        );
+        let bad = |args: &[&str]| {
+            let mut all = vec!["--cluster-secret", SECRET];
+            all.extend_from_slice(args);
+            serve(&all).unwrap_err()
+        };
+        assert!(bad(&["--nats-url", "http://a:4222"]).contains("nats://"));
+        assert!(bad(&["--nats-url", "not a url"]).contains("not a URL"));
+        assert!(bad(&["--nats-url", "nats://u:p@a:4222"]).contains("--nats-user"));
+        assert!(bad(&["--nats-url", "nats://a", "--nats-user", "u"]).contains("together"));
+        assert!(
+            bad(&[
+                "--nats-url",
+                "nats://a",
+                "--nats-token",
+                "t",
+                "--nats-user",
+                "u"
+            ])
+            .contains("alternatives")
+        );
+        assert!(bad(&["--nats-url", "nats://a", "--lease-renew", "2s"]).contains("third"));
+        assert!(
+            bad(&["--nats-url", "nats://a", "--nats-ca", "/nonexistent"]).contains("--nats-ca")
+        );
+        assert!(bad(&[]).contains("needs --nats-url"), "a secret alone");
+        assert!(
+            serve(&["--nats-url", "nats://a"])
+                .unwrap_err()
+                .contains("--cluster-secret")
+        );
+        assert!(
+            serve(&["--nats-url", "nats://a", "--cluster-secret", "short"])
+                .unwrap_err()
+                .contains("16 bytes")
+        );
+        // The secret is never printed.
+        let c = serve(&["--nats-url", "nats://a", "--cluster-secret", SECRET]).unwrap();
+        assert!(!format!("{:?}", c.cluster).contains(SECRET));
     }
 }

@@ -10,6 +10,8 @@
 //! - [`bayeux`]: the Bayeux (CometD long-polling) client.
 //! - [`mapping`]: GWS notification JSON -> proto, lossless and total.
 //! - [`events`]: the per-agent hub: one upstream CometD session, fan-out, replay, resume.
+//! - [`cluster`]: cluster mode on NATS JetStream: per-agent leases, the agent's subject as
+//!   the feed's source on every replica.
 //! - [`json`]: bounded JSON from upstream (from the shared `gws_model` crate).
 //! - [`client`]: the built-in command-line client.
 //!
@@ -25,6 +27,7 @@
 pub mod accept;
 pub mod bayeux;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod descriptors;
 pub mod events;

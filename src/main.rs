@@ -54,9 +54,8 @@ fn main() -> ExitCode {
         Ok(g) => g,
         Err(code) => return code,
     };
-    if let Some(config) = &gateway
-        && config.args.check_config
-    {
+    let check_only = gateway.as_ref().is_some_and(|c| c.args.check_config);
+    if check_only && gateway.as_ref().is_some_and(|c| c.cluster.is_none()) {
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
@@ -67,6 +66,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if check_only {
+        // Cluster mode: the configuration is usable only if NATS answers.
+        let cluster = gateway.and_then(|c| c.cluster);
+        return runtime.block_on(async {
+            if let Some(cluster) = cluster
+                && let Err(e) = gws_sms_gateway::cluster::Cluster::check(&cluster).await
+            {
+                eprintln!("error: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        });
+    }
     runtime.block_on(async {
         let default_filter = if matches!(command, Command::Client(_)) {
             "warn"
@@ -104,6 +117,14 @@ fn check(mode: Mode, args: ServeArgs) -> Result<ServeConfig, ExitCode> {
 }
 
 async fn serve(config: ServeConfig) -> ExitCode {
+    // Cluster mode: an unreachable NATS is a configuration error, found before any port is
+    // bound (the server connects again for itself).
+    if let Some(cluster) = &config.cluster
+        && let Err(e) = gws_sms_gateway::cluster::Cluster::check(cluster).await
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
     let listener = match tokio::net::TcpListener::bind(config.args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -116,6 +137,10 @@ async fn serve(config: ServeConfig) -> ExitCode {
         Err(e @ ServerError::DrainTimedOut(_)) => {
             eprintln!("error: {e}");
             ExitCode::from(EX_DRAIN_TIMED_OUT)
+        }
+        Err(e @ ServerError::Cluster(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EX_USAGE)
         }
         Err(e @ ServerError::Listen { .. }) => {
             eprintln!("error: {e}");

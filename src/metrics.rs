@@ -246,6 +246,7 @@ pub static COMETD_HANDSHAKES: LazyLock<Labeled<1, Counter>> =
     LazyLock::new(|| Labeled::new(["kind"]));
 pub static NOTIFICATIONS: LazyLock<Labeled<1, Counter>> = LazyLock::new(|| Labeled::new(["kind"]));
 pub static NOTIFICATIONS_UNMAPPED: LazyLock<Counter> = LazyLock::new(Counter::default);
+pub static CLUSTER_STALE: LazyLock<Counter> = LazyLock::new(Counter::default);
 pub static STREAMS_OPEN: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 pub static STREAMS_CUT: LazyLock<Labeled<1, Counter>> = LazyLock::new(|| Labeled::new(["reason"]));
 pub static REPLAY: LazyLock<Labeled<1, Counter>> = LazyLock::new(|| Labeled::new(["result"]));
@@ -342,6 +343,12 @@ fn registry() -> &'static Registry {
             "gws_gateway_notifications_unmapped_total",
             "Notifications that could not be mapped to the gRPC contract and were skipped.",
             NOTIFICATIONS_UNMAPPED.clone(),
+        );
+        register(
+            &mut r,
+            "gws_gateway_cluster_stale_publishes_total",
+            "Cluster mode: messages of an owner that had lost its lease, refused or dropped.",
+            CLUSTER_STALE.clone(),
         );
         register(
             &mut r,

@@ -51,6 +51,9 @@ pub enum ServerError {
     UpstreamClient(#[from] crate::upstream::ClientError),
     #[error("no --gws-url: only `demo` runs the embedded simulator")]
     NoUpstream,
+    /// `--nats-url` given, and NATS could not be used (exit 64: a configuration error).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// Calls were still in flight when the drain time ran out; they were cut.
     #[error("drain timed out after {0:?}: calls still in flight were cut")]
     DrainTimedOut(Duration),
@@ -131,6 +134,11 @@ pub async fn serve_on(
         metrics.as_ref().and_then(|l| l.local_addr().ok()),
     );
     let _side = side_servers(metrics, health_listener, &health_service, gateway.accept);
+    // Cluster mode: NATS's state under its own health name; unary calls do not need NATS,
+    // so the API's own status stays SERVING while it is down (see the README).
+    let _nats_health = gateway.cluster.clone().map(|c| {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(report_nats(c, health.clone())))
+    });
     let sweeper = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(sweep_agents(
         gateway.agents.clone(),
     )));
@@ -173,6 +181,8 @@ pub async fn serve_on(
 struct Gateway {
     gws_url: reqwest::Url,
     embedded: Option<Embedded>,
+    /// Cluster mode's NATS connection (`--nats-url`).
+    cluster: Option<crate::cluster::Cluster>,
     agents: AgentRegistry,
     events: EventsHub,
     api: SmsSessionApi,
@@ -232,7 +242,12 @@ async fn build(config: &ServeConfig) -> Result<Gateway, ServerError> {
     events_config.max_outcome_waits = args.max_outcome_waits;
     events_config.max_streams_per_agent = args.max_streams_per_agent;
     events_config.read_timeout = args.upstream_timeout;
-    let events = EventsHub::new(events_config, gws.clone());
+    events_config.handover = args.drain_timeout;
+    let cluster = match &config.cluster {
+        Some(cluster) => Some(crate::cluster::Cluster::connect(cluster.clone()).await?),
+        None => None,
+    };
+    let events = EventsHub::with_cluster(events_config, gws.clone(), cluster.clone());
     let api = SmsSessionApi::new(
         gws,
         events.clone(),
@@ -243,6 +258,7 @@ async fn build(config: &ServeConfig) -> Result<Gateway, ServerError> {
     Ok(Gateway {
         gws_url,
         embedded,
+        cluster,
         agents,
         events,
         api,
@@ -453,6 +469,26 @@ fn announce(
              curl -X POST {}simulator/agents/{user}/smssessions -d '{{\"text\":\"Hi\"}}'",
             gws_url
         );
+    }
+}
+
+/// The health name that says whether this replica's NATS connection is up.
+pub const NATS_HEALTH: &str = "gws.sms.v1.Cluster";
+
+async fn report_nats(
+    cluster: crate::cluster::Cluster,
+    health: tonic_health::server::HealthReporter,
+) {
+    let mut link = cluster.link();
+    loop {
+        let status = match *link.borrow_and_update() {
+            crate::cluster::Link::Up => tonic_health::ServingStatus::Serving,
+            crate::cluster::Link::Down => tonic_health::ServingStatus::NotServing,
+        };
+        health.set_service_status(NATS_HEALTH, status).await;
+        if link.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Which events a subscriber wants: session ids and notification types (empty = all), and
 //! whether it asked for snapshots.
 
-use super::feed::Item;
+use super::item::Item;
 use super::replay::Stored;
 use crate::proto::session_events_response::Event;
 use crate::proto::{NotificationType, SessionEventsResponse, SessionSnapshot};

@@ -12,6 +12,9 @@ use std::sync::{Arc, OnceLock};
 #[derive(Debug, Clone, Default)]
 pub struct SharedItem(Arc<Shared>);
 
+/// What the feed's modules call a stream item.
+pub type Item = SharedItem;
+
 #[derive(Debug, Clone, Default)]
 struct Shared {
     response: SessionEventsResponse,
@@ -25,6 +28,22 @@ impl SharedItem {
         Self(Arc::new(Shared {
             response,
             encoded: OnceLock::new(),
+        }))
+    }
+
+    /// An item stamped with its `resume_token` in front of a payload that is the encoding of
+    /// `response` without one (what a cluster owner publishes): the bytes are joined, not
+    /// encoded again. Field 1 (the token) comes first, as prost encodes it.
+    pub fn stamped(mut response: SessionEventsResponse, token: String, payload: &[u8]) -> Self {
+        let mut encoded = Vec::with_capacity(payload.len() + token.len() + 6);
+        if !token.is_empty() {
+            prost::encoding::string::encode(1, &token, &mut encoded);
+        }
+        encoded.extend_from_slice(payload);
+        response.resume_token = token;
+        Self(Arc::new(Shared {
+            response,
+            encoded: OnceLock::from(encoded),
         }))
     }
 
@@ -110,5 +129,28 @@ mod tests {
         assert!(std::ptr::eq(clone.encoded(), item.encoded()));
         let back = SharedItem::decode(wire.as_slice()).unwrap();
         assert_eq!(*back, response);
+    }
+
+    #[test]
+    fn a_stamped_payload_encodes_exactly_as_the_whole_response() {
+        let response = SessionEventsResponse {
+            resume_token: String::new(),
+            receive_time: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5,
+            }),
+            event: Some(Event::Notice(StreamNotice {
+                kind: 2,
+                detail: "x".repeat(300),
+            })),
+        };
+        let payload = response.encode_to_vec();
+        let item = SharedItem::stamped(response.clone(), "00000000000000ff.77".into(), &payload);
+        let whole = SessionEventsResponse {
+            resume_token: "00000000000000ff.77".into(),
+            ..response
+        };
+        assert_eq!(item.encode_to_vec(), whole.encode_to_vec());
+        assert_eq!(*item, whole);
     }
 }

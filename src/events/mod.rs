@@ -4,26 +4,29 @@
 //! subscription is confirmed, can resume from a token ([`replay`]), and is filtered
 //! ([`filter`]). Nothing here knows about tonic: errors are [`EventsError`].
 
-mod feed;
+pub(crate) mod feed;
 pub mod filter;
-mod item;
+pub(crate) mod item;
 mod outcome;
 pub mod replay;
+pub(crate) mod state;
 mod stream;
 
-pub use feed::Upstream;
 pub use filter::Filter;
 pub use item::SharedItem;
 pub use outcome::{Expect, Outcome};
 pub use replay::{RESUME_WINDOW, ReplayBudget, Token};
+pub use state::Upstream;
 pub use stream::EventStream;
 
 use crate::bayeux::BayeuxConfig;
 use crate::proto::NoticeKind;
 use crate::upstream::{Agent, AgentKey, GwsClient, UpstreamError};
 use feed::Feed;
+use outcome::Waiters;
 use rand::Rng;
-use replay::{ReplayBuffer, Resume};
+use replay::ReplayBuffer;
+use state::Core;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -79,6 +82,9 @@ pub struct EventsConfig {
     pub max_outcome_waits: usize,
     /// Bound on a snapshot read (`GET /api/v2/me/smssessions`).
     pub read_timeout: Duration,
+    /// Cluster mode, at shutdown: how long an owner keeps an agent's upstream session while
+    /// another replica takes it over (make before break).
+    pub handover: Duration,
 }
 
 impl EventsConfig {
@@ -96,6 +102,7 @@ impl EventsConfig {
             max_streams_per_agent: 10_000,
             max_outcome_waits: 1000,
             read_timeout: Duration::from_secs(10),
+            handover: Duration::from_secs(10),
         }
     }
 }
@@ -122,6 +129,11 @@ struct Inner {
     /// atomic load instead of the token's lock.
     stopping: Arc<AtomicBool>,
     tasks: TaskTracker,
+    /// Cluster mode: feeds follow the agent's JetStream subject instead of running their own
+    /// CometD session, which only the agent's lease holder runs.
+    cluster: Option<crate::cluster::Cluster>,
+    /// Cluster mode: cancelled at shutdown; owners then hand their agents over.
+    draining: CancellationToken,
 }
 
 /// A subscriber's hold on its feed (waiting or registered). Dropping the last one starts
@@ -146,20 +158,28 @@ impl Drop for Interest {
         };
         let feed = self.feed.clone();
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
+            Ok(_) => {
                 let linger = hub.config.linger;
-                rt.spawn(async move {
-                    tokio::time::sleep(linger).await;
-                    // A stream cut for being slow was told it can resume: the feed (its
-                    // upstream session and replay buffer) stays while that pin lasts.
-                    loop {
-                        let until = feed.lock().replay.pinned_until(Instant::now());
-                        match until {
-                            Some(until) => tokio::time::sleep_until(until.into()).await,
-                            None => break,
+                let tasks = hub.tasks.clone();
+                let shutdown = hub.shutdown.clone();
+                // Under the tracker, and over at shutdown (which ends every feed itself).
+                tasks.spawn(async move {
+                    let lingered = async {
+                        tokio::time::sleep(linger).await;
+                        // A stream cut for being slow was told it can resume: the feed (its
+                        // upstream session and replay buffer) stays while that pin lasts.
+                        loop {
+                            let until = feed.lock().replay.pinned_until(Instant::now());
+                            match until {
+                                Some(until) => tokio::time::sleep_until(until.into()).await,
+                                None => break,
+                            }
                         }
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        () = lingered => hub.remove(&feed, true),
                     }
-                    hub.remove(&feed, true);
                 });
             }
             Err(_) => hub.remove(&feed, true),
@@ -222,6 +242,15 @@ impl Inner {
 
 impl EventsHub {
     pub fn new(config: EventsConfig, gws: GwsClient) -> Self {
+        Self::with_cluster(config, gws, None)
+    }
+
+    /// A hub whose feeds, with `cluster`, come from NATS JetStream (see [`crate::cluster`]).
+    pub fn with_cluster(
+        config: EventsConfig,
+        gws: GwsClient,
+        cluster: Option<crate::cluster::Cluster>,
+    ) -> Self {
         let mut bayeux =
             BayeuxConfig::new(config.notifications_url.clone(), config.channels.clone());
         bayeux.slots = gws.feed_share().clone();
@@ -238,55 +267,119 @@ impl EventsHub {
                 shutdown: CancellationToken::new(),
                 stopping: Arc::new(AtomicBool::new(false)),
                 tasks: TaskTracker::new(),
+                cluster,
+                draining: CancellationToken::new(),
             }),
         }
     }
 
     /// The agent's feed, created (and its upstream session started) on first use, with a
-    /// new interest registered on it.
+    /// new interest registered on it. The session is started after the map lock is released.
     fn interest(&self, agent: &Arc<Agent>) -> Result<Interest, EventsError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(EventsError::ShuttingDown);
         }
-        let mut feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
-        let feed = feeds
-            .entry(agent.key())
-            .or_insert_with(|| {
-                let floor = self.inner.seq.load(std::sync::atomic::Ordering::Relaxed);
-                let replay = ReplayBuffer::new(
-                    self.inner.config.replay_max_events,
-                    self.inner.config.replay_max_bytes,
-                    self.inner.config.replay_max_age,
-                    floor,
-                    self.inner.replay_budget.clone(),
-                );
-                let feed = Arc::new(Feed::new(agent.clone(), self.inner.epoch, self.inner.seq.clone(), replay));
-                let hub = Arc::downgrade(&self.inner);
-                let pump_feed = feed.clone();
-                let bayeux = self.inner.bayeux.clone();
-                let gws = self.inner.gws.clone();
-                let read_timeout = self.inner.config.read_timeout;
-                // In the trace of the call that started it: its upstream requests carry that
-                // trace's `traceparent`.
-                let span = tracing::info_span!("cometd_feed",
-                    trace_id = crate::telemetry::trace_id());
-                self.inner.tasks.spawn(crate::telemetry::propagate(tracing::Instrument::instrument(async move {
-                    let _live = crate::metrics::hold(&crate::metrics::COMETD_SESSIONS);
-                    feed::pump(pump_feed.clone(), bayeux, gws, read_timeout).await;
-                    // Whatever ended the session, the next subscriber starts a fresh one.
-                    if let Some(hub) = hub.upgrade() {
-                        hub.remove(&pump_feed, false);
-                    }
-                }, span)));
-                tracing::debug!(agent = ?agent.key(), "first stream: upstream notification session started");
-                feed
-            })
-            .clone();
-        feed.lock().interest += 1;
+        let (feed, created) = {
+            let mut feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
+            let mut created = false;
+            let feed = feeds
+                .entry(agent.key())
+                .or_insert_with(|| {
+                    created = true;
+                    Arc::new(Feed::new(agent.clone(), self.new_core(agent)))
+                })
+                .clone();
+            // Under the map lock: `Inner::remove` checks it under the same lock.
+            feed.lock().interest += 1;
+            (feed, created)
+        };
+        if created {
+            self.start(feed.clone());
+            tracing::debug!(agent = ?agent.key(), "first stream: upstream notification session started");
+        }
         Ok(Interest {
             hub: Arc::downgrade(&self.inner),
             feed,
         })
+    }
+
+    fn new_core(&self, agent: &Agent) -> Core {
+        let floor = self.inner.seq.load(Ordering::Relaxed);
+        let replay = ReplayBuffer::new(
+            self.inner.config.replay_max_events,
+            self.inner.config.replay_max_bytes,
+            self.inner.config.replay_max_age,
+            floor,
+            self.inner.replay_budget.clone(),
+        );
+        // In cluster mode the numbering is the stream's; its floor is set from the agent's
+        // subject before any stream can join.
+        let epoch = self
+            .inner
+            .cluster
+            .as_ref()
+            .map_or(self.inner.epoch, |c| c.epoch());
+        Core::new(epoch, replay, Waiters::new(agent.unsettled().clone()))
+    }
+
+    /// Starts `feed`'s source under the hub's task tracker.
+    fn start(&self, feed: Arc<Feed>) {
+        let hub = Arc::downgrade(&self.inner);
+        let inner = &self.inner;
+        if let Some(cluster) = &inner.cluster {
+            let ctx = crate::cluster::source::Context {
+                cluster: cluster.clone(),
+                bayeux: inner.bayeux.clone(),
+                gws: inner.gws.clone(),
+                read_timeout: inner.config.read_timeout,
+                tasks: inner.tasks.clone(),
+                draining: inner.draining.clone(),
+                handover: inner.config.handover,
+            };
+            let span = tracing::info_span!("cluster_feed", trace_id = crate::telemetry::trace_id());
+            inner.tasks.spawn(crate::telemetry::propagate(
+                tracing::Instrument::instrument(
+                    async move {
+                        crate::cluster::source::run(ctx, feed.clone()).await;
+                        if let Some(hub) = hub.upgrade() {
+                            hub.remove(&feed, false);
+                        }
+                    },
+                    span,
+                ),
+            ));
+            return;
+        }
+        let sink = feed::LocalSink {
+            feed: feed.clone(),
+            seq: inner.seq.clone(),
+            gws: inner.gws.clone(),
+            read_timeout: inner.config.read_timeout,
+            tasks: inner.tasks.clone(),
+        };
+        let source = feed::pump(
+            feed.agent.clone(),
+            feed.cancel.clone(),
+            inner.bayeux.clone(),
+            inner.gws.clone(),
+            inner.tasks.clone(),
+            sink,
+        );
+        // In the trace of the call that started it: its upstream requests carry that
+        // trace's `traceparent`.
+        let span = tracing::info_span!("cometd_feed", trace_id = crate::telemetry::trace_id());
+        inner.tasks.spawn(crate::telemetry::propagate(
+            tracing::Instrument::instrument(
+                async move {
+                    source.await;
+                    // Whatever ended the session, the next subscriber starts a fresh one.
+                    if let Some(hub) = hub.upgrade() {
+                        hub.remove(&feed, false);
+                    }
+                },
+                span,
+            ),
+        ));
     }
 
     /// Registers an interest in `agent`'s feed and waits, at most `wait`, until its upstream
@@ -331,7 +424,7 @@ impl EventsHub {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id = {
             let mut state = interest.feed.lock();
-            if let Some(error) = interest.feed.failure() {
+            if let Some(error) = state.failure() {
                 return Err(error);
             }
             if state.waiters.len() >= self.inner.config.max_outcome_waits {
@@ -356,16 +449,22 @@ impl EventsHub {
         let interest = self
             .ready(&agent, self.inner.config.subscribe_timeout)
             .await?;
+        // The highest position issued: a token beyond it was never one of ours.
+        let issued = match (&self.inner.cluster, resume) {
+            (Some(cluster), Some(_)) => cluster.last_seq().await.unwrap_or(0),
+            (Some(_), None) => 0,
+            (None, _) => self.inner.seq.load(Ordering::Relaxed),
+        };
         let feed = interest.feed.clone();
         let (tx, rx) = mpsc::channel(self.inner.config.stream_buffer.max(1));
         let end = Arc::new(Mutex::new(None));
         let mut pre = VecDeque::new();
         // The stream's position when it joined the feed.
-        let mut registered = String::new();
+        let registered;
         let slot = {
             let mut state = feed.lock();
-            // Checked under the lock `Feed::fail` drains under: a stream never joins a dead feed.
-            if let Some(error) = feed.failure() {
+            // Checked under the lock a failure drains under: a stream never joins a dead feed.
+            if let Some(error) = state.failure() {
                 return Err(error);
             }
             if state.slots_len() >= self.inner.config.max_streams_per_agent {
@@ -373,37 +472,10 @@ impl EventsHub {
                     self.inner.config.max_streams_per_agent,
                 ));
             }
-            let now = feed.token(state.replay.last_seq());
-            registered.clone_from(&now);
-            let issued = self.inner.seq.load(std::sync::atomic::Ordering::Relaxed);
-            match resume.map(|t| (t, state.replay.resume(t, feed.epoch, issued))) {
-                None => pre.push_back(feed::notice(
-                    NoticeKind::Subscribed,
-                    "subscribed upstream",
-                    now,
-                )),
-                Some((token, Resume::Replay(events))) => {
-                    crate::metrics::REPLAY.inc(["hit"]);
-                    // SUBSCRIBED carries the token the stream resumes from, so a client that
-                    // stops right after it loses nothing of the replay.
-                    pre.push_back(feed::notice(
-                        NoticeKind::Subscribed,
-                        "subscribed upstream; replaying what followed resume_token",
-                        token.encode(),
-                    ));
-                    pre.extend(events.iter().filter_map(|s| filter.select(s)));
-                }
-                Some((_, Resume::Gap(why))) => {
-                    crate::metrics::REPLAY.inc(["gap"]);
-                    pre.push_back(feed::notice(
-                        NoticeKind::Subscribed,
-                        "subscribed upstream",
-                        now.clone(),
-                    ));
-                    pre.push_back(feed::notice(NoticeKind::Gap, why, now));
-                }
-            }
-            Feed::add_slot(&mut state, tx, filter.clone(), end.clone())
+            let joined = state.join(tx, filter.clone(), end.clone(), resume, issued);
+            registered = joined.registered;
+            pre.extend(joined.pre);
+            joined.slot
         };
         // From here the slot is released however this ends, cancellation included.
         let guard = stream::SlotGuard::new(feed, slot, interest);
@@ -417,8 +489,8 @@ impl EventsHub {
                 r = read => r,
             };
             match read {
-                Ok(sessions) => pre.extend(filter.snapshot(&feed::snapshot(sessions, registered))),
-                Err(why) => pre.push_back(feed::notice(
+                Ok(sessions) => pre.extend(filter.snapshot(&state::snapshot(sessions, registered))),
+                Err(why) => pre.push_back(state::notice(
                     NoticeKind::Gap,
                     &format!("snapshot read failed: {why}; the sessions' state is unknown"),
                     registered,
@@ -437,9 +509,21 @@ impl EventsHub {
 
     /// Ends every stream with UNAVAILABLE and closes every upstream session (CometD
     /// disconnect), waiting at most `grace` for the disconnects.
+    ///
+    /// In cluster mode the streams end as well (their clients reconnect to other replicas),
+    /// but an agent's owner keeps its upstream session, publishing, until a replica those
+    /// clients reached has its own session subscribed, then hands the lease over; at most
+    /// `handover` (then the session ends as linger ends it).
     pub async fn shutdown(&self, grace: Duration) {
         self.inner.stopping.store(true, Ordering::Release);
         self.inner.shutdown.cancel();
+        if self.inner.cluster.is_some() {
+            self.inner.draining.cancel();
+            self.inner.tasks.close();
+            let limit = self.inner.config.handover + grace;
+            let _ = tokio::time::timeout(limit, self.inner.tasks.wait()).await;
+            return;
+        }
         let feeds: Vec<_> = {
             let mut feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
             feeds.drain().map(|(_, f)| f).collect()

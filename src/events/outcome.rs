@@ -33,7 +33,7 @@
 //! [`Unsettled`]) and never used for another. Everything is bounded: waiters per agent (by
 //! the hub), kept notifications, candidates per kept Error.
 
-use super::feed::Item;
+use super::item::Item;
 use crate::proto::session_events_response::Event;
 use crate::proto::{NotificationType, TranscriptMessage};
 use crate::upstream::{Confirmation, Effect, Operation, Unsettled};

@@ -12,7 +12,7 @@
 //! after a pinned position (the byte bounds still do, and the cut stream's message says so
 //! honestly if they did).
 
-use super::feed::Item;
+use super::item::Item;
 use crate::proto::NotificationType;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -174,6 +174,14 @@ impl ReplayBuffer {
         }
     }
 
+    /// Where the numbering's history starts for this agent, learnt after the buffer was made
+    /// (cluster mode: from the agent's subject). Only while it holds nothing.
+    pub fn set_floor(&mut self, floor: u64) {
+        if self.events.is_empty() {
+            self.floor = floor;
+        }
+    }
+
     /// Holds everything after `seq` for the cut subscriber `slot` (see the module notes).
     pub fn pin(&mut self, slot: u64, seq: u64) {
         if self.pins.len() >= MAX_PINS {
@@ -232,6 +240,11 @@ impl ReplayBuffer {
 
     pub fn len(&self) -> usize {
         self.events.len()
+    }
+
+    /// The events held after `seq`, oldest first.
+    pub fn after(&self, seq: u64) -> impl Iterator<Item = &Arc<Stored>> {
+        self.events.iter().filter(move |s| s.seq > seq)
     }
 
     pub fn is_empty(&self) -> bool {

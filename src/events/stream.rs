@@ -2,7 +2,9 @@
 //! replay), then its live queue. It remembers the last token it yielded, so a cut-off
 //! consumer learns where to resume. Dropping it (the client went away) unregisters it at once.
 
-use super::feed::{EndReason, Feed, Item};
+use super::feed::Feed;
+use super::item::Item;
+use super::state::EndReason;
 use super::{EventsError, Interest};
 use futures::Stream;
 use std::collections::VecDeque;

@@ -159,6 +159,12 @@ impl Agent {
         self.key
     }
 
+    /// Bytes that identify the credential (its `authorization` value), for a keyed hash that
+    /// names the agent across replicas (cluster mode). Never to be logged or sent.
+    pub fn key_material(&self) -> &[u8] {
+        self.authorization.as_bytes()
+    }
+
     /// A request on the shared `client` carrying this agent's credentials and cookies. Pass
     /// its reply to [`Agent::absorb`].
     pub fn request(

@@ -532,3 +532,41 @@ fn post(base: &str, path: &str, body: &str) -> serde_json::Value {
     let (_, json) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {reply}"))
 }
+
+#[test]
+fn an_unreachable_nats_is_one_line_and_exit_64_before_binding() {
+    // Nothing listens on the port just freed.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nats = format!("nats://{}", free.local_addr().unwrap());
+    drop(free);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    for check in [true, false] {
+        let mut args = vec![
+            "serve",
+            "--gws-url",
+            "https://gws.example:8443",
+            "--listen",
+            &listen,
+            "--nats-url",
+            &nats,
+            "--cluster-secret",
+            "0123456789abcdef",
+        ];
+        if check {
+            args.push("--check-config");
+        }
+        let (code, _, stderr) = run(&args);
+        // 64, not 69: NATS is checked before the (taken) port would be bound.
+        assert_eq!(code, Some(64), "{stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(lines.len(), 1, "{stderr}");
+        assert!(lines[0].contains("cannot connect to NATS"), "{stderr}");
+    }
+    let (code, _, stderr) = run(&["serve", "--gws-url", "http://g:1", "--nats-url", "http://x"]);
+    assert_eq!(
+        code,
+        Some(64),
+        "a bad URL is a configuration error: {stderr}"
+    );
+}

@@ -1,10 +1,12 @@
 //! The container and Kubernetes files, checked without pulling an image: the manifests
-//! parse and wire what production needs (2 replicas, gRPC probes on service "", non-root
+//! parse and wire what production needs (3 replicas in cluster mode on a 3-node JetStream
+//! NATS, a surge-first rolling update, gRPC probes on service "", non-root
 //! read-only container without capabilities, the TLS secret, the metrics port, a PDB), and
 //! the container's own arguments and environment pass `serve --check-config` with test
 //! certificates in place of the mounted ones.
 
 use crate::support::certs;
+use crate::support::nats;
 
 use serde::Deserialize;
 use serde_norway::Value;
@@ -13,10 +15,11 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_gws-sms-gateway");
 
 fn manifests() -> Vec<Value> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/kubernetes/gateway.yaml"
-    );
+    manifest("gateway.yaml")
+}
+
+fn manifest(name: &str) -> Vec<Value> {
+    let path = format!("{}/deploy/kubernetes/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(path).unwrap();
     serde_norway::Deserializer::from_str(&text)
         .map(|doc| Value::deserialize(doc).expect("valid YAML"))
@@ -45,7 +48,10 @@ fn manifests_wire_probes_security_tls_and_metrics() {
     let docs = manifests();
     let deployment = kind(&docs, "Deployment");
     let pod = &deployment["spec"]["template"]["spec"];
-    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(2));
+    assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(3));
+    // A new pod is up before an old one stops: the stopping one hands its agents over.
+    let rolling = &deployment["spec"]["strategy"]["rollingUpdate"];
+    assert_eq!(rolling["maxUnavailable"].as_u64(), Some(0));
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
     let container = &pod["containers"][0];
     let args = strings(&container["args"]);
@@ -125,7 +131,57 @@ fn manifests_wire_probes_security_tls_and_metrics() {
         .collect();
     assert_eq!(service_ports, ["grpc", "metrics"]);
     let pdb = kind(&docs, "PodDisruptionBudget");
-    assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(1));
+    assert_eq!(pdb["spec"]["minAvailable"].as_u64(), Some(2));
+    // Cluster mode: the NATS URLs, the secret from a Secret, three copies in JetStream.
+    let env = &container["env"];
+    let named = |name: &str| {
+        env.as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no {name}"))
+            .clone()
+    };
+    let urls = named("GATEWAY_NATS_URL")["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(urls.split(',').count(), 3, "{urls}");
+    assert!(named("GATEWAY_CLUSTER_SECRET")["valueFrom"]["secretKeyRef"]["name"].is_string());
+    assert!(args.contains(&"--nats-replicas=3".to_string()));
+}
+
+#[test]
+fn nats_is_a_three_node_jetstream_cluster_the_gateway_urls_name() {
+    let docs = manifest("nats.yaml");
+    let set = kind(&docs, "StatefulSet");
+    assert_eq!(set["spec"]["replicas"].as_u64(), Some(3));
+    let config = kind(&docs, "ConfigMap")["data"]["nats.conf"]
+        .as_str()
+        .unwrap();
+    assert!(config.contains("jetstream"), "{config}");
+    for node in 0..3 {
+        assert!(
+            config.contains(&format!("nats://nats-{node}.nats:6222")),
+            "{config}"
+        );
+    }
+    assert!(
+        set["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+            .is_string()
+    );
+    let gateway = manifests();
+    let env = &kind(&gateway, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"];
+    let urls = env
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some("GATEWAY_NATS_URL"))
+        .and_then(|e| e["value"].as_str())
+        .unwrap();
+    for node in 0..3 {
+        assert!(urls.contains(&format!("nats-{node}.nats:4222")), "{urls}");
+    }
 }
 
 #[test]
@@ -148,15 +204,20 @@ fn the_containers_arguments_pass_check_config() {
         .iter()
         .map(|a| local(a))
         .collect();
+    // A real NATS stands in for the cluster's, a test value for the cluster secret.
+    let nats = nats::Nats::start();
     let env: Vec<(String, String)> = container["env"]
         .as_sequence()
         .unwrap()
         .iter()
         .map(|e| {
-            (
-                e["name"].as_str().unwrap().into(),
-                local(e["value"].as_str().unwrap()),
-            )
+            let name = e["name"].as_str().unwrap();
+            let value = match name {
+                "GATEWAY_NATS_URL" => nats.url(),
+                "GATEWAY_CLUSTER_SECRET" => "a test cluster secret".into(),
+                _ => local(e["value"].as_str().unwrap()),
+            };
+            (name.into(), value)
         })
         .collect();
     let run = |extra: &[&str]| {

@@ -8,6 +8,7 @@ mod support;
 
 mod bayeux_interop;
 mod cli;
+mod cluster;
 mod delete_user_data;
 mod deploy;
 mod examples;

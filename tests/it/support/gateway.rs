@@ -87,6 +87,21 @@ impl Harness {
         h
     }
 
+    /// A gateway already running elsewhere (a child process) at `addr`, in front of the
+    /// simulator at `sim_url`.
+    pub async fn remote(addr: SocketAddr, sim_url: &str) -> Self {
+        let h = Self {
+            sim: None,
+            sim_url: sim_url.to_string(),
+            addr,
+            http: reqwest::Client::new(),
+            stop: None,
+            task: None,
+        };
+        h.wait_serving().await;
+        h
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }

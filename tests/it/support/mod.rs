@@ -6,4 +6,5 @@ pub mod cometd_node;
 pub mod cut_proxy;
 pub mod events;
 pub mod gateway;
+pub mod nats;
 pub mod process;

@@ -1,0 +1,913 @@
+//! An agent's feed in cluster mode: its follower (the agent's subject, read into the local
+//! feed core) and its contender (takes the lease when free, then runs the agent's CometD
+//! session and publishes what it learns to the subject).
+//!
+//! Messages on `gws.events.<agent>`: headers say the kind (`event`, `subscribed`,
+//! `restored`, `lost`) and the publisher's term; an event's payload is the encoded
+//! `SessionEventsResponse` without its token (followers join the token in front of the
+//! bytes: nothing is mapped or encoded twice), a notice's is its detail text. Each publish
+//! carries a message id (a retry is stored once) and expects the subject's last sequence to
+//! be the one this owner saw: a stale owner's late publish is refused by the stream itself
+//! once a new owner has written, and dropped by followers (its term is below the newest).
+
+use super::lease::{DRAINING, Lease, LeaseError};
+use super::{Cluster, Link, subject};
+use crate::bayeux::BayeuxConfig;
+use crate::events::feed::{self, Feed, Sink, Upstreamed};
+use crate::events::item::Item;
+use crate::events::replay::{Stored, Token};
+use crate::events::state::{Effect, Input};
+use crate::events::{EventsError, Upstream};
+use crate::proto::{NotificationType, SessionEventsResponse};
+use crate::upstream::GwsClient;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use prost::Message as _;
+use prost::bytes::Bytes;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const KIND: &str = "Gws-Kind";
+const TERM: &str = "Gws-Term";
+const SESSION: &str = "Gws-Session";
+const TYPE: &str = "Gws-Type";
+/// Events a session may queue for its owner's publishing loop.
+const SESSION_QUEUE: usize = 256;
+/// Events a standby session keeps until its replica owns the agent; beyond, the handover is
+/// given up (a takeover then says LOST/RESTORED).
+const MAX_STANDBY: usize = 10_000;
+/// How often, during a handover, the draining owner looks for its successor and the
+/// successor for the lease: a handover lasts a second or two, and this is its latency.
+const HANDOVER_POLL: Duration = Duration::from_millis(50);
+/// Past a lease's expiry before trying to take it (the server drops expired entries on a
+/// sweep, not at the instant).
+const EXPIRY_SLACK: Duration = Duration::from_millis(50);
+/// Between attempts to follow the subject again after NATS came back.
+const RESUBSCRIBE: Duration = Duration::from_millis(200);
+
+/// What a control message says about the upstream session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Subscribed,
+    Restored,
+    Lost,
+}
+
+impl Control {
+    fn as_str(self) -> &'static str {
+        match self {
+            Control::Subscribed => "subscribed",
+            Control::Restored => "restored",
+            Control::Lost => "lost",
+        }
+    }
+}
+
+/// What the agent's follower and contender share.
+#[derive(Default)]
+struct Shared {
+    /// The last control message the follower read (`None`: none in the subject's history).
+    last_control: Mutex<Option<Control>>,
+}
+
+/// What both halves need.
+#[derive(Clone)]
+pub struct Context {
+    pub cluster: Cluster,
+    pub bayeux: BayeuxConfig,
+    pub gws: GwsClient,
+    pub read_timeout: Duration,
+    pub tasks: TaskTracker,
+    /// Cancelled when this replica shuts down.
+    pub draining: CancellationToken,
+    pub handover: Duration,
+}
+
+/// Runs `feed` from the agent's subject until the feed is cancelled, competing meanwhile for
+/// the agent's lease (the credential is in this replica's memory: the feed exists).
+pub async fn run(ctx: Context, feed: Arc<Feed>) {
+    let name = ctx.cluster.agent_name(&feed.agent);
+    let shared = Arc::new(Shared::default());
+    let (position_tx, position) = watch::channel(0u64);
+    let contender = ctx.tasks.spawn(crate::telemetry::propagate(contend(
+        ctx.clone(),
+        feed.clone(),
+        name.clone(),
+        shared.clone(),
+        position,
+    )));
+    let why = tokio::select! {
+        _ = feed.cancel.cancelled() => None,
+        r = follow(&ctx, &feed, &name, &shared, &position_tx) => Some(r),
+    };
+    feed.cancel.cancel();
+    let _ = contender.await;
+    if let Some(why) = why {
+        feed.fail(EventsError::Ended(format!(
+            "cluster event stream ended: {why}"
+        )));
+    }
+}
+
+/// Reads the agent's subject from its oldest retained message into the feed. Until it has
+/// read what was there when it started, the feed is not ready (its streams wait): then the
+/// last control message says whether the upstream session is subscribed.
+async fn follow(
+    ctx: &Context,
+    feed: &Arc<Feed>,
+    name: &str,
+    shared: &Shared,
+    position: &watch::Sender<u64>,
+) -> String {
+    let subject = subject(name);
+    let stream = ctx.cluster.stream();
+    let history_end = match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => m.sequence,
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
+        Err(e) => return format!("reading the agent's subject: {e}"),
+    };
+    if history_end == 0 {
+        // Nothing retained: the history starts now.
+        let now = ctx.cluster.last_seq().await.unwrap_or_default();
+        feed.lock().replay.set_floor(now);
+    }
+    let mut messages = match subscribe(stream, &subject, 0).await {
+        Ok(m) => Some(m),
+        Err(e) => return format!("following the agent's subject: {e}"),
+    };
+    let mut max_term = 0u64;
+    let mut caught_up = history_end == 0;
+    let mut first = true;
+    // The last sequence applied: a consumer made again starts after it.
+    let mut applied = 0u64;
+    if caught_up {
+        ready(feed, None);
+    }
+    let mut link = ctx.cluster.link();
+    loop {
+        let Some(current) = messages.as_mut() else {
+            // The NATS connection came back: a consumer from where this one stopped (the
+            // ordered consumer would notice the server's restart only after two missed
+            // heartbeats, half a minute).
+            match subscribe(stream, &subject, applied + 1).await {
+                Ok(m) => messages = Some(m),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster follower: consumer not made yet; retrying");
+                    tokio::select! {
+                        _ = feed.cancel.cancelled() => return "cancelled".into(),
+                        _ = tokio::time::sleep(RESUBSCRIBE) => {}
+                    }
+                }
+            }
+            continue;
+        };
+        let message = tokio::select! {
+            m = current.next() => m,
+            changed = link.changed() => {
+                if changed.is_err() {
+                    return "the NATS connection closed".into();
+                }
+                let state = *link.borrow_and_update();
+                if state == Link::Up {
+                    messages = None;
+                }
+                if caught_up {
+                    on_link(ctx, feed, state);
+                }
+                continue;
+            }
+        };
+        let message = match message {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                // The ordered consumer recreates itself from the last sequence it delivered.
+                tracing::debug!(error = %e, "cluster follower: consumer error");
+                continue;
+            }
+            None => return "the subject's consumer ended".into(),
+        };
+        let Ok(info) = message.info() else {
+            continue;
+        };
+        let seq = info.stream_sequence;
+        if first {
+            first = false;
+            if history_end > 0 {
+                feed.lock().replay.set_floor(seq.saturating_sub(1));
+            }
+        }
+        let headers = message.headers.as_ref();
+        let header = |name: &str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        let term = header(TERM).and_then(|t| t.parse().ok()).unwrap_or(0);
+        if term < max_term {
+            crate::metrics::CLUSTER_STALE.inc();
+            tracing::warn!(agent = ?feed.agent.key(), seq, term, max_term, "dropped a stale owner's message");
+            continue;
+        }
+        max_term = term;
+        let history = !caught_up;
+        let kind = header(KIND).unwrap_or_default();
+        let input = match kind.as_str() {
+            "event" => {
+                let payload = &message.payload;
+                let Ok(response) = SessionEventsResponse::decode(payload.as_ref()) else {
+                    tracing::warn!(seq, "undecodable event in the agent's subject; skipped");
+                    continue;
+                };
+                let token = Token {
+                    epoch: ctx.cluster.epoch(),
+                    seq,
+                }
+                .encode();
+                let item = Item::stamped(response, token, payload);
+                let notification_type = header(TYPE)
+                    .and_then(|t| t.parse::<i32>().ok())
+                    .and_then(|t| NotificationType::try_from(t).ok());
+                let session = header(SESSION).unwrap_or_default();
+                Some(Input::Stored(Stored::new(
+                    seq,
+                    item,
+                    session,
+                    notification_type,
+                )))
+            }
+            "subscribed" | "restored" | "lost" => {
+                let control = match kind.as_str() {
+                    "subscribed" => Control::Subscribed,
+                    "restored" => Control::Restored,
+                    _ => Control::Lost,
+                };
+                *shared
+                    .last_control
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(control);
+                if history {
+                    None
+                } else {
+                    Some(match control {
+                        Control::Subscribed => Input::Subscribed {
+                            restored: false,
+                            at: Some(seq),
+                        },
+                        Control::Restored => Input::Subscribed {
+                            restored: true,
+                            at: Some(seq),
+                        },
+                        Control::Lost => Input::Lost {
+                            reason: String::from_utf8_lossy(&message.payload).into_owned(),
+                            at: Some(seq),
+                        },
+                    })
+                }
+            }
+            _ => None,
+        };
+        if let Some(input) = input
+            && let Effect::ReadSnapshot { generation } = feed.apply(input)
+        {
+            feed::spawn_resync(
+                &ctx.tasks,
+                feed.clone(),
+                ctx.gws.clone(),
+                ctx.read_timeout,
+                generation,
+            );
+        }
+        applied = seq;
+        position.send_replace(seq);
+        if history && seq >= history_end {
+            caught_up = true;
+            let last = *shared
+                .last_control
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            ready(feed, last);
+        }
+    }
+}
+
+/// An ordered consumer of `subject` from `start` (0: its oldest retained message).
+async fn subscribe(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    start: u64,
+) -> Result<pull::Ordered, String> {
+    let deliver_policy = match start {
+        0 => jetstream::consumer::DeliverPolicy::All,
+        start_sequence => jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence },
+    };
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
+}
+
+/// The follower has read the history: the feed's status is what its last control said.
+fn ready(feed: &Feed, last: Option<Control>) {
+    if matches!(last, Some(Control::Subscribed | Control::Restored)) {
+        feed.apply(Input::Subscribed {
+            restored: false,
+            at: None,
+        });
+    }
+}
+
+/// The NATS connection went down or came back: this replica's streams are told; events
+/// the owner could not publish meanwhile are missed, and a restore brings a snapshot.
+fn on_link(ctx: &Context, feed: &Arc<Feed>, link: Link) {
+    let input = match (link, &*feed.status.borrow()) {
+        (Link::Down, Upstream::Subscribed) => Input::Lost {
+            reason: "this gateway replica lost its NATS connection; reconnecting".into(),
+            at: None,
+        },
+        (Link::Up, Upstream::Lost) => Input::Subscribed {
+            restored: true,
+            at: None,
+        },
+        _ => return,
+    };
+    if let Effect::ReadSnapshot { generation } = feed.apply(input) {
+        feed::spawn_resync(
+            &ctx.tasks,
+            feed.clone(),
+            ctx.gws.clone(),
+            ctx.read_timeout,
+            generation,
+        );
+    }
+}
+
+/// A running upstream session of this replica; what it learns arrives on `rx`.
+struct Session {
+    stop: CancellationToken,
+    rx: mpsc::Receiver<Upstreamed>,
+}
+
+/// A session started while another replica still owns the agent (it is draining): its
+/// events are kept until this replica owns the agent, then published unless the old owner
+/// already did (make before break).
+struct Standby {
+    session: Session,
+    buffer: Vec<Upstreamed>,
+    /// The subject's position before this session started: what the old owner published
+    /// after it may be in `buffer` too.
+    mark: u64,
+}
+
+/// Hands a session's events to its owner's loop (bounded: the session waits).
+struct ForwardSink(mpsc::Sender<Upstreamed>);
+
+impl Sink for ForwardSink {
+    async fn emit(&mut self, event: Upstreamed) -> bool {
+        self.0.send(event).await.is_ok()
+    }
+}
+
+fn start_session(ctx: &Context, feed: &Arc<Feed>) -> Session {
+    let stop = feed.cancel.child_token();
+    let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+    ctx.tasks.spawn(crate::telemetry::propagate(feed::pump(
+        feed.agent.clone(),
+        stop.clone(),
+        ctx.bayeux.clone(),
+        ctx.gws.clone(),
+        ctx.tasks.clone(),
+        ForwardSink(tx),
+    )));
+    Session { stop, rx }
+}
+
+/// Competes for the agent's lease until the feed is cancelled; while it holds the lease,
+/// runs the agent's upstream session. When the owner is draining, starts a standby session.
+async fn contend(
+    ctx: Context,
+    feed: Arc<Feed>,
+    name: String,
+    shared: Arc<Shared>,
+    position: watch::Receiver<u64>,
+) {
+    let config = ctx.cluster.config().clone();
+    loop {
+        if feed.cancel.is_cancelled() {
+            return;
+        }
+        if ctx.draining.is_cancelled() {
+            // This replica is shutting down and owns nothing of this agent.
+            feed.cancel.cancel();
+            return;
+        }
+        let mut wait = config.lease_renew;
+        match Lease::take(
+            ctx.cluster.leases(),
+            &name,
+            ctx.cluster.replica(),
+            config.lease_ttl,
+        )
+        .await
+        {
+            Ok(lease) => own(&ctx, &feed, &name, &shared, position.clone(), lease, None).await,
+            Err(LeaseError::Taken) => {
+                if let Ok(Some(entry)) = ctx.cluster.leases().entry(name.as_str()).await {
+                    let draining = std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|v| v.strip_prefix(DRAINING))
+                        .and_then(|t| t.parse().ok());
+                    if let Some(term) = draining {
+                        standby(&ctx, &feed, &name, &shared, &position, term).await;
+                    } else {
+                        // Try again just after the lease would run out unrenewed (the
+                        // owner's last write plus the TTL), not up to a renewal later: the
+                        // takeover after an owner dies is the TTL plus a handshake.
+                        wait = wait.min(expires_in(
+                            entry.created.unix_timestamp_nanos(),
+                            config.lease_ttl,
+                        ));
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cluster: lease not taken"),
+        }
+        tokio::select! {
+            _ = feed.cancel.cancelled() => return,
+            _ = ctx.draining.cancelled() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// How long until a lease last written at `written` (the server's clock) runs out, plus a
+/// little for the server's expiry sweep; never less than that little.
+fn expires_in(written_unix_nanos: i128, ttl: Duration) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    let left = i128::try_from(ttl.as_nanos()).unwrap_or(i128::MAX) - (now - written_unix_nanos);
+    Duration::from_nanos(u64::try_from(left.max(0)).unwrap_or(u64::MAX)) + EXPIRY_SLACK
+}
+
+fn ready_key(name: &str) -> String {
+    format!("{name}.ready")
+}
+
+/// The owner (of `term`) is draining: start this replica's own session, say once it is
+/// subscribed, and take the lease as soon as the owner hands it back.
+async fn standby(
+    ctx: &Context,
+    feed: &Arc<Feed>,
+    name: &str,
+    shared: &Shared,
+    position: &watch::Receiver<u64>,
+    term: u64,
+) {
+    let mark = *position.borrow();
+    let mut session = start_session(ctx, feed);
+    let subscribed = tokio::time::timeout(ctx.handover, async {
+        loop {
+            match session.rx.recv().await {
+                Some(Upstreamed::Subscribed { .. }) => return true,
+                Some(Upstreamed::Event { .. }) => {}
+                Some(Upstreamed::Lost { .. } | Upstreamed::Failed(_)) | None => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !subscribed {
+        session.stop.cancel();
+        return;
+    }
+    let ready = ctx
+        .cluster
+        .leases()
+        .put(ready_key(name), Bytes::from(term.to_string()))
+        .await;
+    if ready.is_err() {
+        session.stop.cancel();
+        return;
+    }
+    tracing::info!(agent = ?feed.agent.key(), term, "cluster: standby session subscribed; waiting for the draining owner's lease");
+    let mut buffer = Vec::new();
+    let deadline = tokio::time::Instant::now() + ctx.handover + ctx.cluster.config().lease_ttl;
+    let mut poll = tokio::time::interval(HANDOVER_POLL);
+    loop {
+        tokio::select! {
+            _ = feed.cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(deadline) => break,
+            event = session.rx.recv() => match event {
+                Some(event @ Upstreamed::Event { .. }) if buffer.len() < MAX_STANDBY => buffer.push(event),
+                Some(Upstreamed::Subscribed { .. }) => {}
+                // Lost, failed, or more than a handover can hold: let a takeover say so.
+                _ => break,
+            },
+            _ = poll.tick() => {
+                match Lease::take(ctx.cluster.leases(), name, ctx.cluster.replica(), ctx.cluster.config().lease_ttl).await {
+                    Ok(lease) => {
+                        let standby = Standby { session, buffer, mark };
+                        own(ctx, feed, name, shared, position.clone(), lease, Some(standby)).await;
+                        return;
+                    }
+                    Err(LeaseError::Taken) => {}
+                    Err(e) => tracing::debug!(error = %e, "cluster: lease not taken"),
+                }
+            }
+        }
+    }
+    session.stop.cancel();
+}
+
+/// How many items of `published` (the old owner's, oldest first) end with what `received`
+/// (the new session's, oldest first) starts with: those were published already.
+fn overlap<T: PartialEq>(published: &[T], received: &[T]) -> usize {
+    (0..=published.len().min(received.len()))
+        .rev()
+        .find(|&k| published[published.len() - k..] == received[..k])
+        .unwrap_or(0)
+}
+
+/// This replica owns the agent: runs its session (or takes over its standby one), renews
+/// the lease, and stops the session as soon as the lease is lost or cannot be renewed in
+/// time. At shutdown it keeps publishing until a successor is subscribed (or `handover`).
+async fn own(
+    ctx: &Context,
+    feed: &Arc<Feed>,
+    name: &str,
+    shared: &Shared,
+    mut position: watch::Receiver<u64>,
+    lease: Lease,
+    standby: Option<Standby>,
+) {
+    let subject = subject(name);
+    let expected = match ctx
+        .cluster
+        .stream()
+        .get_last_raw_message_by_subject(&subject)
+        .await
+    {
+        Ok(m) => m.sequence,
+        Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => 0,
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster: cannot read the agent's subject; lease handed back");
+            lease.release().await;
+            return;
+        }
+    };
+    // What the previous owner last said is known once the follower has read up to here.
+    let caught_up = position.wait_for(|p| *p >= expected);
+    if expected > 0
+        && tokio::time::timeout(ctx.cluster.config().lease_ttl, caught_up)
+            .await
+            .map_or(true, |r| r.is_err())
+    {
+        lease.release().await;
+        if let Some(standby) = standby {
+            standby.session.stop.cancel();
+        }
+        return;
+    }
+    let previous = *shared
+        .last_control
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let term = lease.term;
+    tracing::info!(agent = ?feed.agent.key(), term, handover = standby.is_some(), "cluster: this replica owns the agent's upstream session");
+    let lease = Arc::new(tokio::sync::Mutex::new(Some(lease)));
+    let valid = Arc::new(Mutex::new(
+        lease
+            .lock()
+            .await
+            .as_ref()
+            .map(|l| l.valid_until)
+            .unwrap_or_else(std::time::Instant::now),
+    ));
+    let handed = standby.is_some();
+    let (mut session, pending) = match standby {
+        Some(Standby {
+            session,
+            mut buffer,
+            mark,
+        }) => {
+            // What the old owner published since this session started may be in `buffer`
+            // too: published once.
+            let published: Vec<_> = feed
+                .lock()
+                .replay
+                .after(mark)
+                .map(|s| s.response.event.clone())
+                .collect();
+            let received: Vec<_> = buffer
+                .iter()
+                .map(|e| match e {
+                    Upstreamed::Event { event, .. } => Some(event.clone()),
+                    _ => None,
+                })
+                .collect();
+            let skip = overlap(&published, &received);
+            buffer.drain(..skip);
+            (session, buffer)
+        }
+        None => (start_session(ctx, feed), Vec::new()),
+    };
+    // Cancelled when the lease is lost: from then on nothing of this owner is published.
+    let fence = CancellationToken::new();
+    let mut sink = ClusterSink {
+        js: ctx.cluster.js().clone(),
+        subject,
+        term,
+        expected,
+        next_id: 0,
+        type_header: None,
+        valid: valid.clone(),
+        had_session: previous.is_some(),
+        feed: feed.clone(),
+        session: fence.clone(),
+        stopped: false,
+    };
+    if !handed && matches!(previous, Some(Control::Subscribed | Control::Restored)) {
+        // The previous owner went without a word: its session is gone, and whatever GWS sent
+        // since it last published is missed.
+        sink.publish(
+            Control::Lost.as_str(),
+            Bytes::from_static(
+                b"the gateway replica running this agent's upstream session stopped; another is taking over",
+            ),
+            None,
+        )
+        .await;
+    }
+    let renewer = ctx.tasks.spawn(renew(
+        lease.clone(),
+        valid,
+        session.stop.clone(),
+        fence.clone(),
+        ctx.cluster.config().lease_renew,
+    ));
+    let mut going = true;
+    for event in pending {
+        going = going && sink.emit(event).await;
+    }
+    let mut handover: Option<tokio::time::Instant> = None;
+    let mut poll = tokio::time::interval(HANDOVER_POLL);
+    while going {
+        tokio::select! {
+            event = session.rx.recv() => match event {
+                Some(event) => going = sink.emit(event).await,
+                None => going = false,
+            },
+            _ = ctx.draining.cancelled(), if handover.is_none() => {
+                handover = Some(tokio::time::Instant::now() + ctx.handover);
+                if let Some(held) = lease.lock().await.as_mut()
+                    && let Err(e) = held.mark_draining().await
+                {
+                    tracing::warn!(error = %e, "cluster: cannot mark the lease draining");
+                    going = false;
+                }
+                tracing::info!(agent = ?feed.agent.key(), "cluster: draining; keeping the upstream session until another replica has its own");
+            }
+            _ = poll.tick(), if handover.is_some() => {
+                let ready = ctx.cluster.leases().get(ready_key(name)).await.ok().flatten();
+                let successor = ready.is_some_and(|v| v.as_ref() == term.to_string().as_bytes());
+                if successor || handover.is_some_and(|h| tokio::time::Instant::now() >= h) {
+                    going = false;
+                }
+            }
+        }
+    }
+    session.stop.cancel();
+    // What the session received and this loop has not published yet: published now, while
+    // the lease is still held (the successor, subscribed before this one stopped, drops what
+    // it received too when it takes over).
+    while let Some(event) = session.rx.recv().await {
+        if matches!(event, Upstreamed::Event { .. }) && !sink.emit(event).await {
+            break;
+        }
+    }
+    let _ = renewer.await;
+    if let Some(lease) = lease.lock().await.take() {
+        lease.release().await;
+    }
+    if handover.is_some() {
+        feed.cancel.cancel();
+    }
+    tracing::info!(agent = ?feed.agent.key(), term, "cluster: upstream session ended; lease handed back");
+}
+
+/// Renews the lease every `every`; when it is taken, or cannot be renewed before it runs
+/// out, ends the session (`session`).
+async fn renew(
+    lease: Arc<tokio::sync::Mutex<Option<Lease>>>,
+    valid: Arc<Mutex<std::time::Instant>>,
+    session: CancellationToken,
+    fence: CancellationToken,
+    every: Duration,
+) {
+    loop {
+        tokio::select! {
+            _ = session.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let mut guard = lease.lock().await;
+        let Some(held) = guard.as_mut() else {
+            return;
+        };
+        match held.renew().await {
+            Ok(()) => *valid.lock().unwrap_or_else(|e| e.into_inner()) = held.valid_until,
+            Err(LeaseError::Taken) => {
+                tracing::warn!("cluster: lease taken by another replica; upstream session stops");
+                guard.take();
+                fence.cancel();
+                session.cancel();
+                return;
+            }
+            Err(e) if !held.valid() => {
+                tracing::warn!(error = %e, "cluster: lease not renewed in time; upstream session stops");
+                fence.cancel();
+                session.cancel();
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "cluster: lease renewal failed; retrying"),
+        }
+    }
+}
+
+/// The owner's sink: publishes to the agent's subject.
+struct ClusterSink {
+    js: jetstream::Context,
+    subject: String,
+    term: u64,
+    /// The subject's last sequence as this owner knows it.
+    expected: u64,
+    next_id: u64,
+    /// The next event's notification type header.
+    type_header: Option<String>,
+    valid: Arc<Mutex<std::time::Instant>>,
+    /// Whether an upstream session of this agent existed before this owner's: its first
+    /// subscription is then a restore (streams elsewhere may have missed events).
+    had_session: bool,
+    feed: Arc<Feed>,
+    session: CancellationToken,
+    /// Set once this owner stopped (fenced, or its lease ran out): what its session says
+    /// after is not the feed's business.
+    stopped: bool,
+}
+
+impl ClusterSink {
+    fn valid(&self) -> bool {
+        std::time::Instant::now() < *self.valid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The subject's last message: its sequence and its publisher's term.
+    async fn last_written(&self) -> Option<(u64, u64)> {
+        let stream = self.js.get_stream_no_info(super::STREAM).await.ok()?;
+        let m = stream
+            .get_last_raw_message_by_subject(&self.subject)
+            .await
+            .ok()?;
+        let term = m
+            .headers
+            .get(TERM)
+            .and_then(|t| t.as_str().parse().ok())
+            .unwrap_or(0);
+        Some((m.sequence, term))
+    }
+
+    /// Publishes one message; false when this owner must stop (fenced, or its lease ran out).
+    async fn publish(&mut self, kind: &str, payload: Bytes, extra: Option<(&str, String)>) -> bool {
+        self.next_id += 1;
+        let id = format!("{}.{}.{}", self.subject, self.term, self.next_id);
+        loop {
+            if !self.valid() || self.session.is_cancelled() {
+                self.stopped = true;
+                return false;
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert(KIND, kind);
+            headers.insert(TERM, self.term.to_string().as_str());
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                self.expected.to_string().as_str(),
+            );
+            if let Some((name, value)) = &extra {
+                headers.insert(*name, value.as_str());
+            }
+            if let Some(t) = self.type_header.take() {
+                headers.insert(TYPE, t.as_str());
+            }
+            let sent = self
+                .js
+                .publish_with_headers(self.subject.clone(), headers, payload.clone())
+                .await;
+            let acked = match sent {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match acked {
+                Ok(ack) => {
+                    self.expected = ack.sequence;
+                    return true;
+                }
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    // Someone else wrote the subject. A newer owner (a higher term): this one
+                    // is stale and stops. An older one's late write (followers drop it):
+                    // this owner goes on after it.
+                    match self.last_written().await {
+                        Some((seq, term)) if term < self.term => self.expected = seq,
+                        _ => {
+                            crate::metrics::CLUSTER_STALE.inc();
+                            tracing::warn!(
+                                "cluster: a newer owner wrote the agent's subject; this one stops"
+                            );
+                            self.stopped = true;
+                            return false;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: publish failed; retrying");
+                    tokio::select! {
+                        _ = self.session.cancelled() => {
+                            self.stopped = true;
+                            return false;
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Sink for ClusterSink {
+    async fn emit(&mut self, event: Upstreamed) -> bool {
+        match event {
+            Upstreamed::Event {
+                event,
+                session_id,
+                notification_type,
+            } => {
+                // Encoded once, here; followers put the token in front of these bytes.
+                let payload = SessionEventsResponse {
+                    resume_token: String::new(),
+                    receive_time: Some(SystemTime::now().into()),
+                    event: Some(event),
+                }
+                .encode_to_vec();
+                self.type_header = notification_type.map(|t| (t as i32).to_string());
+                self.publish("event", Bytes::from(payload), Some((SESSION, session_id)))
+                    .await
+            }
+            Upstreamed::Subscribed { restored } => {
+                let kind = if restored || self.had_session {
+                    Control::Restored
+                } else {
+                    Control::Subscribed
+                };
+                self.had_session = true;
+                self.publish(kind.as_str(), Bytes::new(), None).await
+            }
+            Upstreamed::Lost { reason } => {
+                self.publish(Control::Lost.as_str(), Bytes::from(reason), None)
+                    .await
+            }
+            Upstreamed::Failed(error) => {
+                // Ends this replica's streams with what GWS said; other replicas' contenders
+                // find out for themselves (each holds the credential too).
+                if !self.stopped && !self.session.is_cancelled() {
+                    self.feed.fail(error);
+                    self.feed.cancel.cancel();
+                }
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlap;
+
+    #[test]
+    fn the_overlap_is_the_longest_tail_of_what_was_published_that_starts_what_was_received() {
+        assert_eq!(overlap(&[1, 2, 3, 4], &[3, 4, 5]), 2);
+        assert_eq!(overlap(&[1, 2], &[3, 4]), 0, "nothing in common");
+        assert_eq!(overlap::<u8>(&[], &[1]), 0);
+        assert_eq!(overlap(&[1, 2, 3], &[1, 2, 3]), 3, "all of it");
+        // Repeats: the longest match wins, so nothing the old owner published is doubled.
+        assert_eq!(overlap(&[7, 7, 7], &[7, 7, 7, 8]), 3);
+        // Published after the new session started but not received by it (3): no match.
+        assert_eq!(overlap(&[1, 2, 3], &[2, 4]), 0);
+    }
+}
