@@ -30,7 +30,8 @@
 //!   on nobody, and no Error is ever pinned on those others by elimination. A candidate that
 //!   ends with its fate unknown (timed out, caller gone) rules the Error out for everyone. An
 //!   operation on S sent without a waiting call and still unanswered, or one whose fate
-//!   became unknown a moment ago ([`Unsettled`]), makes the Error unattributable.
+//!   became unknown a moment ago ([`Unsettled`]; for an Error without a referenceId, also
+//!   one whose reply named a referenceId), makes the Error unattributable.
 //!
 //! Once a referenceId has confirmed or failed a call, it is remembered (bounded, in
 //! [`Unsettled`]) and never used for another. Everything is bounded: waiters per agent (by
@@ -328,15 +329,20 @@ impl Waiters {
 
     /// The call is over without an outcome (timed out, or the caller left): nothing of it is
     /// kept. Its operation may still have been applied, and may still fail: a referenceId its
-    /// reply named stays known as its own; without one, its session is unsettled for a while
-    /// (an Error there may be this operation's), and no kept Error is pinned on anyone else.
+    /// reply named stays known as its own, and its session unsettled for a while for Errors
+    /// without a referenceId; without one, its session is unsettled for a while for every
+    /// Error (it may be this operation's), and no kept Error is pinned on anyone else.
     pub fn remove(&mut self, id: u64) {
         let Some(pos) = self.list.iter().position(|w| w.id == id) else {
             return;
         };
         let waiter = self.list.remove(pos);
         match waiter.reply {
-            Reply::Arrived(Some(r)) => self.ops.remember(r),
+            Reply::Arrived(Some(r)) => {
+                self.ops.remember(r);
+                // Its failure may still come as an Error without the referenceId.
+                self.ops.unsettle_unreferenced(&waiter.expect.session_id);
+            }
             Reply::Pending | Reply::Arrived(None) => self.ops.unsettle(&waiter.expect.session_id),
         }
         // Whatever Error it was a candidate for may be its own: never pinned on another.
@@ -360,7 +366,10 @@ impl Waiters {
     pub fn clear(&mut self) {
         for waiter in self.list.drain(..) {
             match waiter.reply {
-                Reply::Arrived(Some(r)) => self.ops.remember(r),
+                Reply::Arrived(Some(r)) => {
+                    self.ops.remember(r);
+                    self.ops.unsettle_unreferenced(&waiter.expect.session_id);
+                }
                 Reply::Pending | Reply::Arrived(None) => {
                     self.ops.unsettle(&waiter.expect.session_id);
                 }
@@ -493,7 +502,10 @@ impl Waiters {
         }
         // An operation on the session in flight without a waiting call, or ended a moment
         // ago with its fate unknown, may be the one that failed: no call is told it was its.
-        if self.ops.is_unsettled(&seen.session_id) {
+        if self
+            .ops
+            .is_unsettled_for(&seen.session_id, seen.reference_id)
+        {
             return;
         }
         let candidates: Vec<u64> = self
@@ -1108,6 +1120,42 @@ mod tests {
         offer(&mut w, error("S", None), "e");
         w.arm(c, None);
         assert_eq!(token(&mut rx_c), None, "a (reply 9) may be the one");
+    }
+
+    #[test]
+    fn a_reply_naming_a_reference_id_leaves_its_session_unsettled_for_unreferenced_errors() {
+        // Invite replies carry a referenceId, an AddComment's does not: mixed on one session.
+        let ops = Arc::new(Unsettled::default());
+        let mut w = Waiters::new(ops.clone());
+        let invite = || Operation::Invite {
+            target: PartyTarget::TargetUri("u".into()),
+        };
+        // A call that does not wait, answered with 7: an Error without referenceId may be its.
+        ops.sending("S").answered(Some(7));
+        let (a, mut rx_a) = wait(&mut w, "S", comment());
+        w.arm(a, None);
+        offer(&mut w, error("S", None), "the invite's?");
+        assert_eq!(
+            token(&mut rx_a),
+            None,
+            "the Invite may be the one that failed"
+        );
+        // A referenced Error keeps its rule: 8 is no other operation's.
+        offer(&mut w, error("S", Some(8)), "e");
+        assert!(failed(&mut rx_a));
+
+        // A waiting Invite whose reply named 7 ends with its fate unknown: the same.
+        let (b, _rx_b) = wait(&mut w, "T", invite());
+        w.arm(b, Some(7));
+        w.remove(b);
+        let (c, mut rx_c) = wait(&mut w, "T", comment());
+        w.arm(c, None);
+        offer(&mut w, error("T", None), "the invite's?");
+        assert_eq!(
+            token(&mut rx_c),
+            None,
+            "the Invite may be the one that failed"
+        );
     }
 
     #[test]

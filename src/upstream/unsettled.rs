@@ -1,7 +1,8 @@
 //! What this gateway sent for one agent and has not heard the end of, per SMS session: the
 //! operations in flight without a waiting call, the sessions where an operation's fate
 //! became unknown a moment ago (sent, and no referenceId or outcome to tell its
-//! notifications apart), and the referenceIds known to belong to an operation. It exists for
+//! notifications apart; or with a referenceId, which an `Error` without one does not name),
+//! and the referenceIds known to belong to an operation. It exists for
 //! one question `events::outcome` asks before pinning an `Error` notification on a waiting
 //! call by order (its reply named no referenceId): could another operation own it? If
 //! anything here says so, the call stays UNCONFIRMED rather than be told "failed" for what
@@ -36,7 +37,12 @@ pub struct Unsettled {
 #[derive(Debug, Default)]
 struct Inner {
     sessions: HashMap<String, Entry>,
-    /// Set when `sessions` was full: every session is unsettled until then.
+    /// Sessions where an operation whose reply named a referenceId ended with its fate
+    /// unknown (answered without a waiting call, or its wait ended without an outcome): an
+    /// `Error` without referenceId may be its, one with a referenceId is told apart by it.
+    /// Unsettled until then, for unreferenced Errors only.
+    unreferenced: HashMap<String, Instant>,
+    /// Set when `sessions` or `unreferenced` was full: every session is unsettled until then.
     all_until: Option<Instant>,
     /// Newest last.
     known: VecDeque<i64>,
@@ -99,10 +105,45 @@ impl Unsettled {
             .until = Some(until);
     }
 
+    /// An operation on `session_id` whose reply named a referenceId ended with its fate
+    /// unknown: an `Error` there without a referenceId may be its.
+    pub fn unsettle_unreferenced(&self, session_id: &str) {
+        self.unsettle_unreferenced_at(session_id, Instant::now());
+    }
+
+    fn unsettle_unreferenced_at(&self, session_id: &str, now: Instant) {
+        let until = now + UNSETTLED_FOR;
+        let mut inner = self.lock();
+        if !inner.unreferenced.contains_key(session_id) && inner.unreferenced.len() >= MAX_SESSIONS
+        {
+            inner.unreferenced.retain(|_, u| *u > now);
+            if inner.unreferenced.len() >= MAX_SESSIONS {
+                inner.all_until = Some(until);
+                return;
+            }
+        }
+        inner.unreferenced.insert(session_id.to_string(), until);
+    }
+
     /// Whether an operation on `session_id` is in flight without a waiting call, or ended
-    /// with its fate unknown a moment ago.
+    /// with its fate unknown a moment ago: an `Error` there carrying a referenceId no
+    /// operation is known by may be its.
     pub fn is_unsettled(&self, session_id: &str) -> bool {
         self.is_unsettled_at(session_id, Instant::now())
+    }
+
+    /// Whether an `Error` about `session_id` carrying `reference_id` may belong to an
+    /// operation no waiting call stands for. Without a referenceId, also an operation whose
+    /// reply named one (the Error does not say it is not that one's).
+    pub fn is_unsettled_for(&self, session_id: &str, reference_id: Option<i64>) -> bool {
+        let now = Instant::now();
+        self.is_unsettled_at(session_id, now)
+            || (reference_id.is_none()
+                && self
+                    .lock()
+                    .unreferenced
+                    .get(session_id)
+                    .is_some_and(|u| *u > now))
     }
 
     fn is_unsettled_at(&self, session_id: &str, now: Instant) -> bool {
@@ -152,12 +193,15 @@ pub struct Sending<'a> {
 }
 
 impl Sending<'_> {
-    /// GWS accepted it. With a referenceId, its notifications are known to be its own; without
-    /// one nobody can tell them apart, and nobody watches them: its fate is unknown.
+    /// GWS accepted it. With a referenceId, its notifications carrying it are known to be its
+    /// own, but not an Error without one; without one nobody can tell them apart, and nobody
+    /// watches them: its fate is unknown.
     pub fn answered(mut self, reference_id: Option<i64>) {
         self.done = true;
         if let Some(r) = reference_id {
             self.tracker.remember(r);
+            // Its failure may come as an Error without the referenceId.
+            self.tracker.unsettle_unreferenced(self.session_id);
         }
         self.tracker.finish(self.session_id, reference_id.is_none());
     }
