@@ -25,8 +25,9 @@ pub const UNSETTLED_FOR: Duration = Duration::from_secs(60);
 /// operation that can still have notifications in flight, at 8 bytes each.
 pub const MAX_KNOWN: usize = 256;
 
-/// Sessions tracked per agent; beyond it the whole agent counts as unsettled for
-/// [`UNSETTLED_FOR`] (honest, and bounded whatever the load).
+/// Sessions tracked per agent (each map); beyond it the whole agent counts as unsettled,
+/// for [`UNSETTLED_FOR`] or while the untracked POSTs are out (honest, and bounded whatever
+/// the load). Entries idle again are dropped when they end, expired ones when the map is full.
 pub const MAX_SESSIONS: usize = 1024;
 
 #[derive(Debug, Default)]
@@ -44,6 +45,9 @@ struct Inner {
     unreferenced: HashMap<String, Instant>,
     /// Set when `sessions` or `unreferenced` was full: every session is unsettled until then.
     all_until: Option<Instant>,
+    /// POSTs without a waiting call sent while `sessions` was full of live entries: while
+    /// any is out, every session is unsettled.
+    untracked_in_flight: u32,
     /// Newest last.
     known: VecDeque<i64>,
 }
@@ -62,6 +66,17 @@ impl Entry {
     }
 }
 
+impl Inner {
+    /// Drops the entries with nothing in flight and nothing unsettled any more, once
+    /// `sessions` is full; whether there is room for another then.
+    fn make_room(&mut self, now: Instant) -> bool {
+        if self.sessions.len() >= MAX_SESSIONS {
+            self.sessions.retain(|_, e| !e.idle(now));
+        }
+        self.sessions.len() < MAX_SESSIONS
+    }
+}
+
 impl Unsettled {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -71,14 +86,36 @@ impl Unsettled {
     /// unsettled until the guard says how it ended (dropped unsaid: the call was cancelled or
     /// its fate is unknown).
     pub fn sending<'a>(&'a self, session_id: &'a str) -> Sending<'a> {
-        self.lock()
-            .sessions
-            .entry(session_id.to_string())
-            .or_default()
-            .in_flight += 1;
+        self.sending_at(session_id, Instant::now())
+    }
+
+    fn sending_at<'a>(&'a self, session_id: &'a str, now: Instant) -> Sending<'a> {
+        let mut inner = self.lock();
+        let room = inner.make_room(now);
+        let tracked = match inner.sessions.get_mut(session_id) {
+            Some(entry) => {
+                entry.in_flight += 1;
+                true
+            }
+            None if room => {
+                inner.sessions.insert(
+                    session_id.to_string(),
+                    Entry {
+                        in_flight: 1,
+                        until: None,
+                    },
+                );
+                true
+            }
+            None => {
+                inner.untracked_in_flight += 1;
+                false
+            }
+        };
         Sending {
             tracker: self,
             session_id,
+            tracked,
             done: false,
         }
     }
@@ -91,18 +128,21 @@ impl Unsettled {
     fn unsettle_at(&self, session_id: &str, now: Instant) {
         let until = now + UNSETTLED_FOR;
         let mut inner = self.lock();
-        if !inner.sessions.contains_key(session_id) && inner.sessions.len() >= MAX_SESSIONS {
-            inner.sessions.retain(|_, e| !e.idle(now));
-            if inner.sessions.len() >= MAX_SESSIONS {
-                inner.all_until = Some(until);
-                return;
+        // Pruned whether the key is there or not: every session id ever touched would stay.
+        let room = inner.make_room(now);
+        match inner.sessions.get_mut(session_id) {
+            Some(entry) => entry.until = Some(until),
+            None if room => {
+                inner.sessions.insert(
+                    session_id.to_string(),
+                    Entry {
+                        in_flight: 0,
+                        until: Some(until),
+                    },
+                );
             }
+            None => inner.all_until = Some(until),
         }
-        inner
-            .sessions
-            .entry(session_id.to_string())
-            .or_default()
-            .until = Some(until);
     }
 
     /// An operation on `session_id` whose reply named a referenceId ended with its fate
@@ -149,6 +189,7 @@ impl Unsettled {
     fn is_unsettled_at(&self, session_id: &str, now: Instant) -> bool {
         let inner = self.lock();
         inner.all_until.is_some_and(|u| u > now)
+            || inner.untracked_in_flight > 0
             || inner.sessions.get(session_id).is_some_and(|e| !e.idle(now))
     }
 
@@ -168,12 +209,15 @@ impl Unsettled {
         self.lock().known.contains(&reference_id)
     }
 
-    fn finish(&self, session_id: &str, unsettle: bool) {
+    fn finish(&self, session_id: &str, tracked: bool, unsettle: bool) {
         let now = Instant::now();
         {
             let mut inner = self.lock();
-            if let Some(entry) = inner.sessions.get_mut(session_id) {
+            if !tracked {
+                inner.untracked_in_flight = inner.untracked_in_flight.saturating_sub(1);
+            } else if let Some(entry) = inner.sessions.get_mut(session_id) {
                 entry.in_flight = entry.in_flight.saturating_sub(1);
+                // Nothing out and its unsettled time over (or none): nothing to keep.
                 if !unsettle && entry.idle(now) {
                     inner.sessions.remove(session_id);
                 }
@@ -189,6 +233,8 @@ impl Unsettled {
 pub struct Sending<'a> {
     tracker: &'a Unsettled,
     session_id: &'a str,
+    /// Counted in its session's entry (else agent-wide: the sessions were full).
+    tracked: bool,
     done: bool,
 }
 
@@ -203,13 +249,14 @@ impl Sending<'_> {
             // Its failure may come as an Error without the referenceId.
             self.tracker.unsettle_unreferenced(self.session_id);
         }
-        self.tracker.finish(self.session_id, reference_id.is_none());
+        self.tracker
+            .finish(self.session_id, self.tracked, reference_id.is_none());
     }
 
     /// It was refused, or never sent: nothing of it can follow.
     pub fn not_applied(mut self) {
         self.done = true;
-        self.tracker.finish(self.session_id, false);
+        self.tracker.finish(self.session_id, self.tracked, false);
     }
 }
 
@@ -217,7 +264,7 @@ impl Drop for Sending<'_> {
     fn drop(&mut self) {
         if !self.done {
             // Cancelled or ended without an answer that says: it may have been applied.
-            self.tracker.finish(self.session_id, true);
+            self.tracker.finish(self.session_id, self.tracked, true);
         }
     }
 }
@@ -255,6 +302,48 @@ mod tests {
         );
         let later = Instant::now() + UNSETTLED_FOR + Duration::from_millis(1);
         assert!(!t.is_unsettled_at("S", later) && !t.is_unsettled_at("T", later));
+    }
+
+    #[test]
+    fn sessions_stay_bounded_whatever_the_session_ids() {
+        // Random session ids against a slow GWS: each answered without a referenceId.
+        let t = Unsettled::default();
+        for i in 0..MAX_SESSIONS + 10 {
+            t.sending(&format!("s{i}")).answered(None);
+        }
+        assert_eq!(t.lock().sessions.len(), MAX_SESSIONS);
+        assert!(
+            t.is_unsettled("never-seen"),
+            "beyond: the agent is unsettled"
+        );
+
+        // Out at once, more than fit: the rest are counted agent-wide.
+        let t = Unsettled::default();
+        let ids: Vec<String> = (0..=MAX_SESSIONS).map(|i| format!("s{i}")).collect();
+        let out: Vec<_> = ids.iter().map(|id| t.sending(id)).collect();
+        assert_eq!(t.lock().sessions.len(), MAX_SESSIONS);
+        assert!(t.is_unsettled("never-seen"), "one is out untracked");
+        for sending in out {
+            sending.not_applied();
+        }
+        assert!(!t.is_unsettled("never-seen") && t.lock().sessions.is_empty());
+
+        // Full of entries that expired: they make room, whichever key comes.
+        let now = Instant::now();
+        for i in 0..MAX_SESSIONS {
+            t.unsettle_at(&format!("s{i}"), now);
+        }
+        let later = now + UNSETTLED_FOR + Duration::from_millis(1);
+        t.unsettle_at("s0", later);
+        assert_eq!(t.lock().sessions.len(), 1);
+        assert!(t.is_unsettled_at("s0", later) && !t.is_unsettled_at("s1", later));
+        for i in 0..MAX_SESSIONS {
+            t.unsettle_at(&format!("s{i}"), now);
+        }
+        let out = t.sending_at("new", later);
+        assert_eq!(t.lock().sessions.len(), 1, "tracked in its own entry");
+        assert_eq!(t.lock().untracked_in_flight, 0);
+        drop(out);
     }
 
     #[test]
