@@ -18,12 +18,14 @@ use std::time::{Duration, Instant};
 /// operations whose ends nobody watches never has its Errors pinned on anyone.
 pub const UNSETTLED_FOR: Duration = Duration::from_secs(60);
 
-/// ReferenceIds remembered per agent. They guard against the stray notifications of
-/// operations that just ended (an Accept publishes three with its one referenceId, an Error
-/// may trail a confirmation) and against the referenceIds of calls that did not wait; those
-/// arrive within seconds of their operation, so the latest few hundred cover every
-/// operation that can still have notifications in flight, at 8 bytes each.
-pub const MAX_KNOWN: usize = 256;
+/// ReferenceIds remembered per agent, each for [`UNSETTLED_FOR`]. They guard against the
+/// stray notifications of operations that just ended (an Accept publishes three with its one
+/// referenceId, an Error may trail a confirmation) and against the referenceIds of calls that
+/// did not wait; those arrive within seconds of their operation. The cap only bounds a burst
+/// (the set grows with the load, a few dozen bytes each); one forgotten before its time makes
+/// the whole agent unsettled for the rest of it, so a busy agent never has a stray Error
+/// pinned on a waiting call by elimination.
+pub const MAX_KNOWN: usize = 4096;
 
 /// Sessions tracked per agent (each map); beyond it the whole agent counts as unsettled,
 /// for [`UNSETTLED_FOR`] or while the untracked POSTs are out (honest, and bounded whatever
@@ -48,8 +50,12 @@ struct Inner {
     /// POSTs without a waiting call sent while `sessions` was full of live entries: while
     /// any is out, every session is unsettled.
     untracked_in_flight: u32,
-    /// Newest last.
-    known: VecDeque<i64>,
+    /// Each with the time it was first remembered; `known_order` holds the same, oldest first.
+    known: HashMap<i64, Instant>,
+    known_order: VecDeque<i64>,
+    /// Set when a referenceId was forgotten before its [`UNSETTLED_FOR`] was over: until
+    /// then, an Error naming it would look like no operation's, so every session is unsettled.
+    forgot_until: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -189,24 +195,41 @@ impl Unsettled {
     fn is_unsettled_at(&self, session_id: &str, now: Instant) -> bool {
         let inner = self.lock();
         inner.all_until.is_some_and(|u| u > now)
+            || inner.forgot_until.is_some_and(|u| u > now)
             || inner.untracked_in_flight > 0
             || inner.sessions.get(session_id).is_some_and(|e| !e.idle(now))
     }
 
     /// `reference_id` belongs to an operation (its reply or its outcome carried it).
     pub fn remember(&self, reference_id: i64) {
-        let mut inner = self.lock();
-        if inner.known.contains(&reference_id) {
-            return;
-        }
-        if inner.known.len() >= MAX_KNOWN {
-            inner.known.pop_front();
-        }
-        inner.known.push_back(reference_id);
+        self.remember_at(reference_id, Instant::now());
     }
 
+    fn remember_at(&self, reference_id: i64, now: Instant) {
+        let mut inner = self.lock();
+        if inner.known.contains_key(&reference_id) {
+            return;
+        }
+        let inner = &mut *inner;
+        // Oldest first: those past their time go, then, if still full, the oldest.
+        while let Some(&oldest) = inner.known_order.front() {
+            let until = inner.known.get(&oldest).map_or(now, |t| *t + UNSETTLED_FOR);
+            if until > now && inner.known_order.len() < MAX_KNOWN {
+                break;
+            }
+            inner.known_order.pop_front();
+            inner.known.remove(&oldest);
+            if until > now {
+                inner.forgot_until = inner.forgot_until.max(Some(until));
+            }
+        }
+        inner.known.insert(reference_id, now);
+        inner.known_order.push_back(reference_id);
+    }
+
+    /// Whether `reference_id` belongs to an operation (remembered within [`UNSETTLED_FOR`]).
     pub fn is_known(&self, reference_id: i64) -> bool {
-        self.lock().known.contains(&reference_id)
+        self.lock().known.contains_key(&reference_id)
     }
 
     fn finish(&self, session_id: &str, tracked: bool, unsettle: bool) {
@@ -344,6 +367,37 @@ mod tests {
         assert_eq!(t.lock().sessions.len(), 1, "tracked in its own entry");
         assert_eq!(t.lock().untracked_in_flight, 0);
         drop(out);
+    }
+
+    #[test]
+    fn a_reference_id_forgotten_while_young_unsettles_the_agent() {
+        // A busy agent: more referenceIds within a minute than are kept.
+        let t = Unsettled::default();
+        for r in 0..=MAX_KNOWN as i64 {
+            t.remember(r);
+        }
+        assert!(
+            t.is_known(0) || t.is_unsettled("S"),
+            "0's trailing Error would be pinned on a waiter whose reply named none"
+        );
+        assert!(t.is_known(MAX_KNOWN as i64));
+        let later = Instant::now() + UNSETTLED_FOR + Duration::from_millis(1);
+        assert!(
+            !t.is_unsettled_at("S", later),
+            "for the forgotten one's time only"
+        );
+
+        // Past their time they go unsaid, and make room.
+        let t = Unsettled::default();
+        let now = Instant::now();
+        for r in 0..MAX_KNOWN as i64 {
+            t.remember_at(r, now);
+        }
+        let later = now + UNSETTLED_FOR + Duration::from_millis(1);
+        t.remember_at(-1, later);
+        assert!(!t.is_unsettled_at("S", later));
+        assert!(!t.is_known(0) && t.is_known(-1));
+        assert_eq!(t.lock().known.len(), 1);
     }
 
     #[test]
