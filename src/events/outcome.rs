@@ -24,10 +24,14 @@
 //!   on S whose reply is outstanding or named none (for an unreferenced Error, every waiter
 //!   on S: a reply's referenceId does not rule one out). A candidate is ruled out when its
 //!   reply names another referenceId (referenced Errors only), when it is confirmed or failed
-//!   (an operation has one fate), or when its POST was refused or never sent. A candidate that
+//!   (an operation has one fate), or when its POST was refused or never sent. A confirmation
+//!   matched by order that fitted other waiting calls too (their reply outstanding or naming
+//!   none) is a guess: it rules nobody out, the Errors its call was a candidate for are pinned
+//!   on nobody, and no Error is ever pinned on those others by elimination. A candidate that
 //!   ends with its fate unknown (timed out, caller gone) rules the Error out for everyone. An
 //!   operation on S sent without a waiting call and still unanswered, or one whose fate
-//!   became unknown a moment ago ([`Unsettled`]), makes the Error unattributable.
+//!   became unknown a moment ago ([`Unsettled`]; for an Error without a referenceId, also
+//!   one whose reply named a referenceId), makes the Error unattributable.
 //!
 //! Once a referenceId has confirmed or failed a call, it is remembered (bounded, in
 //! [`Unsettled`]) and never used for another. Everything is bounded: waiters per agent (by
@@ -253,6 +257,10 @@ struct Waiter {
     reply: Reply,
     /// Only notifications kept after this call registered can be its confirmation.
     since: u64,
+    /// A confirmation that fitted this call too went to another by order (a guess): it may
+    /// have been this call's, and the other's operation the one that failed. No Error is
+    /// pinned on this call by elimination (one naming its reply's referenceId still is).
+    shadowed: bool,
     tx: oneshot::Sender<Outcome>,
 }
 
@@ -324,6 +332,7 @@ impl Waiters {
             expect,
             reply: Reply::Pending,
             since: self.next_recent,
+            shadowed: false,
             tx,
         });
         id
@@ -331,15 +340,20 @@ impl Waiters {
 
     /// The call is over without an outcome (timed out, or the caller left): nothing of it is
     /// kept. Its operation may still have been applied, and may still fail: a referenceId its
-    /// reply named stays known as its own; without one, its session is unsettled for a while
-    /// (an Error there may be this operation's), and no kept Error is pinned on anyone else.
+    /// reply named stays known as its own, and its session unsettled for a while for Errors
+    /// without a referenceId; without one, its session is unsettled for a while for every
+    /// Error (it may be this operation's), and no kept Error is pinned on anyone else.
     pub fn remove(&mut self, id: u64) {
         let Some(pos) = self.list.iter().position(|w| w.id == id) else {
             return;
         };
         let waiter = self.list.remove(pos);
         match waiter.reply {
-            Reply::Arrived(Some(r)) => self.ops.remember(r),
+            Reply::Arrived(Some(r)) => {
+                self.ops.remember(r);
+                // Its failure may still come as an Error without the referenceId.
+                self.ops.unsettle_unreferenced(&waiter.expect.session_id);
+            }
             Reply::Pending | Reply::Arrived(None) => self.ops.unsettle(&waiter.expect.session_id),
         }
         // Whatever Error it was a candidate for may be its own: never pinned on another.
@@ -363,7 +377,10 @@ impl Waiters {
     pub fn clear(&mut self) {
         for waiter in self.list.drain(..) {
             match waiter.reply {
-                Reply::Arrived(Some(r)) => self.ops.remember(r),
+                Reply::Arrived(Some(r)) => {
+                    self.ops.remember(r);
+                    self.ops.unsettle_unreferenced(&waiter.expect.session_id);
+                }
                 Reply::Pending | Reply::Arrived(None) => {
                     self.ops.unsettle(&waiter.expect.session_id);
                 }
@@ -393,14 +410,23 @@ impl Waiters {
                     // An Error only if this call is all it can be about.
                     (None, true) => {
                         candidates[..] == [id]
+                            && !waiter.shadowed
                             && seen.reference_id.is_none_or(|r| !owned(list, ops, r))
                     }
                 }
         });
         if let Some(c) = claim
-            && let Some(Kept(_, seen, outcome, _)) = self.recent.remove(c)
+            && let Some(Kept(n, seen, outcome, _)) = self.recent.remove(c)
         {
-            self.resolve(pos, outcome, seen.reference_id);
+            // Claimed by its referenceId, by order (a confirmation other calls may fit), or
+            // as an Error this call is all that is left for.
+            let by_order = reference_id.is_none() && !seen.is_error();
+            let rivals = if by_order {
+                self.rivals(&seen, n, self.list[pos].id)
+            } else {
+                Vec::new()
+            };
+            self.resolve(pos, outcome, seen.reference_id, &rivals);
         } else if let Some(own) = reference_id {
             // A referenced Error naming another referenceId is not about this call.
             for Kept(_, seen, _, candidates) in &mut self.recent {
@@ -432,25 +458,29 @@ impl Waiters {
 
     fn offer_confirmation(&mut self, seen: Seen, item: &Item) {
         let fits = |w: &Waiter| seen.fits(&w.expect);
-        let pos = match seen.reference_id {
-            Some(r) => self
-                .list
+        let exact = seen.reference_id.and_then(|r| {
+            self.list
                 .iter()
                 .position(|w| fits(w) && w.reply == Reply::Arrived(Some(r)))
-                .or_else(|| {
-                    // By order, unless the referenceId is another operation's.
-                    if owned(&self.list, &self.ops, r) {
-                        return None;
-                    }
-                    self.list
-                        .iter()
-                        .position(|w| fits(w) && w.reply == Reply::Arrived(None))
-                }),
+        });
+        let pos = match seen.reference_id {
+            Some(_) if exact.is_some() => exact,
+            // By order, unless the referenceId is another operation's.
+            Some(r) if owned(&self.list, &self.ops, r) => None,
+            Some(_) => self
+                .list
+                .iter()
+                .position(|w| fits(w) && w.reply == Reply::Arrived(None)),
             None => self.list.iter().position(fits),
         };
         if let Some(pos) = pos {
             let outcome = seen.outcome(item);
-            self.resolve(pos, outcome, seen.reference_id);
+            let rivals = if exact.is_some() {
+                Vec::new()
+            } else {
+                self.rivals(&seen, u64::MAX, self.list[pos].id)
+            };
+            self.resolve(pos, outcome, seen.reference_id, &rivals);
         } else if let Some(r) = seen.reference_id
             && !owned(&self.list, &self.ops, r)
             && self
@@ -474,7 +504,7 @@ impl Waiters {
                 .position(|w| seen.fits(&w.expect) && w.reply == Reply::Arrived(Some(r)));
             if let Some(pos) = exact {
                 let outcome = seen.outcome(item);
-                self.resolve(pos, outcome, Some(r));
+                self.resolve(pos, outcome, Some(r), &[]);
                 return;
             }
             if owned(&self.list, &self.ops, r) {
@@ -483,7 +513,10 @@ impl Waiters {
         }
         // An operation on the session in flight without a waiting call, or ended a moment
         // ago with its fate unknown, may be the one that failed: no call is told it was its.
-        if self.ops.is_unsettled(&seen.session_id) {
+        if self
+            .ops
+            .is_unsettled_for(&seen.session_id, seen.reference_id)
+        {
             return;
         }
         let candidates: Vec<u64> = self
@@ -509,8 +542,26 @@ impl Waiters {
         self.next_recent += 1;
     }
 
+    /// The other calls a confirmation matched by order (not by the reply's referenceId) to
+    /// call `chosen` fits too, whose reply is outstanding or named none: it may be any of
+    /// theirs as well. `n`: the kept notification's number (`u64::MAX` for one just come).
+    fn rivals(&self, seen: &Seen, n: u64, chosen: u64) -> Vec<u64> {
+        self.list
+            .iter()
+            .filter(|w| {
+                w.id != chosen
+                    && w.since <= n
+                    && matches!(w.reply, Reply::Pending | Reply::Arrived(None))
+                    && seen.fits(&w.expect)
+            })
+            .map(|w| w.id)
+            .collect()
+    }
+
     /// The call at `pos` ended with `outcome`, carried by a notification with `reference_id`.
-    fn resolve(&mut self, pos: usize, outcome: Outcome, reference_id: Option<i64>) {
+    /// `rivals`: the other calls that notification may be about (a confirmation by order that
+    /// fits several); empty when it can only be this call's.
+    fn resolve(&mut self, pos: usize, outcome: Outcome, reference_id: Option<i64>, rivals: &[u64]) {
         let waiter = self.list.remove(pos);
         // Never used for another call (an Accept publishes three notifications with its
         // one referenceId; an Error may trail a confirmation).
@@ -519,8 +570,20 @@ impl Waiters {
         }
         // The caller may have gone (deadline, client left): nothing to do then.
         let _ = waiter.tx.send(outcome);
-        // An operation has one fate: a kept Error is not about this one.
-        self.rule_out(waiter.id);
+        if rivals.is_empty() {
+            // An operation has one fate: a kept Error is not about this one.
+            self.rule_out(waiter.id);
+        } else {
+            // A guess: this call's operation may be the one that failed, and a rival's the
+            // one confirmed. An Error this call was a candidate for is pinned on nobody, and
+            // none is pinned on a rival by elimination.
+            self.recent.retain(|k| !k.3.contains(&waiter.id));
+            for w in &mut self.list {
+                if rivals.contains(&w.id) {
+                    w.shadowed = true;
+                }
+            }
+        }
         if self.list.is_empty() {
             self.recent.clear();
         }
@@ -549,7 +612,7 @@ impl Waiters {
                 };
                 let pos = list
                     .iter()
-                    .position(|w| w.id == only && w.reply == Reply::Arrived(None))?;
+                    .position(|w| w.id == only && w.reply == Reply::Arrived(None) && !w.shadowed)?;
                 seen.reference_id
                     .is_none_or(|r| !owned(list, ops, r))
                     .then_some((c, pos))
@@ -562,7 +625,7 @@ impl Waiters {
                 return;
             };
             if let Some(Kept(_, seen, outcome, _)) = self.recent.remove(c) {
-                self.resolve(pos, outcome, seen.reference_id);
+                self.resolve(pos, outcome, seen.reference_id, &[]);
             }
         }
     }
@@ -866,7 +929,10 @@ mod tests {
     }
 
     #[test]
-    fn of_two_waits_on_a_session_the_confirmed_one_rules_itself_out() {
+    fn of_two_waits_on_a_session_a_confirmation_that_fits_both_rules_neither_out() {
+        // A's operation fails and B's is applied: Error(16) is A's, PropertiesUpdated(15)
+        // B's. Nothing tells them apart; the confirmation goes to A by order, a guess, so
+        // the Error is pinned on nobody: B stays UNCONFIRMED, never ABORTED.
         for error_first in [false, true] {
             let mut w = Waiters::default();
             let (a, mut rx_a) = wait(&mut w, "S", comment());
@@ -877,6 +943,42 @@ mod tests {
                 // Either call's: kept, pinned on neither yet.
                 offer(&mut w, error("S", Some(16)), "e");
                 assert_eq!((token(&mut rx_a), token(&mut rx_b)), (None, None));
+            }
+            offer(&mut w, props("S", 15), "a's");
+            assert_eq!(token(&mut rx_a).as_deref(), Some("a's"), "{error_first}");
+            if !error_first {
+                offer(&mut w, error("S", Some(16)), "e");
+            }
+            assert_eq!(
+                token(&mut rx_b),
+                None,
+                "{error_first}: b may be the applied one"
+            );
+            // Nor is a later Error pinned on b: a's operation may be the one that failed.
+            offer(&mut w, error("S", None), "later");
+            offer(&mut w, error("S", Some(17)), "later");
+            assert_eq!(token(&mut rx_b), None, "{error_first}");
+            assert_eq!(w.len(), 1);
+        }
+    }
+
+    #[test]
+    fn a_confirmation_that_fits_one_wait_only_rules_it_out() {
+        // AttachUserData waits for PropertiesUpdated, Invite for ParticipantsUpdated.
+        for error_first in [false, true] {
+            let mut w = Waiters::default();
+            let attach = Operation::AttachUserData {
+                user_data: Default::default(),
+            };
+            let invite = Operation::Invite {
+                target: PartyTarget::TargetUri("u".into()),
+            };
+            let (a, mut rx_a) = wait(&mut w, "S", attach);
+            let (b, mut rx_b) = wait(&mut w, "S", invite);
+            w.arm(a, None);
+            w.arm(b, None);
+            if error_first {
+                offer(&mut w, error("S", Some(16)), "e");
             }
             offer(&mut w, props("S", 15), "a's");
             assert_eq!(token(&mut rx_a).as_deref(), Some("a's"), "{error_first}");
@@ -1029,6 +1131,42 @@ mod tests {
         offer(&mut w, error("S", None), "e");
         w.arm(c, None);
         assert_eq!(token(&mut rx_c), None, "a (reply 9) may be the one");
+    }
+
+    #[test]
+    fn a_reply_naming_a_reference_id_leaves_its_session_unsettled_for_unreferenced_errors() {
+        // Invite replies carry a referenceId, an AddComment's does not: mixed on one session.
+        let ops = Arc::new(Unsettled::default());
+        let mut w = Waiters::new(ops.clone());
+        let invite = || Operation::Invite {
+            target: PartyTarget::TargetUri("u".into()),
+        };
+        // A call that does not wait, answered with 7: an Error without referenceId may be its.
+        ops.sending("S").answered(Some(7));
+        let (a, mut rx_a) = wait(&mut w, "S", comment());
+        w.arm(a, None);
+        offer(&mut w, error("S", None), "the invite's?");
+        assert_eq!(
+            token(&mut rx_a),
+            None,
+            "the Invite may be the one that failed"
+        );
+        // A referenced Error keeps its rule: 8 is no other operation's.
+        offer(&mut w, error("S", Some(8)), "e");
+        assert!(failed(&mut rx_a));
+
+        // A waiting Invite whose reply named 7 ends with its fate unknown: the same.
+        let (b, _rx_b) = wait(&mut w, "T", invite());
+        w.arm(b, Some(7));
+        w.remove(b);
+        let (c, mut rx_c) = wait(&mut w, "T", comment());
+        w.arm(c, None);
+        offer(&mut w, error("T", None), "the invite's?");
+        assert_eq!(
+            token(&mut rx_c),
+            None,
+            "the Invite may be the one that failed"
+        );
     }
 
     #[test]
