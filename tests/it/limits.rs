@@ -338,14 +338,16 @@ async fn four_times_the_in_flight_limit_is_served_or_refused_honestly_and_stream
             })
         })
         .collect();
-    // While the slots are all taken and hundreds wait: a call whose own deadline passes
-    // first was never sent, and says so.
-    eventually("calls wait for a slot", || async {
-        g.metric("gws_gateway_upstream_waiting").await > 0.0
+    // While the slots are all taken and at least as many calls wait: a call whose own
+    // deadline passes first was never sent, and says so. Its deadline is shorter than one
+    // GWS reply, so the slots freed meanwhile (at most one per slot) all go to the calls
+    // ahead of it in the queue, however the burst was timed.
+    eventually("a slot's worth of calls waiting", || async {
+        g.metric("gws_gateway_upstream_waiting").await >= max as f64
     })
     .await;
     let mut short = authed(update(-2), AGENT1);
-    short.set_timeout(Duration::from_secs(1));
+    short.set_timeout(Duration::from_millis(300));
     let refused = clients[1].update_user_data(short).await.unwrap_err();
     assert_eq!(refused.code(), Code::DeadlineExceeded, "{refused:?}");
     assert_eq!(
