@@ -174,18 +174,24 @@ impl Stored {
     }
 }
 
+/// Why a snapshot could not be read; its text is what a stream's GAP notice says.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Unmappable(#[from] mapping::MappingError),
+}
+
 /// The agent's sessions, read with `GET /api/v2/me/smssessions` and mapped as
-/// notifications are; the error as a caller may see it.
+/// notifications are.
 pub async fn read_snapshot(
     gws: &GwsClient,
     agent: &Agent,
     timeout: Duration,
-) -> Result<Vec<SmsSession>, String> {
-    let reply = gws
-        .feed_read(agent, &Read::Sessions, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    mapping::map_sessions(&reply).map_err(|e| e.to_string())
+) -> Result<Vec<SmsSession>, SnapshotError> {
+    let reply = gws.feed_read(agent, &Read::Sessions, timeout).await?;
+    Ok(mapping::map_sessions(&reply)?)
 }
 
 /// After a restore: one snapshot read for the whole feed, delivered to every stream that

@@ -53,7 +53,7 @@ pub enum Input {
     /// The snapshot read for resync `generation` (or why it failed).
     Snapshot {
         generation: u64,
-        result: Result<Vec<SmsSession>, String>,
+        result: Result<Vec<SmsSession>, super::feed::SnapshotError>,
     },
 }
 
@@ -298,7 +298,11 @@ impl Core {
     /// Delivers a resync's snapshot (or, when the read failed, a GAP notice saying so) to
     /// the subscribers that asked for snapshots, then what they held meanwhile. A newer
     /// resync supersedes an older one still under way.
-    fn end_resync(&mut self, generation: u64, result: Result<Vec<SmsSession>, String>) {
+    fn end_resync(
+        &mut self,
+        generation: u64,
+        result: Result<Vec<SmsSession>, super::feed::SnapshotError>,
+    ) {
         if self.generation != generation {
             return;
         }
@@ -697,7 +701,10 @@ mod tests {
         );
         core.apply(Input::Snapshot {
             generation: new,
-            result: Err("GWS down".into()),
+            result: Err(crate::upstream::UpstreamError::Unreachable(
+                crate::upstream::Transport::Connect,
+            )
+            .into()),
         });
         assert_eq!(
             kinds(&drain(&mut with)),
