@@ -451,7 +451,16 @@ impl EventsHub {
             .await?;
         // The highest position issued: a token beyond it was never one of ours.
         let issued = match (&self.inner.cluster, resume) {
-            (Some(cluster), Some(_)) => cluster.last_seq().await.unwrap_or(0),
+            (Some(cluster), Some(token)) => {
+                // Only a token ahead of this replica's follower needs the stream asked (one
+                // round trip); if NATS cannot say, such a token is not honoured.
+                let here = interest.feed.lock().replay.last_seq();
+                if token.seq > here {
+                    cluster.last_seq().await.unwrap_or(here)
+                } else {
+                    here
+                }
+            }
             (Some(_), None) => 0,
             (None, _) => self.inner.seq.load(Ordering::Relaxed),
         };
