@@ -21,11 +21,14 @@
 //! one agent: upstream handshakes, open time, RSS per stream, fan-out latency p50/p99;
 //! admission after a restart with the default flags: 1,000 valid agents calling at once
 //! (time until each is served, calls refused on the way) and 2,000 random credentials at
-//! once (requests that reach GWS).
+//! once (requests that reach GWS); cluster mode (section 6, with a nats-server from
+//! `$GWS_NATS_SERVER`, PATH or `target/nats-venv`): event latency on a replica that does not
+//! own the agent against one process, 10,000 streams of one agent over three replicas
+//! (handshakes, fan-out), takeover time after kill -9 of the owner.
 //! `SCALE_RUN_SECS` sets each saturation run's length (default 3), `SCALE_ROUNDS` how many
 //! rounds the servers take turns in (default 11; the figures are medians over the rounds of
 //! each gateway's ratio to the relay's run in the same round), `SCALE_SECTIONS` picks
-//! sections (default `12345`). The gateway child runs `Telemetry::init` as `main` does, with
+//! sections (default `123456`). The gateway child runs `Telemetry::init` as `main` does, with
 //! its log lines discarded.
 
 #[path = "support/proc.rs"]
