@@ -424,11 +424,8 @@ impl GwsClient {
         refresh: bool,
         timeout: Duration,
     ) -> Result<Option<(HeaderName, HeaderValue)>, UpstreamError> {
-        if let Some(known) = known_csrf(agent, refresh) {
-            return Ok(known);
-        }
-        let work = self.csrf_token(agent, refresh, timeout);
-        self.on_slot(&self.rest, timeout, work).await
+        self.csrf_header_on(&self.rest, agent, refresh, timeout)
+            .await
     }
 
     /// [`csrf_header`](Self::csrf_header) for the event feed, on the feed's share.
@@ -438,11 +435,22 @@ impl GwsClient {
         refresh: bool,
         timeout: Duration,
     ) -> Result<Option<(HeaderName, HeaderValue)>, UpstreamError> {
+        self.csrf_header_on(&self.feed, agent, refresh, timeout)
+            .await
+    }
+
+    async fn csrf_header_on(
+        &self,
+        share: &Share,
+        agent: &Agent,
+        refresh: bool,
+        timeout: Duration,
+    ) -> Result<Option<(HeaderName, HeaderValue)>, UpstreamError> {
         if let Some(known) = known_csrf(agent, refresh) {
             return Ok(known);
         }
         let work = self.csrf_token(agent, refresh, timeout);
-        self.on_slot(&self.feed, timeout, work).await
+        self.on_slot(share, timeout, work).await
     }
 
     async fn post(
