@@ -702,6 +702,11 @@ async fn orchestrate() {
         );
     }
 
+    // ---- 3 and 4 share one simulator with 2,001 agents.
+    if sections.contains('3') || sections.contains('4') {
+        streaming(&http, &sections).await;
+    }
+
     // ---- 5. Admission after a restart, default flags.
     if sections.contains('5') {
         admission(&http).await;
@@ -711,11 +716,11 @@ async fn orchestrate() {
     if sections.contains('6') {
         cluster(&http).await;
     }
+}
 
+/// Sections 3 (memory per streaming agent, event latency) and 4 (10,000 streams of one agent).
+async fn streaming(http: &reqwest::Client, sections: &str) {
     // ---- 3. Memory per agent with one stream each; event latency over those streams.
-    if !sections.contains('3') && !sections.contains('4') {
-        return;
-    }
     let sim = Proc::start(&["sim", "2001"], &[]);
     if sections.contains('3') {
         let mut gw_args = vec!["gateway", "--gws-url", &sim.url];
@@ -752,7 +757,7 @@ async fn orchestrate() {
         }
         let mut lat = Vec::new();
         for i in 0..500 {
-            inject(&http, &sim.url, (i * 7) % 2000, stamped_event(now_us())).await;
+            inject(http, &sim.url, (i * 7) % 2000, stamped_event(now_us())).await;
             match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
                 Ok(Some(ms)) => lat.push(ms),
                 _ => println!("  event {i} not delivered within 10 s"),
@@ -783,7 +788,7 @@ async fn orchestrate() {
         streams.extend(first);
         let after = gateway.rss_kib();
         let cometd = control_json(
-            &http,
+            http,
             format!("{}/simulator/agents/a{agent}/cometd", sim.url),
         )
         .await;
@@ -825,7 +830,7 @@ async fn orchestrate() {
         let own0 = proc_stats::cpu("self", clock_ticks());
         let t0 = Instant::now();
         for k in 1..=events {
-            inject(&http, &sim.url, agent, stamped_event(now_us())).await;
+            inject(http, &sim.url, agent, stamped_event(now_us())).await;
             // Each event's fan-out is measured on its own: the next one is published once
             // every stream received this one (or after 30 s).
             let until = Instant::now() + Duration::from_secs(30);
