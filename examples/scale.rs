@@ -124,9 +124,14 @@ async fn run_gateway(extra: &[String]) {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     println!("LISTEN http://{}", listener.local_addr().unwrap());
-    gws_sms_gateway::server::run(config, listener, std::future::pending())
-        .await
-        .expect("gateway runs");
+    // SIGTERM drains as `serve` does (section 6's rolling restart); the other sections kill.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    gws_sms_gateway::server::run(config, listener, async move {
+        term.recv().await;
+    })
+    .await
+    .expect("gateway runs");
 }
 
 /// One agent's upstream state in the relay: what GWS needs on every POST.
@@ -315,7 +320,11 @@ impl Proc {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("SCALE_CHILD_STDERR").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
@@ -335,6 +344,16 @@ impl Proc {
 
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGTERM, then waits for the exit: how long the drain took, and whether it exited 0.
+    fn terminate(mut self) -> (Duration, bool) {
+        let t = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let ok = self.child.wait().is_ok_and(|s| s.success());
+        (t.elapsed(), ok)
     }
 
     /// User + system CPU time so far.
@@ -1046,7 +1065,7 @@ fn read_stamps(
     mut stream: tonic::Streaming<SessionEventsResponse>,
     tx: tokio::sync::mpsc::Sender<f64>,
     notices: Option<tokio::sync::mpsc::UnboundedSender<(i32, Instant)>>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         while let Ok(Some(item)) = stream.message().await {
             if let Some(t_us) = stamp(&item) {
@@ -1055,7 +1074,7 @@ fn read_stamps(
                 let _ = notices.send((n.kind, Instant::now()));
             }
         }
-    });
+    })
 }
 
 /// Cluster mode, in the same run as the single process: event latency on a replica that does
@@ -1063,7 +1082,7 @@ fn read_stamps(
 /// replicas (handshakes, fan-out); takeover time after kill -9 of the owner.
 async fn cluster(http: &reqwest::Client) {
     let nats = NatsServer::start();
-    let sim = Proc::start(&["sim", "3"], &[]);
+    let sim = Proc::start(&["sim", "4"], &[]);
     let flags = |extra: &[&str]| {
         let mut v: Vec<String> = ["gateway", "--gws-url", &sim.url, "--nats-url", &nats.url]
             .iter()
@@ -1075,7 +1094,8 @@ async fn cluster(http: &reqwest::Client) {
     };
     let start = |args: &[String]| {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Proc::start(&args, &[("RUST_LOG", "warn")])
+        let log = std::env::var("SCALE_REPLICA_LOG").unwrap_or("warn".into());
+        Proc::start(&args, &[("RUST_LOG", &log)])
     };
     let events: usize = env_or("SCALE_CLUSTER_EVENTS", 300);
 
@@ -1092,16 +1112,26 @@ async fn cluster(http: &reqwest::Client) {
     let (s, _) = open_streams(&replicas[1].url, &[auth(1)], 1, 1).await;
     let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
     let (ntx, mut notices) = tokio::sync::mpsc::unbounded_channel();
-    read_stamps(s.into_iter().next().unwrap(), tx, Some(ntx));
+    let measured = read_stamps(s.into_iter().next().unwrap(), tx, Some(ntx));
     let other = latencies(http, &sim.url, 1, &mut rx, events).await;
+    let floor = jetstream_floor(&nats.url, events).await;
+    let p50 = |v: &[f64]| percentile(v, 0.5);
+    let p99 = |v: &[f64]| percentile(v, 0.99);
     println!(
         "event latency, simulator publish -> gRPC client, {events} events one at a time: single process p50 {:.2} ms, p99 {:.2} ms; cluster, on a replica that does not own the agent (owner -> NATS -> replica) p50 {:.2} ms, p99 {:.2} ms => {:.2}x, {:.2}x",
-        percentile(&one, 0.5),
-        percentile(&one, 0.99),
-        percentile(&other, 0.5),
-        percentile(&other, 0.99),
-        ratio(percentile(&other, 0.5), percentile(&one, 0.5)),
-        ratio(percentile(&other, 0.99), percentile(&one, 0.99)),
+        p50(&one),
+        p99(&one),
+        p50(&other),
+        p99(&other),
+        ratio(p50(&other), p50(&one)),
+        ratio(p99(&other), p99(&one)),
+    );
+    println!(
+        "  floor of the extra hop, same crate and server (async-nats JetStream publish -> ordered consumer, file storage, {events} messages one at a time): p50 {:.2} ms, p99 {:.2} ms; single process + floor p50 {:.2} ms => the cluster's p50 is {:.2}x of it",
+        p50(&floor),
+        p99(&floor),
+        p50(&one) + p50(&floor),
+        ratio(p50(&other), p50(&one) + p50(&floor)),
     );
 
     // 10,000 streams of agent a2 over the three replicas.
@@ -1124,9 +1154,10 @@ async fn cluster(http: &reqwest::Client) {
     .await;
     let n = streams.len();
     let (tx, mut rx) = tokio::sync::mpsc::channel(n * 2);
-    for s in streams {
-        read_stamps(s, tx.clone(), None);
-    }
+    let readers: Vec<_> = streams
+        .into_iter()
+        .map(|s| read_stamps(s, tx.clone(), None))
+        .collect();
     let fan_events: usize = env_or("SCALE_FANOUT_EVENTS", 10);
     let mut lat = Vec::new();
     for _ in 0..fan_events {
@@ -1139,6 +1170,10 @@ async fn cluster(http: &reqwest::Client) {
         }
     }
     lat.sort_by(f64::total_cmp);
+    // Those streams close before the takeover and the rolling restart.
+    for r in readers {
+        r.abort();
+    }
     println!(
         "{n} streams of one agent over 3 replicas: opened in {opened:?}, upstream handshakes {}; fan-out of {fan_events} events: {} deliveries, p50 {:.1} ms, p99 {:.1} ms",
         cometd["handshakes"],
@@ -1166,6 +1201,201 @@ async fn cluster(http: &reqwest::Client) {
     println!(
         "takeover after kill -9 of the owner (default --lease-ttl 5s, --lease-renew 1s): RESTORED on another replica's stream after {took:?}"
     );
+    // Closed, so no drain below waits for a successor of agent a1.
+    measured.abort();
+    rolling_restart(http, &sim.url, replicas.collect(), || start(&flags(&[]))).await;
+}
+
+/// A rolling restart, as an operator's rollout does it: three rounds of starting a new
+/// replica and sending SIGTERM to the oldest, while stamped notifications flow to agent a3
+/// every few milliseconds and one client streams them, reconnecting at once with its last
+/// token to the oldest live replica whenever its stream ends (so every round moves it).
+/// Prints what was sent, received once, lost, doubled, the notices, each drain's time.
+async fn rolling_restart(
+    http: &reqwest::Client,
+    sim: &str,
+    mut live: Vec<Proc>,
+    start: impl Fn() -> Proc,
+) {
+    const AGENT: usize = 3;
+    while live.len() < 3 {
+        live.push(start());
+    }
+    let (urls_tx, urls) =
+        tokio::sync::watch::channel(live.iter().map(|p| p.url.clone()).collect::<Vec<_>>());
+    // (stamp or None for a notice kind, latency ms)
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Result<i64, i32>, f64)>();
+    let client = tokio::spawn(async move {
+        let mut token = String::new();
+        let mut reconnects = 0usize;
+        loop {
+            let Some(url) = urls.borrow().first().cloned() else {
+                return reconnects;
+            };
+            let Ok(mut c) = SmsSessionServiceClient::connect(url).await else {
+                continue;
+            };
+            let req = SessionEventsRequest {
+                resume_token: token.clone(),
+                ..Default::default()
+            };
+            let stream = match c.session_events(authed(req, &auth(AGENT))).await {
+                Ok(s) => s,
+                // Refused (e.g. by a replica shutting down): the next one listed soon.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            reconnects += 1;
+            let mut stream = stream.into_inner();
+            loop {
+                let item = match stream.message().await {
+                    Ok(Some(item)) => item,
+                    _ => break,
+                };
+                if !item.resume_token.is_empty() {
+                    token = item.resume_token.clone();
+                }
+                let got = match (stamp(&item), &item.event) {
+                    (Some(t), _) => (Ok(t), (now_us() - t) as f64 / 1000.0),
+                    (None, Some(Event::Notice(n))) => (Err(n.kind), 0.0),
+                    _ => continue,
+                };
+                if tx.send(got).is_err() {
+                    return reconnects;
+                }
+            }
+        }
+    });
+    let subscribed = NoticeKind::Subscribed as i32;
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Some((Err(kind), _))) if kind == subscribed => {}
+        other => {
+            println!("rolling restart: the client did not subscribe: {other:?}");
+            return;
+        }
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let injector = {
+        let (http, sim, stop) = (http.clone(), sim.to_string(), stop.clone());
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            while !stop.is_cancelled() {
+                let t = now_us();
+                inject(&http, &sim, AGENT, stamped_event(t)).await;
+                sent.push(t);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sent
+        })
+    };
+    let mut drains = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        live.push(start());
+        let old = live.remove(0);
+        urls_tx.send_replace(live.iter().map(|p| p.url.clone()).collect());
+        drains.push(
+            tokio::task::spawn_blocking(move || old.terminate())
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let sent = injector.await.unwrap();
+    let mut seen: HashMap<i64, usize> = HashMap::new();
+    let mut lat = Vec::new();
+    let mut notices: HashMap<String, usize> = HashMap::new();
+    let last = *sent.last().unwrap_or(&0);
+    while !seen.contains_key(&last) {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some((Ok(t), ms))) => {
+                *seen.entry(t).or_default() += 1;
+                lat.push(ms);
+            }
+            Ok(Some((Err(kind), _))) => {
+                let name =
+                    NoticeKind::try_from(kind).map_or(kind.to_string(), |k| format!("{k:?}"));
+                *notices.entry(name).or_default() += 1;
+            }
+            _ => break,
+        }
+    }
+    client.abort();
+    lat.sort_by(f64::total_cmp);
+    let lost = sent.iter().filter(|t| !seen.contains_key(t)).count();
+    let doubled = seen.values().filter(|&&n| n > 1).count();
+    let drains: Vec<String> = drains
+        .iter()
+        .map(|(d, ok)| {
+            format!(
+                "{:.2} s{}",
+                d.as_secs_f64(),
+                if *ok { "" } else { " (exit not 0)" }
+            )
+        })
+        .collect();
+    println!(
+        "rolling restart of 3 replicas (SIGTERM each in turn, a new one started first), one client reconnecting with its last token: {} notifications sent, {} received, {lost} lost, {doubled} doubled; notices after the first SUBSCRIBED: {notices:?}; latency through the restart p50 {:.2} ms, p99 {:.1} ms, max {:.1} ms; each SIGTERMed replica exited after {}",
+        sent.len(),
+        seen.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+        drains.join(", "),
+    );
+}
+
+/// The floor of the cluster's extra hop, built from the same crate against the same server:
+/// a JetStream publish from one connection to an ordered consumer on another (as the owner
+/// publishes and a replica's follower reads), one message at a time, in milliseconds.
+async fn jetstream_floor(url: &str, n: usize) -> Vec<f64> {
+    use async_nats::jetstream;
+    let publisher = jetstream::new(async_nats::connect(url).await.expect("NATS"));
+    let reader = jetstream::new(async_nats::connect(url).await.expect("NATS"));
+    let stream = publisher
+        .create_stream(jetstream::stream::Config {
+            name: "SCALE_FLOOR".into(),
+            subjects: vec!["scale.floor".into()],
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .expect("floor stream");
+    drop(stream);
+    let mut messages = reader
+        .get_stream("SCALE_FLOOR")
+        .await
+        .expect("floor stream")
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "scale.floor".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("floor consumer")
+        .messages()
+        .await
+        .expect("floor messages");
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let ack = publisher
+            .publish("scale.floor", "x".into())
+            .await
+            .expect("publish");
+        if let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_secs(10), messages.next()).await
+        {
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let _ = ack.await;
+        // Paced like the events: each one alone on the wire.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    lat.sort_by(f64::total_cmp);
+    lat
 }
 
 /// A per-run suffix so random credentials are never ones a previous run could have known.

@@ -5,9 +5,16 @@
 //! that revision, and gone by itself when its owner stops renewing (the bucket's `max_age` is
 //! the TTL). Its first revision is the owner's *term*: every message it publishes carries it,
 //! and followers drop what carries a term below the highest they have seen (a stale owner).
+//!
+//! Its value also says whether the owner's upstream session is subscribed ([`Holder`]): the
+//! agent's subject says so too, but its retention (events per agent, bytes, age) may have
+//! dropped every message that did, and a replica that starts following then must still
+//! know whether to tell its streams SUBSCRIBED.
 
 use async_nats::jetstream::kv;
 use prost::bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,8 +26,42 @@ pub enum LeaseError {
     Nats(String),
 }
 
-/// A draining owner's lease value: `draining:<term>`.
-pub const DRAINING: &str = "draining:";
+/// A draining owner's lease value starts `draining:<term>`.
+const DRAINING: &str = "draining:";
+/// Appended while the owner's upstream session is subscribed.
+const UP: &str = ";up";
+
+/// What a lease's value says of its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// `Some(term)` when the owner is shutting down and hands the agent over.
+    pub draining: Option<u64>,
+    /// Whether its upstream session is subscribed (as of its last write).
+    pub up: bool,
+}
+
+impl Holder {
+    fn encode(&self, replica: &str) -> Bytes {
+        let up = if self.up { UP } else { "" };
+        Bytes::from(match self.draining {
+            Some(term) => format!("{DRAINING}{term}{up}"),
+            None => format!("{replica}{up}"),
+        })
+    }
+
+    /// Reads a lease value (anything unreadable is a holder that is neither).
+    pub fn decode(value: &[u8]) -> Self {
+        let text = std::str::from_utf8(value).unwrap_or_default();
+        let (rest, up) = match text.strip_suffix(UP) {
+            Some(rest) => (rest, true),
+            None => (text, false),
+        };
+        Self {
+            draining: rest.strip_prefix(DRAINING).and_then(|t| t.parse().ok()),
+            up,
+        }
+    }
+}
 
 pub struct Lease {
     store: kv::Store,
@@ -33,7 +74,10 @@ pub struct Lease {
     /// margin (the bucket's clock is not ours).
     pub valid_until: Instant,
     ttl: Duration,
-    value: Bytes,
+    replica: String,
+    draining: bool,
+    /// Whether the owner's session is subscribed: written with the next renewal.
+    up: Arc<AtomicBool>,
 }
 
 impl Lease {
@@ -44,9 +88,12 @@ impl Lease {
         replica: &str,
         ttl: Duration,
     ) -> Result<Self, LeaseError> {
-        let value = Bytes::from(replica.to_string());
+        let holder = Holder {
+            draining: None,
+            up: false,
+        };
         let started = Instant::now();
-        match store.create(key, value.clone()).await {
+        match store.create(key, holder.encode(replica)).await {
             Ok(revision) => Ok(Self {
                 store: store.clone(),
                 key: key.to_string(),
@@ -54,7 +101,9 @@ impl Lease {
                 term: revision,
                 valid_until: started + margin(ttl),
                 ttl,
-                value,
+                replica: replica.to_string(),
+                draining: false,
+                up: Arc::new(AtomicBool::new(false)),
             }),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(LeaseError::Taken),
             Err(e) => Err(LeaseError::Nats(e.to_string())),
@@ -64,11 +113,12 @@ impl Lease {
     /// Renews it; `Taken` when someone else wrote it since (this owner is stale).
     pub async fn renew(&mut self) -> Result<(), LeaseError> {
         let started = Instant::now();
-        match self
-            .store
-            .update(&self.key, self.value.clone(), self.revision)
-            .await
-        {
+        let value = Holder {
+            draining: self.draining.then_some(self.term),
+            up: self.up.load(Ordering::Relaxed),
+        }
+        .encode(&self.replica);
+        match self.store.update(&self.key, value, self.revision).await {
             Ok(revision) => {
                 self.revision = revision;
                 self.valid_until = started + margin(self.ttl);
@@ -82,8 +132,13 @@ impl Lease {
     /// Says in the lease that its owner is shutting down: replicas holding the credential
     /// start their own session, and the first one subscribed says so (see `source`).
     pub async fn mark_draining(&mut self) -> Result<(), LeaseError> {
-        self.value = Bytes::from(format!("{DRAINING}{}", self.term));
+        self.draining = true;
         self.renew().await
+    }
+
+    /// Where the owner's session state goes: the value says it from the next renewal on.
+    pub fn up(&self) -> Arc<AtomicBool> {
+        self.up.clone()
     }
 
     pub fn valid(&self) -> bool {
@@ -105,4 +160,41 @@ impl Lease {
 /// What of the TTL an owner relies on: a fifth is left for clock rates and the write's trip.
 fn margin(ttl: Duration) -> Duration {
     ttl.mul_f64(0.8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Holder;
+
+    #[test]
+    fn a_lease_value_says_whether_its_owner_drains_and_whether_its_session_is_up() {
+        for draining in [None, Some(7)] {
+            for up in [false, true] {
+                let h = Holder { draining, up };
+                assert_eq!(Holder::decode(&h.encode("0123abcd")), h);
+            }
+        }
+        // A replica id is never read as a term, and garbage is neither draining nor up.
+        assert_eq!(
+            Holder::decode(b"draining"),
+            Holder {
+                draining: None,
+                up: false
+            }
+        );
+        assert_eq!(
+            Holder::decode(&[0xff, 0xfe]),
+            Holder {
+                draining: None,
+                up: false
+            }
+        );
+        assert_eq!(
+            Holder::decode(b"draining:x;up"),
+            Holder {
+                draining: None,
+                up: true
+            }
+        );
+    }
 }

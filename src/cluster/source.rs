@@ -10,7 +10,7 @@
 //! be the one this owner saw: a stale owner's late publish is refused by the stream itself
 //! once a new owner has written, and dropped by followers (its term is below the newest).
 
-use super::lease::{DRAINING, Lease, LeaseError};
+use super::lease::{Holder, Lease, LeaseError};
 use super::{Cluster, Link, subject};
 use crate::bayeux::BayeuxConfig;
 use crate::events::feed::{self, Feed, Sink, Upstreamed};
@@ -145,7 +145,7 @@ async fn follow(
     // The last sequence applied: a consumer made again starts after it.
     let mut applied = 0u64;
     if caught_up {
-        ready(feed, None);
+        ready(ctx, feed, name, None).await;
     }
     let mut link = ctx.cluster.link();
     loop {
@@ -217,6 +217,11 @@ async fn follow(
         let kind = header(KIND).unwrap_or_default();
         let input = match kind.as_str() {
             "event" => {
+                // Only a subscribed session has events to publish.
+                *shared
+                    .last_control
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(Control::Subscribed);
                 let payload = &message.payload;
                 let Ok(response) = SessionEventsResponse::decode(payload.as_ref()) else {
                     tracing::warn!(seq, "undecodable event in the agent's subject; skipped");
@@ -289,7 +294,7 @@ async fn follow(
                 .last_control
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            ready(feed, last);
+            ready(ctx, feed, name, last).await;
         }
     }
 }
@@ -315,9 +320,22 @@ async fn subscribe(
     consumer.messages().await.map_err(|e| e.to_string())
 }
 
-/// The follower has read the history: the feed's status is what its last control said.
-fn ready(feed: &Feed, last: Option<Control>) {
-    if matches!(last, Some(Control::Subscribed | Control::Restored)) {
+/// The follower has read the history: the feed's status is what its last control (or
+/// event) said. When retention has dropped all of those, the lease says whether its holder's
+/// session is subscribed; with no holder, the next owner's control will tell.
+async fn ready(ctx: &Context, feed: &Feed, name: &str, last: Option<Control>) {
+    let up = match last {
+        Some(control) => control != Control::Lost,
+        None => match ctx.cluster.leases().get(name).await {
+            Ok(Some(value)) => Holder::decode(&value).up,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster follower: cannot read the agent's lease");
+                false
+            }
+        },
+    };
+    if up {
         feed.apply(Input::Subscribed {
             restored: false,
             at: None,
@@ -421,11 +439,7 @@ async fn contend(
             Ok(lease) => own(&ctx, &feed, &name, &shared, position.clone(), lease, None).await,
             Err(LeaseError::Taken) => {
                 if let Ok(Some(entry)) = ctx.cluster.leases().entry(name.as_str()).await {
-                    let draining = std::str::from_utf8(&entry.value)
-                        .ok()
-                        .and_then(|v| v.strip_prefix(DRAINING))
-                        .and_then(|t| t.parse().ok());
-                    if let Some(term) = draining {
+                    if let Some(term) = Holder::decode(&entry.value).draining {
                         standby(&ctx, &feed, &name, &shared, &position, term).await;
                     } else {
                         // Try again just after the lease would run out unrenewed (the
@@ -582,6 +596,7 @@ async fn own(
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let term = lease.term;
+    let up = lease.up();
     tracing::info!(agent = ?feed.agent.key(), term, handover = standby.is_some(), "cluster: this replica owns the agent's upstream session");
     let lease = Arc::new(tokio::sync::Mutex::new(Some(lease)));
     let valid = Arc::new(Mutex::new(
@@ -631,6 +646,7 @@ async fn own(
         type_header: None,
         valid: valid.clone(),
         had_session: previous.is_some(),
+        up: up.clone(),
         feed: feed.clone(),
         session: fence.clone(),
         stopped: false,
@@ -647,6 +663,15 @@ async fn own(
         )
         .await;
     }
+    if handed {
+        // The standby session is subscribed already. If the old owner gave up waiting and
+        // said LOST meanwhile, this session's start is a restore.
+        up.store(true, std::sync::atomic::Ordering::Relaxed);
+        if previous == Some(Control::Lost) {
+            sink.publish(Control::Restored.as_str(), Bytes::new(), None)
+                .await;
+        }
+    }
     let renewer = ctx.tasks.spawn(renew(
         lease.clone(),
         valid,
@@ -659,6 +684,7 @@ async fn own(
         going = going && sink.emit(event).await;
     }
     let mut handover: Option<tokio::time::Instant> = None;
+    let mut succeeded = false;
     let mut poll = tokio::time::interval(HANDOVER_POLL);
     while going {
         tokio::select! {
@@ -679,6 +705,7 @@ async fn own(
             _ = poll.tick(), if handover.is_some() => {
                 let ready = ctx.cluster.leases().get(ready_key(name)).await.ok().flatten();
                 let successor = ready.is_some_and(|v| v.as_ref() == term.to_string().as_bytes());
+                succeeded = successor;
                 if successor || handover.is_some_and(|h| tokio::time::Instant::now() >= h) {
                     going = false;
                 }
@@ -693,6 +720,18 @@ async fn own(
         if matches!(event, Upstreamed::Event { .. }) && !sink.emit(event).await {
             break;
         }
+    }
+    if !succeeded && !sink.stopped {
+        // No successor runs a session now: a replica that starts following the agent must
+        // not tell its streams SUBSCRIBED, and the next owner's start is a restore.
+        sink.publish(
+            Control::Lost.as_str(),
+            Bytes::from_static(
+                b"no gateway replica runs this agent's upstream session now; the next stream or call of the agent starts one",
+            ),
+            None,
+        )
+        .await;
     }
     let _ = renewer.await;
     if let Some(lease) = lease.lock().await.take() {
@@ -761,6 +800,8 @@ struct ClusterSink {
     /// Set once this owner stopped (fenced, or its lease ran out): what its session says
     /// after is not the feed's business.
     stopped: bool,
+    /// The lease's word on whether this owner's session is subscribed.
+    up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ClusterSink {
@@ -876,9 +917,13 @@ impl Sink for ClusterSink {
                     Control::Subscribed
                 };
                 self.had_session = true;
-                self.publish(kind.as_str(), Bytes::new(), None).await
+                let published = self.publish(kind.as_str(), Bytes::new(), None).await;
+                self.up
+                    .store(published, std::sync::atomic::Ordering::Relaxed);
+                published
             }
             Upstreamed::Lost { reason } => {
+                self.up.store(false, std::sync::atomic::Ordering::Relaxed);
                 self.publish(Control::Lost.as_str(), Bytes::from(reason), None)
                     .await
             }

@@ -1,0 +1,84 @@
+//! Cluster mode when the agent's subject has been trimmed by retention: a replica that starts
+//! following then learns the upstream state from the lease, not from controls long dropped.
+
+use crate::support::events::{Stream, next, subscribed_at};
+use crate::support::gateway::{AGENT1, Harness, SEED_SESSION};
+use crate::support::nats::Nats;
+use gws_simulator::{self as simulator, SimulatorConfig};
+use gws_sms_gateway::proto::SessionEventsRequest;
+use gws_sms_gateway::proto::session_events_response::Event;
+use serde_json::json;
+
+async fn replica(sim_url: &str, nats: &Nats) -> Harness {
+    let url = nats.url();
+    Harness::gateway(
+        sim_url,
+        &[
+            "--nats-url",
+            &url,
+            "--cluster-secret",
+            "a-test-cluster-secret",
+            "--lease-ttl",
+            "1500ms",
+            "--lease-renew",
+            "300ms",
+            // Two events per agent retained: the SUBSCRIBED control leaves the subject soon.
+            "--stream-buffer",
+            "2",
+            "--replay-max-events",
+            "2",
+        ],
+    )
+    .await
+}
+
+async fn inject(h: &Harness, tag: &str) {
+    h.inject(
+        "agent1",
+        json!({
+            "messageType": "SMSsessionStateChangeMessage",
+            "notificationType": "PropertiesUpdated",
+            "smssession": { "id": SEED_SESSION, "state": "Chatting", "userData": { "tag": tag },
+                            "capabilities": [], "uri": "", "participants": [] }
+        }),
+    )
+    .await;
+}
+
+async fn stream(h: &Harness) -> (Stream, String) {
+    subscribed_at(h, AGENT1, SessionEventsRequest::default()).await
+}
+
+#[tokio::test]
+async fn a_replica_that_follows_after_every_control_was_trimmed_still_says_subscribed() {
+    let nats = Nats::start();
+    let sim = simulator::start(&SimulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    let a = replica(&sim.url, &nats).await;
+    let (mut on_a, _) = stream(&a).await;
+    // Five events through a two-event retention: the subject keeps only the last two.
+    for i in 0..5 {
+        inject(&a, &format!("e{i}")).await;
+        let item = next(&mut on_a).await.unwrap();
+        assert!(
+            matches!(item.event, Some(Event::StateChange(_))),
+            "{item:?}"
+        );
+    }
+    // The owner writes its session's state into the lease at its next renewal; a replica
+    // that starts now reads a history with no control in it. Before, it waited for one and
+    // its stream was refused NOT_READY after --subscribe-timeout.
+    let b = replica(&sim.url, &nats).await;
+    let (mut on_b, _) = stream(&b).await;
+    inject(&a, "after").await;
+    let (x, y) = (
+        next(&mut on_a).await.unwrap(),
+        next(&mut on_b).await.unwrap(),
+    );
+    assert_eq!(
+        x.resume_token, y.resume_token,
+        "the same event at the same token"
+    );
+    assert_eq!(a.cometd_stats("agent1").await["handshakes"], 1);
+}
