@@ -714,15 +714,29 @@ async fn renew(
     every: Duration,
 ) {
     loop {
+        let runs_out = *valid.lock().unwrap_or_else(|e| e.into_inner());
         tokio::select! {
             _ = session.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+            // After renewals that failed fast, the lease may run out before the next try.
+            _ = tokio::time::sleep_until(runs_out.into()) => {}
         }
         let mut guard = lease.lock().await;
         let Some(held) = guard.as_mut() else {
             return;
         };
-        match held.renew().await {
+        // Bounded by the lease's validity, not by the NATS request timeout (longer than a
+        // TTL): when NATS cannot be reached, the session stops when the lease may be taken
+        // by another replica, not seconds after that replica started its own.
+        let renewed = if held.valid() {
+            let runs_out = tokio::time::Instant::from_std(held.valid_until);
+            tokio::time::timeout_at(runs_out, held.renew())
+                .await
+                .unwrap_or_else(|_| Err(LeaseError::Nats("no answer before it ran out".into())))
+        } else {
+            Err(LeaseError::Nats("not renewed before it ran out".into()))
+        };
+        match renewed {
             Ok(()) => *valid.lock().unwrap_or_else(|e| e.into_inner()) = held.valid_until,
             Err(LeaseError::Taken) => {
                 tracing::warn!("cluster: lease taken by another replica; upstream session stops");

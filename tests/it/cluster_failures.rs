@@ -1,0 +1,304 @@
+//! Cluster mode under real failures: an owner partitioned from NATS (its connection runs
+//! through a proxy whose link is cut, then healed). One simulator, one real nats-server with
+//! JetStream, all on 127.0.0.1; waits are on stream items, notices, health and the
+//! simulator's counters, never sleeps.
+
+use crate::support::events;
+use crate::support::gateway;
+use crate::support::link_proxy::LinkProxy;
+use crate::support::nats::Nats;
+
+use events::{Stream, expect_notice, next, open, subscribed_at};
+use gateway::{AGENT1, Harness, SEED_SESSION, STEP, eventually};
+use gws_simulator::{self as simulator, RunningSimulator, SimulatorConfig};
+use gws_sms_gateway::proto::session_events_response::Event;
+use gws_sms_gateway::proto::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "a-test-cluster-secret";
+/// The lease TTL the replicas run with (and its renewal): short, so takeovers are quick.
+const LEASE_TTL: Duration = Duration::from_millis(1500);
+
+fn cluster_flags(nats_url: &str) -> Vec<String> {
+    [
+        "--nats-url",
+        nats_url,
+        "--cluster-secret",
+        SECRET,
+        "--lease-ttl",
+        "1500ms",
+        "--lease-renew",
+        "300ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+async fn simulator() -> RunningSimulator {
+    simulator::start(&SimulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts")
+}
+
+/// An in-process replica whose NATS connection goes to `nats_url` (the server, or a proxy).
+async fn replica(sim: &RunningSimulator, nats_url: &str) -> Harness {
+    // RUST_LOG=gws_sms_gateway=debug shows what the replicas do.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let flags = cluster_flags(nats_url);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Harness::gateway(&sim.url, &flags).await
+}
+
+fn properties_updated(tag: &str) -> Value {
+    json!({
+        "messageType": "SMSsessionStateChangeMessage",
+        "notificationType": "PropertiesUpdated",
+        "smssession": { "id": SEED_SESSION, "state": "Chatting", "userData": { "tag": tag },
+                        "capabilities": [], "uri": "", "participants": [] }
+    })
+}
+
+/// What a stream item is, for comparing streams: a notification's tag, a notice's kind or
+/// "snapshot".
+fn label(item: &SessionEventsResponse) -> String {
+    match &item.event {
+        Some(Event::StateChange(c)) => {
+            let data = gws_sms_gateway::mapping::user_data_map_to_json(
+                &c.session.clone().unwrap_or_default().user_data,
+            );
+            data.get("tag")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        }
+        Some(Event::Notice(n)) => format!("{:?}", NoticeKind::try_from(n.kind).unwrap()),
+        Some(Event::Snapshot(_)) => "snapshot".into(),
+        other => panic!("unexpected item {other:?}"),
+    }
+}
+
+fn is_notification(item: &SessionEventsResponse) -> bool {
+    matches!(item.event, Some(Event::StateChange(_)))
+}
+
+/// The stream's items, as (label, token), up to and including the notification `tag`.
+async fn until(stream: &mut Stream, tag: &str) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    loop {
+        let item = next(stream).await.unwrap();
+        let l = label(&item);
+        let done = is_notification(&item) && l == tag;
+        got.push((l, item.resume_token));
+        if done {
+            return got;
+        }
+    }
+}
+
+/// (live CometD sessions, handshakes so far) of agent1 at the simulator.
+async fn cometd(h: &Harness) -> (u64, u64) {
+    let v = h.cometd_stats("agent1").await;
+    (
+        v["sessions"].as_u64().unwrap_or(0),
+        v["handshakes"].as_u64().unwrap_or(0),
+    )
+}
+
+/// How long after `since` the first CometD session of agent1 ended, the simulator polled
+/// from now on: once its live sessions are one fewer than its handshakes (the first
+/// owner's session is the only one that ends).
+fn old_session_ended(sim_url: &str, since: Instant) -> tokio::task::JoinHandle<Duration> {
+    let url = format!("{sim_url}/simulator/agents/agent1/cometd");
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let deadline = since + STEP;
+        loop {
+            let text = http.get(&url).send().await.unwrap().text().await.unwrap();
+            let v: Value = serde_json::from_str(&text).unwrap();
+            let (sessions, handshakes) = (v["sessions"].as_u64(), v["handshakes"].as_u64());
+            if let (Some(s), Some(h)) = (sessions, handshakes)
+                && s + 1 == h
+            {
+                return since.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the first session never ended: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+/// LOST, RESTORED and the resync snapshot, as (kind, token).
+async fn takeover_items(stream: &mut Stream) -> Vec<(String, String)> {
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let item = next(stream).await.unwrap();
+        got.push((label(&item), item.resume_token));
+    }
+    got
+}
+
+fn with_snapshot() -> SessionEventsRequest {
+    SessionEventsRequest {
+        include_snapshot: true,
+        ..Default::default()
+    }
+}
+
+/// A stream with snapshots on `h`, past its SUBSCRIBED notice and first snapshot.
+async fn snapshot_stream(h: &Harness) -> Stream {
+    let mut s = open(h, AGENT1, with_snapshot()).await.unwrap();
+    expect_notice(&mut s, NoticeKind::Subscribed).await;
+    assert!(matches!(
+        next(&mut s).await.unwrap().event,
+        Some(Event::Snapshot(_))
+    ));
+    s
+}
+
+/// 1 SERVING, 2 NOT_SERVING.
+async fn health(h: &Harness, service: &str) -> i32 {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Channel::from_shared(h.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        STEP,
+        HealthClient::new(channel).check(HealthCheckRequest {
+            service: service.into(),
+        }),
+    )
+    .await
+    .expect("health answers in time")
+    .map(|r| r.into_inner().status)
+    .unwrap_or(0)
+}
+
+const NATS_HEALTH: &str = "gws.sms.v1.Cluster";
+
+#[tokio::test]
+async fn a_partitioned_owner_is_fenced_another_takes_over_and_its_streams_recover_when_healed() {
+    let nats = Nats::start();
+    let sim = simulator().await;
+    let link = LinkProxy::start(nats.port);
+    // The first replica with the credential owns the agent: its NATS link can be cut.
+    let owner = replica(&sim, &link.url("nats")).await;
+    let (mut on_owner, _) = subscribed_at(&owner, AGENT1, SessionEventsRequest::default()).await;
+    let b = replica(&sim, &nats.url()).await;
+    let c = replica(&sim, &nats.url()).await;
+    let mut others = [snapshot_stream(&b).await, snapshot_stream(&c).await];
+    assert_eq!(cometd(&b).await, (1, 1), "one session: the owner's");
+    assert_eq!(sim_inject(&b, "before").await, 1);
+    let before = until(&mut on_owner, "before").await;
+    for s in &mut others {
+        assert_eq!(until(s, "before").await, before);
+    }
+
+    link.cut();
+    let cut = Instant::now();
+    let old_session_ended = old_session_ended(&sim.url, cut);
+    // Received by the cut owner's session alone (no other exists yet): it cannot publish it.
+    assert_eq!(
+        sim_inject(&b, "during").await,
+        1,
+        "the cut owner's session is still up"
+    );
+    let lost = expect_notice(&mut on_owner, NoticeKind::UpstreamLost).await;
+    assert!(
+        notice_detail(&lost).contains("NATS"),
+        "the cut replica's stream says why: {lost:?}"
+    );
+    let mut seen = Vec::new();
+    for s in &mut others {
+        seen.push(takeover_items(s).await);
+    }
+    let restored_after = cut.elapsed();
+    assert_eq!(
+        seen[0].iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["UpstreamLost", "UpstreamRestored", "snapshot"]
+    );
+    assert_eq!(
+        seen[0], seen[1],
+        "both replicas' streams at the same tokens"
+    );
+    // The cut owner stops its own session once it cannot renew its lease in time.
+    let session_ended_after = old_session_ended.await.unwrap();
+    println!(
+        "partition of the owner: RESTORED elsewhere after {restored_after:?}, the cut \
+         owner's CometD session ended after {session_ended_after:?} (lease TTL {LEASE_TTL:?})"
+    );
+    assert!(
+        session_ended_after < 2 * LEASE_TTL,
+        "the cut owner's session outlived its lease by far: {session_ended_after:?}"
+    );
+    // Events flow through the new owner.
+    assert_eq!(
+        sim_inject(&b, "after1").await,
+        1,
+        "the new owner's session only"
+    );
+    let mut after1 = Vec::new();
+    for s in &mut others {
+        after1.push(until(s, "after1").await);
+    }
+    assert_eq!(after1[0].len(), 1, "nothing else before: {after1:?}");
+    assert_eq!(after1[0], after1[1]);
+
+    link.heal();
+    eventually("the healed replica's NATS link is up", || async {
+        health(&owner, NATS_HEALTH).await == 1
+    })
+    .await;
+    let healed = until(&mut on_owner, "after1").await;
+    // What the subject holds since, at the same tokens as elsewhere: the takeover's notices
+    // and what the new owner published (never the event only the cut owner's session got),
+    // and RESTORED for the link, standing where this replica's follower had read to (unless
+    // the subject's own RESTORED was read first: then that one told it).
+    let from_subject = [seen[0][0].clone(), seen[0][1].clone(), after1[0][0].clone()];
+    let (same, extra): (Vec<_>, Vec<_>) = healed
+        .iter()
+        .cloned()
+        .partition(|item| from_subject.contains(item));
+    assert_eq!(same, from_subject, "{healed:?}");
+    let link_restored = ("UpstreamRestored".to_string(), before[0].1.clone());
+    assert!(
+        extra.len() <= 1 && extra.iter().all(|e| *e == link_restored),
+        "{healed:?}"
+    );
+    // Whatever the cut owner's session received and tried to publish is in NATS by now
+    // (its connection is back): the next item everywhere is the next notification.
+    assert_eq!(sim_inject(&b, "after2").await, 1);
+    let mut after2 = vec![until(&mut on_owner, "after2").await];
+    for s in &mut others {
+        after2.push(until(s, "after2").await);
+    }
+    assert_eq!(
+        after2[0].len(),
+        1,
+        "nothing between after1 and after2: {after2:?}"
+    );
+    assert!(after2.iter().all(|a| *a == after2[0]), "{after2:?}");
+    assert_eq!(cometd(&b).await, (1, 2), "one session, the new owner's");
+}
+
+fn notice_detail(item: &SessionEventsResponse) -> String {
+    match &item.event {
+        Some(Event::Notice(n)) => n.detail.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Injects a PropertiesUpdated tagged `tag`; how many CometD sessions it was queued for.
+async fn sim_inject(h: &Harness, tag: &str) -> u64 {
+    h.inject("agent1", properties_updated(tag)).await
+}
