@@ -688,10 +688,11 @@ async fn own(
     session.stop.cancel();
     // What the session received and this loop has not published yet: published now, while
     // the lease is still held (the successor, subscribed before this one stopped, drops what
-    // it received too when it takes over).
+    // it received too when it takes over). Once the lease is lost the sink refuses each at
+    // once, and counts it as a stale owner's message.
     while let Some(event) = session.rx.recv().await {
-        if matches!(event, Upstreamed::Event { .. }) && !sink.emit(event).await {
-            break;
+        if matches!(event, Upstreamed::Event { .. }) {
+            sink.emit(event).await;
         }
     }
     let _ = renewer.await;
@@ -802,8 +803,19 @@ impl ClusterSink {
         self.next_id += 1;
         let id = format!("{}.{}.{}", self.subject, self.term, self.next_id);
         loop {
-            if !self.valid() || self.session.is_cancelled() {
-                self.stopped = true;
+            if self.stopped || !self.valid() || self.session.is_cancelled() {
+                // What a session received after its owner lost the lease (it ran out
+                // unrenewed, or another replica took it) is dropped here, never published:
+                // counted, and said once.
+                crate::metrics::CLUSTER_STALE.inc();
+                if !self.stopped {
+                    tracing::warn!(
+                        agent = ?self.feed.agent.key(),
+                        term = self.term,
+                        "cluster: this replica no longer holds the agent's lease; what its upstream session received is not published"
+                    );
+                    self.stopped = true;
+                }
                 return false;
             }
             let mut headers = HeaderMap::new();
@@ -842,6 +854,8 @@ impl ClusterSink {
                         _ => {
                             crate::metrics::CLUSTER_STALE.inc();
                             tracing::warn!(
+                                agent = ?self.feed.agent.key(),
+                                term = self.term,
                                 "cluster: a newer owner wrote the agent's subject; this one stops"
                             );
                             self.stopped = true;
@@ -852,10 +866,8 @@ impl ClusterSink {
                 Err(e) => {
                     tracing::debug!(error = %e, "cluster: publish failed; retrying");
                     tokio::select! {
-                        _ = self.session.cancelled() => {
-                            self.stopped = true;
-                            return false;
-                        }
+                        // Checked (and counted) at the top of the loop.
+                        _ = self.session.cancelled() => {}
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
                 }

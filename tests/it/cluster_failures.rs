@@ -1,12 +1,14 @@
 //! Cluster mode under real failures: an owner partitioned from NATS (its connection runs
-//! through a proxy whose link is cut, then healed). One simulator, one real nats-server with
-//! JetStream, all on 127.0.0.1; waits are on stream items, notices, health and the
-//! simulator's counters, never sleeps.
+//! through a proxy whose link is cut, then healed), and a stale owner (a replica process
+//! stopped with SIGSTOP until another replica owns its agent, then continued). One
+//! simulator, one real nats-server with JetStream, all on 127.0.0.1; waits are on stream
+//! items, notices, health, log lines and the simulator's counters, never sleeps.
 
 use crate::support::events;
 use crate::support::gateway;
 use crate::support::link_proxy::LinkProxy;
 use crate::support::nats::Nats;
+use crate::support::process;
 
 use events::{Stream, expect_notice, next, open, subscribed_at};
 use gateway::{AGENT1, Harness, SEED_SESSION, STEP, eventually};
@@ -301,4 +303,203 @@ fn notice_detail(item: &SessionEventsResponse) -> String {
 /// Injects a PropertiesUpdated tagged `tag`; how many CometD sessions it was queued for.
 async fn sim_inject(h: &Harness, tag: &str) -> u64 {
     h.inject("agent1", properties_updated(tag)).await
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_gws-sms-gateway");
+
+/// A replica as a child process (so it can be stopped with SIGSTOP), its log lines kept.
+struct Child {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    metrics: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Child {
+    async fn spawn(sim: &RunningSimulator, nats: &Nats) -> Self {
+        let mut child = std::process::Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--gws-url", &sim.url])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(cluster_flags(&nats.url()))
+            // GWS_CHILD_LOG=info,gws_sms_gateway=debug shows what the child does.
+            .env(
+                "RUST_LOG",
+                std::env::var("GWS_CHILD_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gateway starts");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = seen.clone();
+        process::forward_lines(&mut child, move |line| keep.lock().unwrap().push(line));
+        let mut c = Self {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            metrics: String::new(),
+            seen,
+        };
+        c.addr = field(&c.wait_line("gateway serving gRPC").await, "listen")
+            .parse()
+            .expect("an address");
+        c.metrics = field(&c.wait_line("metrics serving").await, "metrics");
+        c
+    }
+
+    /// The first log line containing `needle`, once written. (Polled without blocking the
+    /// thread: the simulator and the other replicas run on the test's runtime, and the
+    /// child may be waiting for them.)
+    async fn wait_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + STEP;
+        loop {
+            if let Some(line) = self.logged(needle).into_iter().next() {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "no log line with {needle:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn logged(&self, needle: &str) -> Vec<String> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// A counter's value in the replica's Prometheus text.
+    async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(&self.metrics)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // SIGKILL ends it stopped or not (a failed test may leave it stopped).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key=` in a log line.
+fn field(line: &str, key: &str) -> String {
+    let start = line
+        .find(&format!(" {key}="))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        + key.len()
+        + 2;
+    line[start..]
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_stopped_owner_continued_after_another_took_over_publishes_nothing_and_stops() {
+    let nats = Nats::start();
+    let sim = simulator().await;
+    let stale = Child::spawn(&sim, &nats).await;
+    let on_stale_replica = Harness::remote(stale.addr, &sim.url).await;
+    // The first replica with the credential owns the agent.
+    let (mut on_stale, _) =
+        subscribed_at(&on_stale_replica, AGENT1, SessionEventsRequest::default()).await;
+    let b = replica(&sim, &nats.url()).await;
+    let c = replica(&sim, &nats.url()).await;
+    let mut others = [snapshot_stream(&b).await, snapshot_stream(&c).await];
+    assert_eq!(sim_inject(&b, "before").await, 1);
+    let before = until(&mut on_stale, "before").await;
+    for s in &mut others {
+        assert_eq!(until(s, "before").await, before);
+    }
+    let stale_before = stale
+        .metric("gws_gateway_cluster_stale_publishes_total")
+        .await;
+
+    process::signal(&stale.child, "-STOP");
+    // Its lease runs out unrenewed and another replica takes the agent over.
+    let mut takeover = Vec::new();
+    for s in &mut others {
+        takeover.push(takeover_items(s).await);
+    }
+    assert_eq!(
+        takeover[0]
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+        ["UpstreamLost", "UpstreamRestored", "snapshot"]
+    );
+    assert_eq!(takeover[0], takeover[1]);
+    // The stopped replica's CometD session still exists: GWS queues these for it too.
+    const N: usize = 5;
+    for i in 0..N {
+        assert_eq!(
+            sim_inject(&b, &format!("n{i}")).await,
+            2,
+            "queued for the new owner's session and the stopped one's"
+        );
+    }
+    let mut got = Vec::new();
+    for s in &mut others {
+        got.push(until(s, &format!("n{}", N - 1)).await);
+    }
+    assert_eq!(
+        got[0].iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        (0..N).map(|i| format!("n{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(got[0], got[1]);
+
+    process::signal(&stale.child, "-CONT");
+    let continued = Instant::now();
+    // It finds out it lost the lease, stops its upstream session and publishes nothing of
+    // what that session received meanwhile.
+    stale
+        .wait_line("cluster: upstream session ended; lease handed back")
+        .await;
+    eventually("the stale replica's CometD session ends", || async {
+        cometd(&b).await == (1, 2)
+    })
+    .await;
+    println!(
+        "stale owner: its CometD session ended {:?} after SIGCONT",
+        continued.elapsed()
+    );
+    let fenced = [
+        "lease not renewed in time; upstream session stops",
+        "lease taken by another replica; upstream session stops",
+        "no longer holds the agent's lease",
+    ];
+    assert!(
+        fenced.iter().any(|l| !stale.logged(l).is_empty()),
+        "the stale replica says why it stopped: {:?}",
+        stale.logged("cluster")
+    );
+    let stale_after = stale
+        .metric("gws_gateway_cluster_stale_publishes_total")
+        .await;
+    println!("stale owner: messages it dropped or had refused: {stale_before} -> {stale_after}");
+    // Whatever it tried is in NATS by now: the next item everywhere is the next one.
+    assert_eq!(
+        sim_inject(&b, "end").await,
+        1,
+        "the new owner's session only"
+    );
+    for s in &mut others {
+        assert_eq!(until(s, "end").await.len(), 1, "nothing before it");
+    }
+    // The stale replica's own stream learns the same, at the same tokens, each once.
+    let mut want = vec![takeover[0][0].clone(), takeover[0][1].clone()];
+    want.extend(got[0].iter().cloned());
+    let on_stale_got = until(&mut on_stale, "end").await;
+    assert_eq!(&on_stale_got[..want.len()], &want[..], "{on_stale_got:?}");
+    assert_eq!(on_stale_got.len(), want.len() + 1, "{on_stale_got:?}");
 }
