@@ -1,8 +1,9 @@
 //! Cluster mode under real failures: an owner partitioned from NATS (its connection runs
-//! through a proxy whose link is cut, then healed), and a stale owner (a replica process
-//! stopped with SIGSTOP until another replica owns its agent, then continued). One
-//! simulator, one real nats-server with JetStream, all on 127.0.0.1; waits are on stream
-//! items, notices, health, log lines and the simulator's counters, never sleeps.
+//! through a proxy whose link is cut, then healed), a stale owner (a replica process
+//! stopped with SIGSTOP until another replica owns its agent, then continued), and a resume
+//! on a replica that cannot reach NATS. One simulator, one real nats-server with JetStream,
+//! all on 127.0.0.1; waits are on stream items, notices, health, log lines and the
+//! simulator's counters, never sleeps.
 
 use crate::support::events;
 use crate::support::gateway;
@@ -502,4 +503,83 @@ async fn a_stopped_owner_continued_after_another_took_over_publishes_nothing_and
     let on_stale_got = until(&mut on_stale, "end").await;
     assert_eq!(&on_stale_got[..want.len()], &want[..], "{on_stale_got:?}");
     assert_eq!(on_stale_got.len(), want.len() + 1, "{on_stale_got:?}");
+}
+
+#[tokio::test]
+async fn a_resume_a_replica_cut_from_nats_cannot_check_is_unavailable_not_a_gap() {
+    let nats = Nats::start();
+    let sim = simulator().await;
+    let link = LinkProxy::start(nats.port);
+    let a = replica(&sim, &nats.url()).await;
+    // A owns the agent (its stream came first); B reads the subject through the link.
+    let (mut on_a, _) = subscribed_at(&a, AGENT1, SessionEventsRequest::default()).await;
+    let b = replica(&sim, &link.url("nats")).await;
+    let (mut on_b, _) = subscribed_at(&b, AGENT1, SessionEventsRequest::default()).await;
+    assert_eq!(sim_inject(&a, "before").await, 1);
+    assert_eq!(
+        until(&mut on_a, "before").await,
+        until(&mut on_b, "before").await
+    );
+
+    link.cut();
+    expect_notice(&mut on_b, NoticeKind::UpstreamLost).await;
+    assert_eq!(sim_inject(&a, "x").await, 1);
+    let x = until(&mut on_a, "x").await;
+    assert_eq!(x.len(), 1);
+    let token = x[0].1.clone();
+    // B has not read it and cannot ask NATS whether it exists: not "never issued".
+    let asked = Instant::now();
+    let refused = open(&b, AGENT1, resume_from(&token))
+        .await
+        .expect_err("a token B cannot check is not honoured");
+    println!(
+        "resume on a replica cut from NATS: refused after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("NATS connection is down")
+            && refused.message().contains("stays valid"),
+        "{}",
+        refused.message()
+    );
+    use tonic_types::StatusExt;
+    assert_eq!(
+        refused.get_details_error_info().expect("ErrorInfo").reason,
+        "CLUSTER_LINK_DOWN"
+    );
+
+    link.heal();
+    eventually("B's NATS link is up", || async {
+        health(&b, NATS_HEALTH).await == 1
+    })
+    .await;
+    let (mut resumed, at) = subscribed_at(&b, AGENT1, resume_from(&token)).await;
+    assert_eq!(at, token, "resumed from the token");
+    assert_eq!(sim_inject(&a, "y").await, 1);
+    let y = until(&mut on_a, "y").await;
+    assert_eq!(
+        until(&mut resumed, "y").await,
+        y,
+        "no GAP, no duplicate of x: the next item is y, at the same token"
+    );
+    // B's own stream was told it is back, and caught up: x and y at the same tokens.
+    let healed = until(&mut on_b, "y").await;
+    let (events, notices): (Vec<_>, Vec<_>) = healed
+        .iter()
+        .cloned()
+        .partition(|(label, _)| !label.starts_with("Upstream"));
+    assert_eq!(events, [x[0].clone(), y[0].clone()], "{healed:?}");
+    assert_eq!(
+        notices.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["UpstreamRestored"],
+        "{healed:?}"
+    );
+}
+
+fn resume_from(token: &str) -> SessionEventsRequest {
+    SessionEventsRequest {
+        resume_token: token.into(),
+        ..Default::default()
+    }
 }
