@@ -427,6 +427,7 @@ async fn a_stopped_owner_continued_after_another_took_over_publishes_nothing_and
         .await;
 
     process::signal(&stale.child, "-STOP");
+    let stopped = Instant::now();
     // Its lease runs out unrenewed and another replica takes the agent over.
     let mut takeover = Vec::new();
     for s in &mut others {
@@ -440,6 +441,10 @@ async fn a_stopped_owner_continued_after_another_took_over_publishes_nothing_and
         ["UpstreamLost", "UpstreamRestored", "snapshot"]
     );
     assert_eq!(takeover[0], takeover[1]);
+    println!(
+        "stale owner: RESTORED on the other replicas {:?} after SIGSTOP",
+        stopped.elapsed()
+    );
     // The stopped replica's CometD session still exists: GWS queues these for it too.
     const N: usize = 5;
     for i in 0..N {
