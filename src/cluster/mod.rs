@@ -215,10 +215,14 @@ impl Cluster {
         agent_name(&self.inner.config.secret, agent)
     }
 
-    /// The highest sequence number the stream has handed out.
-    pub async fn last_seq(&self) -> Option<u64> {
+    /// The highest sequence number the stream has handed out (or why NATS did not say).
+    pub async fn last_seq(&self) -> Result<u64, String> {
         let mut stream = self.inner.stream.clone();
-        stream.info().await.ok().map(|i| i.state.last_sequence)
+        stream
+            .info()
+            .await
+            .map(|i| i.state.last_sequence)
+            .map_err(|e| e.to_string())
     }
 }
 

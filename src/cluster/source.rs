@@ -597,6 +597,7 @@ async fn own(
         .unwrap_or_else(|e| e.into_inner());
     let term = lease.term;
     let up = lease.up();
+    let state_changed = Arc::new(tokio::sync::Notify::new());
     tracing::info!(agent = ?feed.agent.key(), term, handover = standby.is_some(), "cluster: this replica owns the agent's upstream session");
     let lease = Arc::new(tokio::sync::Mutex::new(Some(lease)));
     let valid = Arc::new(Mutex::new(
@@ -647,6 +648,7 @@ async fn own(
         valid: valid.clone(),
         had_session: previous.is_some(),
         up: up.clone(),
+        state_changed: state_changed.clone(),
         feed: feed.clone(),
         session: fence.clone(),
         stopped: false,
@@ -667,6 +669,7 @@ async fn own(
         // The standby session is subscribed already. If the old owner gave up waiting and
         // said LOST meanwhile, this session's start is a restore.
         up.store(true, std::sync::atomic::Ordering::Relaxed);
+        state_changed.notify_one();
         if previous == Some(Control::Lost) {
             sink.publish(Control::Restored.as_str(), Bytes::new(), None)
                 .await;
@@ -677,6 +680,7 @@ async fn own(
         valid,
         session.stop.clone(),
         fence.clone(),
+        state_changed,
         ctx.cluster.config().lease_renew,
     ));
     let mut going = true;
@@ -715,10 +719,11 @@ async fn own(
     session.stop.cancel();
     // What the session received and this loop has not published yet: published now, while
     // the lease is still held (the successor, subscribed before this one stopped, drops what
-    // it received too when it takes over).
+    // it received too when it takes over). Once the lease is lost the sink refuses each at
+    // once, and counts it as a stale owner's message.
     while let Some(event) = session.rx.recv().await {
-        if matches!(event, Upstreamed::Event { .. }) && !sink.emit(event).await {
-            break;
+        if matches!(event, Upstreamed::Event { .. }) {
+            sink.emit(event).await;
         }
     }
     if !succeeded && !sink.stopped {
@@ -743,25 +748,42 @@ async fn own(
     tracing::info!(agent = ?feed.agent.key(), term, "cluster: upstream session ended; lease handed back");
 }
 
-/// Renews the lease every `every`; when it is taken, or cannot be renewed before it runs
-/// out, ends the session (`session`).
+/// Renews the lease every `every`, and whenever `state_changed`; when it is taken, or cannot
+/// be renewed before it runs out, ends the session (`session`).
 async fn renew(
     lease: Arc<tokio::sync::Mutex<Option<Lease>>>,
     valid: Arc<Mutex<std::time::Instant>>,
     session: CancellationToken,
     fence: CancellationToken,
+    state_changed: Arc<tokio::sync::Notify>,
     every: Duration,
 ) {
     loop {
+        let runs_out = *valid.lock().unwrap_or_else(|e| e.into_inner());
         tokio::select! {
             _ = session.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+            // The session's state goes into the lease at once.
+            _ = state_changed.notified() => {}
+            // After renewals that failed fast, the lease may run out before the next try.
+            _ = tokio::time::sleep_until(runs_out.into()) => {}
         }
         let mut guard = lease.lock().await;
         let Some(held) = guard.as_mut() else {
             return;
         };
-        match held.renew().await {
+        // Bounded by the lease's validity, not by the NATS request timeout (longer than a
+        // TTL): when NATS cannot be reached, the session stops when the lease may be taken
+        // by another replica, not seconds after that replica started its own.
+        let renewed = if held.valid() {
+            let runs_out = tokio::time::Instant::from_std(held.valid_until);
+            tokio::time::timeout_at(runs_out, held.renew())
+                .await
+                .unwrap_or_else(|_| Err(LeaseError::Nats("no answer before it ran out".into())))
+        } else {
+            Err(LeaseError::Nats("not renewed before it ran out".into()))
+        };
+        match renewed {
             Ok(()) => *valid.lock().unwrap_or_else(|e| e.into_inner()) = held.valid_until,
             Err(LeaseError::Taken) => {
                 tracing::warn!("cluster: lease taken by another replica; upstream session stops");
@@ -802,6 +824,8 @@ struct ClusterSink {
     stopped: bool,
     /// The lease's word on whether this owner's session is subscribed.
     up: Arc<std::sync::atomic::AtomicBool>,
+    /// Wakes the renewer to write `up` now: the subject's word on it may be trimmed soon.
+    state_changed: Arc<tokio::sync::Notify>,
 }
 
 impl ClusterSink {
@@ -829,8 +853,19 @@ impl ClusterSink {
         self.next_id += 1;
         let id = format!("{}.{}.{}", self.subject, self.term, self.next_id);
         loop {
-            if !self.valid() || self.session.is_cancelled() {
-                self.stopped = true;
+            if self.stopped || !self.valid() || self.session.is_cancelled() {
+                // What a session received after its owner lost the lease (it ran out
+                // unrenewed, or another replica took it) is dropped here, never published:
+                // counted, and said once.
+                crate::metrics::CLUSTER_STALE.inc();
+                if !self.stopped {
+                    tracing::warn!(
+                        agent = ?self.feed.agent.key(),
+                        term = self.term,
+                        "cluster: this replica no longer holds the agent's lease; what its upstream session received is not published"
+                    );
+                    self.stopped = true;
+                }
                 return false;
             }
             let mut headers = HeaderMap::new();
@@ -869,6 +904,8 @@ impl ClusterSink {
                         _ => {
                             crate::metrics::CLUSTER_STALE.inc();
                             tracing::warn!(
+                                agent = ?self.feed.agent.key(),
+                                term = self.term,
                                 "cluster: a newer owner wrote the agent's subject; this one stops"
                             );
                             self.stopped = true;
@@ -879,10 +916,8 @@ impl ClusterSink {
                 Err(e) => {
                     tracing::debug!(error = %e, "cluster: publish failed; retrying");
                     tokio::select! {
-                        _ = self.session.cancelled() => {
-                            self.stopped = true;
-                            return false;
-                        }
+                        // Checked (and counted) at the top of the loop.
+                        _ = self.session.cancelled() => {}
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
                 }
@@ -920,10 +955,12 @@ impl Sink for ClusterSink {
                 let published = self.publish(kind.as_str(), Bytes::new(), None).await;
                 self.up
                     .store(published, std::sync::atomic::Ordering::Relaxed);
+                self.state_changed.notify_one();
                 published
             }
             Upstreamed::Lost { reason } => {
                 self.up.store(false, std::sync::atomic::Ordering::Relaxed);
+                self.state_changed.notify_one();
                 self.publish(Control::Lost.as_str(), Bytes::from(reason), None)
                     .await
             }

@@ -57,6 +57,20 @@ pub enum EventsError {
     TooManySubscribers(usize),
     #[error("too many calls waiting for outcomes for this agent (at most {0})")]
     TooManyWaits(usize),
+    /// Cluster mode: the resume token is ahead of what this replica has read of the stream,
+    /// and the stream cannot be asked whether it was issued. The token is not refused: it
+    /// may well be valid, and another replica (or this one, later) can honour it.
+    #[error("resume token {token:?} cannot be checked: {why}")]
+    ResumeUnchecked { token: String, why: Unchecked },
+}
+
+/// Why a resume token ahead of this replica's follower could not be checked.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Unchecked {
+    #[error("this replica's NATS connection is down")]
+    LinkDown,
+    #[error("NATS did not say how far the stream goes ({0})")]
+    NoAnswer(String),
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +148,28 @@ struct Inner {
     cluster: Option<crate::cluster::Cluster>,
     /// Cluster mode: cancelled at shutdown; owners then hand their agents over.
     draining: CancellationToken,
+}
+
+/// Cluster mode: whether `token` is ahead of what this replica's follower has read of its
+/// stream (then only the stream can say whether it was issued), failing if it is and this
+/// replica's NATS connection is down. A token of another stream is not ahead: it is a GAP
+/// whatever NATS says.
+fn ahead(
+    cluster: &crate::cluster::Cluster,
+    interest: &Interest,
+    token: Token,
+) -> Result<bool, EventsError> {
+    let here = interest.feed.lock().replay.last_seq();
+    if token.epoch != cluster.epoch() || token.seq <= here {
+        return Ok(false);
+    }
+    if *cluster.link().borrow() == crate::cluster::Link::Down {
+        return Err(EventsError::ResumeUnchecked {
+            token: token.encode(),
+            why: Unchecked::LinkDown,
+        });
+    }
+    Ok(true)
 }
 
 /// A subscriber's hold on its feed (waiting or registered). Dropping the last one starts
@@ -386,6 +422,12 @@ impl EventsHub {
     /// subscription is confirmed.
     async fn ready(&self, agent: &Arc<Agent>, wait: Duration) -> Result<Interest, EventsError> {
         let interest = self.interest(agent)?;
+        self.confirmed(interest, wait).await
+    }
+
+    /// Waits, at most `wait`, until the upstream subscription of `interest`'s feed is
+    /// confirmed.
+    async fn confirmed(&self, interest: Interest, wait: Duration) -> Result<Interest, EventsError> {
         let mut status = interest.feed.status.subscribe();
         let ready = async {
             loop {
@@ -446,19 +488,33 @@ impl EventsHub {
         filter: Filter,
         resume: Option<Token>,
     ) -> Result<EventStream, EventsError> {
+        let interest = self.interest(&agent)?;
+        let cluster = self.inner.cluster.as_ref();
+        if let (Some(cluster), Some(token)) = (cluster, resume) {
+            // Before waiting for the subscription: a replica cut from NATS is not subscribed
+            // (its streams were told LOST) until the link is back, and the caller is better
+            // served by another replica at once than by a NOT_READY much later.
+            ahead(cluster, &interest, token)?;
+        }
         let interest = self
-            .ready(&agent, self.inner.config.subscribe_timeout)
+            .confirmed(interest, self.inner.config.subscribe_timeout)
             .await?;
         // The highest position issued: a token beyond it was never one of ours.
-        let issued = match (&self.inner.cluster, resume) {
+        let issued = match (cluster, resume) {
             (Some(cluster), Some(token)) => {
                 // Only a token ahead of this replica's follower needs the stream asked (one
-                // round trip); if NATS cannot say, such a token is not honoured.
-                let here = interest.feed.lock().replay.last_seq();
-                if token.seq > here {
-                    cluster.last_seq().await.unwrap_or(here)
+                // round trip). If NATS cannot say, the token is neither honoured nor called
+                // never issued: the call fails, and the token stays good elsewhere.
+                if ahead(cluster, &interest, token)? {
+                    cluster
+                        .last_seq()
+                        .await
+                        .map_err(|why| EventsError::ResumeUnchecked {
+                            token: token.encode(),
+                            why: Unchecked::NoAnswer(why),
+                        })?
                 } else {
-                    here
+                    interest.feed.lock().replay.last_seq()
                 }
             }
             (Some(_), None) => 0,

@@ -3,7 +3,7 @@
 //! every failure into "timed out") is the kind of bug only such tests catch.
 
 use super::validate::FieldViolation;
-use crate::events::EventsError;
+use crate::events::{EventsError, Unchecked};
 use crate::upstream::{CredentialError, UpstreamError};
 use std::collections::HashMap;
 use tonic::{Code, Status};
@@ -152,6 +152,33 @@ fn events_status(error: &EventsError, domain: &str) -> Status {
             "too many calls of this agent are waiting for their outcome (at most {max}); \
              retry later or call without wait_for_outcome"
         )),
+        // Not a GAP: nothing says the token was never issued, only that this replica
+        // cannot tell now. The caller keeps its token and goes elsewhere or waits.
+        EventsError::ResumeUnchecked { token, why } => {
+            let (reason, what) = match why {
+                Unchecked::LinkDown => (
+                    "CLUSTER_LINK_DOWN",
+                    "this gateway replica's NATS connection is down".to_string(),
+                ),
+                Unchecked::NoAnswer(e) => (
+                    "CLUSTER_NO_ANSWER",
+                    format!("NATS did not answer this gateway replica ({e})"),
+                ),
+            };
+            Status::with_error_details(
+                Code::Unavailable,
+                format!(
+                    "resume_token \"{token}\" cannot be checked: it is ahead of what this \
+                     replica has read of the event stream and {what}; the token stays valid: \
+                     retry with it here or on another replica"
+                ),
+                ErrorDetails::with_error_info(
+                    reason,
+                    domain,
+                    HashMap::from([("resume_token".to_string(), token.clone())]),
+                ),
+            )
+        }
     }
 }
 
@@ -580,5 +607,46 @@ mod tests {
             excerpt: String::new(),
         }));
         assert_eq!(s.code(), Code::Unauthenticated);
+    }
+
+    #[test]
+    fn a_resume_token_a_replica_cannot_check_is_unavailable_and_stays_valid() {
+        let ev = |why| {
+            to_status(&Error::events(
+                EventsError::ResumeUnchecked {
+                    token: "18edb9b30e4aa2a1.7".into(),
+                    why,
+                },
+                "h",
+            ))
+        };
+        for (why, reason, says) in [
+            (
+                Unchecked::LinkDown,
+                "CLUSTER_LINK_DOWN",
+                "NATS connection is down",
+            ),
+            (
+                Unchecked::NoAnswer("timed out".into()),
+                "CLUSTER_NO_ANSWER",
+                "NATS did not answer",
+            ),
+        ] {
+            let s = ev(why);
+            assert_eq!(s.code(), Code::Unavailable);
+            let m = s.message();
+            for part in [
+                "\"18edb9b30e4aa2a1.7\" cannot be checked",
+                says,
+                "stays valid",
+                "another replica",
+            ] {
+                assert!(m.contains(part), "{part:?} in {m}");
+            }
+            assert!(!m.contains("never issued") && !m.contains("GAP"), "{m}");
+            let info = s.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.metadata["resume_token"], "18edb9b30e4aa2a1.7");
+        }
     }
 }

@@ -9,6 +9,7 @@ mod support;
 mod bayeux_interop;
 mod cli;
 mod cluster;
+mod cluster_failures;
 mod cluster_retention;
 mod delete_user_data;
 mod deploy;
