@@ -23,8 +23,12 @@
 //! (time until each is served, calls refused on the way) and 2,000 random credentials at
 //! once (requests that reach GWS); cluster mode (section 6, with a nats-server from
 //! `$GWS_NATS_SERVER`, PATH or `target/nats-venv`): event latency on a replica that does not
-//! own the agent against one process, 10,000 streams of one agent over three replicas
-//! (handshakes, fan-out), takeover time after kill -9 of the owner.
+//! own the agent against one process and against the floor of the extra hop (a JetStream
+//! publish to an ordered consumer, same crate and server), 10,000 streams of one agent over
+//! three replicas (handshakes, fan-out), takeover time after kill -9 of the owner, and a
+//! rolling restart by SIGTERM with a client reconnecting with its last token (lost, doubled,
+//! notices, drain times). `SCALE_CHILD_STDERR=1` shows the children's logs,
+//! `SCALE_REPLICA_LOG` sets the replicas' `RUST_LOG` (default `warn`).
 //! `SCALE_RUN_SECS` sets each saturation run's length (default 3), `SCALE_ROUNDS` how many
 //! rounds the servers take turns in (default 11; the figures are medians over the rounds of
 //! each gateway's ratio to the relay's run in the same round), `SCALE_SECTIONS` picks
@@ -1201,9 +1205,11 @@ async fn cluster(http: &reqwest::Client) {
     println!(
         "takeover after kill -9 of the owner (default --lease-ttl 5s, --lease-renew 1s): RESTORED on another replica's stream after {took:?}"
     );
-    // Closed, so no drain below waits for a successor of agent a1.
     measured.abort();
-    rolling_restart(http, &sim.url, replicas.collect(), || start(&flags(&[]))).await;
+    // Three fresh replicas, so each drain below is the rolling client's agent alone (a
+    // replica still owning an agent nobody streams any more waits --handover for a successor).
+    drop(replicas);
+    rolling_restart(http, &sim.url, Vec::new(), || start(&flags(&[]))).await;
 }
 
 /// A rolling restart, as an operator's rollout does it: three rounds of starting a new
