@@ -327,6 +327,30 @@ fn upstream_status(error: &UpstreamError, domain: &str) -> Status {
                 ],
             ),
         ),
+        UpstreamError::NoCheckTurn {
+            limit,
+            waited,
+            callers_deadline,
+        } => Status::with_error_details(
+            if *callers_deadline {
+                Code::DeadlineExceeded
+            } else {
+                Code::ResourceExhausted
+            },
+            format!(
+                "the gateway's limit of {limit} concurrent first-time credential checks \
+                 (--new-agent-concurrency) was reached and no turn freed within {} ms; nothing \
+                 was sent to GWS: retry later",
+                waited.as_millis()
+            ),
+            info(
+                "NEW_AGENT_CHECK_LIMIT".into(),
+                &[
+                    ("may_have_been_applied", "false".into()),
+                    ("max_concurrent_checks", limit.to_string()),
+                ],
+            ),
+        ),
         UpstreamError::OutOfDescriptors => Status::with_error_details(
             Code::ResourceExhausted,
             "the gateway is out of file descriptors and could not open a connection to GWS; \
@@ -531,6 +555,42 @@ mod tests {
             assert_eq!(info.metadata["may_have_been_applied"], "false");
             assert_eq!(info.metadata["max_in_flight"], "480");
         }
+        for (callers_deadline, code) in [
+            (false, Code::ResourceExhausted),
+            (true, Code::DeadlineExceeded),
+        ] {
+            let s = up(UpstreamError::NoCheckTurn {
+                limit: 64,
+                waited,
+                callers_deadline,
+            });
+            assert_eq!(s.code(), code);
+            // Named as the check limit it is, not as --upstream-max-in-flight.
+            assert!(
+                s.message()
+                    .contains("64 concurrent first-time credential checks")
+                    && s.message().contains("--new-agent-concurrency")
+                    && !s.message().contains("in flight"),
+                "{}",
+                s.message()
+            );
+            let info = s.get_details_error_info().unwrap();
+            assert_eq!(info.reason, "NEW_AGENT_CHECK_LIMIT");
+            assert_eq!(info.metadata["may_have_been_applied"], "false");
+            assert_eq!(info.metadata["max_concurrent_checks"], "64");
+        }
+        assert!(matches!(
+            UpstreamError::NoCheckTurn {
+                limit: 1,
+                waited,
+                callers_deadline: false
+            }
+            .deadline_was_the_callers(),
+            UpstreamError::NoCheckTurn {
+                callers_deadline: true,
+                ..
+            }
+        ));
         let s = up(UpstreamError::OutOfDescriptors);
         assert_eq!(s.code(), Code::ResourceExhausted);
         assert!(!s.message().contains("unreachable"), "{}", s.message());

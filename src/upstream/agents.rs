@@ -578,9 +578,10 @@ impl AgentRegistry {
                 permit.map_err(|_| UpstreamError::Unreachable(Transport::Other))?
             }
             Err(_) => {
-                return Err(UpstreamError::NoSlot {
+                return Err(UpstreamError::NoCheckTurn {
                     limit: self.inner.turns,
                     waited: started.elapsed(),
+                    callers_deadline: false,
                 });
             }
         };
@@ -943,7 +944,7 @@ mod tests {
             .map(|(_, r): (_, Option<Result<(), _>>)| r)
             .unwrap_err();
         assert!(
-            matches!(err, UpstreamError::NoSlot { limit: 1, .. }) && err.never_sent(),
+            matches!(err, UpstreamError::NoCheckTurn { limit: 1, .. }) && err.never_sent(),
             "{err:?}"
         );
         release.send_replace(true);

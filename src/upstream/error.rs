@@ -57,6 +57,18 @@ pub enum UpstreamError {
         limit: usize,
         waited: std::time::Duration,
     },
+    /// A first-time credential check found all of the gateway's `--new-agent-concurrency`
+    /// check turns taken until the call's time ran out (`callers_deadline`: it was the
+    /// caller's deadline): nothing was sent, and the credential is neither known nor refused.
+    #[error(
+        "the gateway's limit of {limit} concurrent first-time credential checks was reached \
+         and no turn freed within {waited:?}; nothing was sent to GWS"
+    )]
+    NoCheckTurn {
+        limit: usize,
+        waited: std::time::Duration,
+        callers_deadline: bool,
+    },
     /// The gateway ran out of file descriptors opening a connection to GWS: GWS was never
     /// reached (so nothing was sent), and says nothing about whether GWS is up.
     #[error("the gateway is out of file descriptors; no connection to GWS could be opened")]
@@ -114,6 +126,7 @@ impl UpstreamError {
             Self::Timeout(_) | Self::TimeoutAfterSend(_) => O::word("timeout"),
             Self::DeadlineTooShort(_) => O::word("deadline_too_short"),
             Self::NoSlot { .. } | Self::NoSlotBeforeDeadline { .. } => O::word("no_slot"),
+            Self::NoCheckTurn { .. } => O::word("no_check_turn"),
             Self::OutOfDescriptors => O::word("descriptors_exhausted"),
             Self::Unreachable(_)
             | Self::UnreachableAfterSend(_)
@@ -162,6 +175,7 @@ impl UpstreamError {
             | Self::Unreachable(_)
             | Self::NoSlot { .. }
             | Self::NoSlotBeforeDeadline { .. }
+            | Self::NoCheckTurn { .. }
             | Self::OutOfDescriptors
             | Self::TooManyAgents
             | Self::RateLimited { .. } => true,
@@ -179,6 +193,7 @@ impl UpstreamError {
             self,
             Self::NoSlot { .. }
                 | Self::NoSlotBeforeDeadline { .. }
+                | Self::NoCheckTurn { .. }
                 | Self::OutOfDescriptors
                 | Self::DeadlineTooShort(_)
                 | Self::TooManyAgents
@@ -191,6 +206,11 @@ impl UpstreamError {
     pub fn deadline_was_the_callers(self) -> Self {
         match self {
             Self::NoSlot { limit, waited } => Self::NoSlotBeforeDeadline { limit, waited },
+            Self::NoCheckTurn { limit, waited, .. } => Self::NoCheckTurn {
+                limit,
+                waited,
+                callers_deadline: true,
+            },
             other => other,
         }
     }
