@@ -18,6 +18,7 @@ use crate::events::item::Item;
 use crate::events::replay::{Stored, Token};
 use crate::events::state::{Effect, Input};
 use crate::events::{EventsError, Upstream};
+use crate::proto::session_events_response::Event;
 use crate::proto::{NotificationType, SessionEventsResponse};
 use crate::upstream::GwsClient;
 use async_nats::HeaderMap;
@@ -528,13 +529,69 @@ async fn standby(
     session.stop.cancel();
 }
 
-/// How many items of `published` (the old owner's, oldest first) end with what `received`
-/// (the new session's, oldest first) starts with: those were published already.
-fn overlap<T: PartialEq>(published: &[T], received: &[T]) -> usize {
-    (0..=published.len().min(received.len()))
-        .rev()
-        .find(|&k| published[published.len() - k..] == received[..k])
-        .unwrap_or(0)
+/// Make before break, at the new owner: tells apart what its session receives that the old
+/// owner published already. Both sessions got the agent's notifications in GWS's order, so
+/// what the old owner published last (since this session started) and what this session
+/// received first are one run. The old owner's last events may reach this session only after
+/// the lease did (they were on their way when it took the lease), so each event is judged
+/// as it comes, not once over what the standby had buffered: a run cut short there would
+/// match nothing, and the whole buffer and the late events be published twice.
+struct Overlap<T> {
+    /// What the old owner published since this session started, oldest first.
+    published: Vec<T>,
+    /// This session's events judged so far.
+    judged: usize,
+    /// Where in `published` this session's first event may be: every start still consistent
+    /// with the events judged, ascending (`published.len()`, nothing in common, always is).
+    starts: Vec<usize>,
+}
+
+impl<T: PartialEq> Overlap<T> {
+    fn new(published: Vec<T>) -> Self {
+        let starts = (0..=published.len()).collect();
+        Self {
+            published,
+            judged: 0,
+            starts,
+        }
+    }
+
+    /// Whether `event`, this session's next one, is new (to publish) rather than one the old
+    /// owner published. The earliest consistent start wins (the longest overlap): nothing is
+    /// published twice, even when events alike make the start ambiguous. Once an event is
+    /// new, every later one is.
+    fn is_new(&mut self, event: &T) -> bool {
+        let (published, j) = (&self.published, self.judged);
+        self.judged += 1;
+        self.starts
+            .retain(|&i| i + j >= published.len() || published[i + j] == *event);
+        let new = self
+            .starts
+            .first()
+            .is_none_or(|&i| i + j >= published.len());
+        if new {
+            self.finish();
+        }
+        new
+    }
+
+    /// From here on every event is new (the session's run was broken: it lost its
+    /// subscription, say).
+    fn finish(&mut self) {
+        self.published = Vec::new();
+        self.starts = Vec::new();
+    }
+}
+
+/// Whether the owner publishes `event` of its session (see [`Overlap`]).
+fn admits(overlap: &mut Overlap<Event>, event: &Upstreamed) -> bool {
+    match event {
+        Upstreamed::Event { event, .. } => overlap.is_new(event),
+        Upstreamed::Subscribed { .. } | Upstreamed::Lost { .. } | Upstreamed::Failed(_) => {
+            overlap.finish();
+            true
+        }
+    }
 }
 
 /// This replica owns the agent: runs its session (or takes over its standby one), renews
@@ -593,32 +650,27 @@ async fn own(
             .unwrap_or_else(std::time::Instant::now),
     ));
     let handed = standby.is_some();
-    let (mut session, pending) = match standby {
+    let (mut session, pending, mut overlap) = match standby {
         Some(Standby {
             session,
-            mut buffer,
+            buffer,
             mark,
         }) => {
-            // What the old owner published since this session started may be in `buffer`
-            // too: published once.
-            let published: Vec<_> = feed
+            // What the old owner published since this session started: this session has
+            // received it too, or some of it, or it is on its way.
+            let published = feed
                 .lock()
                 .replay
                 .after(mark)
-                .map(|s| s.response.event.clone())
+                .filter_map(|s| s.response.event.clone())
                 .collect();
-            let received: Vec<_> = buffer
-                .iter()
-                .map(|e| match e {
-                    Upstreamed::Event { event, .. } => Some(event.clone()),
-                    _ => None,
-                })
-                .collect();
-            let skip = overlap(&published, &received);
-            buffer.drain(..skip);
-            (session, buffer)
+            (session, buffer, Overlap::new(published))
         }
-        None => (start_session(ctx, feed), Vec::new()),
+        None => (
+            start_session(ctx, feed),
+            Vec::new(),
+            Overlap::new(Vec::new()),
+        ),
     };
     // Cancelled when the lease is lost: from then on nothing of this owner is published.
     let fence = CancellationToken::new();
@@ -656,14 +708,17 @@ async fn own(
     ));
     let mut going = true;
     for event in pending {
-        going = going && sink.emit(event).await;
+        if going && admits(&mut overlap, &event) {
+            going = sink.emit(event).await;
+        }
     }
     let mut handover: Option<tokio::time::Instant> = None;
     let mut poll = tokio::time::interval(HANDOVER_POLL);
     while going {
         tokio::select! {
             event = session.rx.recv() => match event {
-                Some(event) => going = sink.emit(event).await,
+                Some(event) if admits(&mut overlap, &event) => going = sink.emit(event).await,
+                Some(_) => {}
                 None => going = false,
             },
             _ = ctx.draining.cancelled(), if handover.is_none() => {
@@ -690,7 +745,10 @@ async fn own(
     // the lease is still held (the successor, subscribed before this one stopped, drops what
     // it received too when it takes over).
     while let Some(event) = session.rx.recv().await {
-        if matches!(event, Upstreamed::Event { .. }) && !sink.emit(event).await {
+        if matches!(event, Upstreamed::Event { .. })
+            && admits(&mut overlap, &event)
+            && !sink.emit(event).await
+        {
             break;
         }
     }
@@ -897,17 +955,74 @@ impl Sink for ClusterSink {
 
 #[cfg(test)]
 mod tests {
-    use super::overlap;
+    use super::{Event, Overlap, Upstreamed, admits};
+    use crate::proto::StreamNotice;
+
+    /// What the new owner publishes of what its session `received` (in order), the old owner
+    /// having published `published` since the session started.
+    fn new_of(published: &[u8], received: &[u8]) -> Vec<u8> {
+        let mut overlap = Overlap::new(published.to_vec());
+        received
+            .iter()
+            .copied()
+            .filter(|e| overlap.is_new(e))
+            .collect()
+    }
 
     #[test]
-    fn the_overlap_is_the_longest_tail_of_what_was_published_that_starts_what_was_received() {
-        assert_eq!(overlap(&[1, 2, 3, 4], &[3, 4, 5]), 2);
-        assert_eq!(overlap(&[1, 2], &[3, 4]), 0, "nothing in common");
-        assert_eq!(overlap::<u8>(&[], &[1]), 0);
-        assert_eq!(overlap(&[1, 2, 3], &[1, 2, 3]), 3, "all of it");
-        // Repeats: the longest match wins, so nothing the old owner published is doubled.
-        assert_eq!(overlap(&[7, 7, 7], &[7, 7, 7, 8]), 3);
-        // Published after the new session started but not received by it (3): no match.
-        assert_eq!(overlap(&[1, 2, 3], &[2, 4]), 0);
+    fn what_the_old_owner_published_last_is_dropped_from_what_the_new_session_received_first() {
+        assert_eq!(new_of(&[1, 2, 3, 4], &[3, 4, 5]), [5]);
+        assert_eq!(new_of(&[1, 2], &[3, 4]), [3, 4], "nothing in common");
+        assert_eq!(new_of(&[], &[1]), [1]);
+        assert_eq!(new_of(&[1, 2, 3], &[1, 2, 3]), [0u8; 0], "all of it");
+        assert_eq!(
+            new_of(&[1, 2, 3], &[2, 3, 4, 1, 2]),
+            [4, 1, 2],
+            "once one is new, every later one is"
+        );
+        // Repeats: the longest overlap wins, so nothing the old owner published is doubled.
+        assert_eq!(new_of(&[7, 7, 7], &[7, 7, 7, 8]), [8]);
+        assert_eq!(new_of(&[7, 7], &[7, 9]), [9]);
+        // The old owner published 3, which the new session never got: 2 is still not doubled.
+        assert_eq!(new_of(&[1, 2, 3], &[2, 4]), [4]);
+    }
+
+    #[test]
+    fn the_old_owners_last_events_reaching_the_new_session_after_the_lease_are_not_doubled() {
+        // At the lease the standby had buffered 2 and 3; 4, which the old owner published
+        // too, reaches the session after (judging the buffer alone, 2 and 3 matched no tail
+        // of what was published, and 2, 3 and 4 went out twice).
+        let mut overlap = Overlap::new(vec![1, 2, 3, 4]);
+        let buffered: Vec<bool> = [2, 3].iter().map(|e| overlap.is_new(e)).collect();
+        assert_eq!(buffered, [false, false]);
+        let later: Vec<bool> = [4, 5, 6].iter().map(|e| overlap.is_new(e)).collect();
+        assert_eq!(later, [false, true, true]);
+        // Nothing buffered at the lease at all.
+        assert_eq!(new_of(&[1, 2], &[2, 3]), [3]);
+    }
+
+    #[test]
+    fn after_a_broken_run_every_event_of_the_session_is_new() {
+        let notice = |detail: &str| {
+            Event::Notice(StreamNotice {
+                kind: 0,
+                detail: detail.into(),
+            })
+        };
+        let event = |detail: &str| Upstreamed::Event {
+            event: notice(detail),
+            session_id: String::new(),
+            notification_type: None,
+        };
+        let mut overlap = Overlap::new(vec![notice("a"), notice("b")]);
+        assert!(!admits(&mut overlap, &event("a")));
+        let lost = Upstreamed::Lost {
+            reason: "re-handshake".into(),
+        };
+        assert!(admits(&mut overlap, &lost));
+        assert!(
+            admits(&mut overlap, &event("b")),
+            "after the session lost its subscription, nothing is matched"
+        );
     }
 }
