@@ -44,6 +44,13 @@ const MAX_STANDBY: usize = 10_000;
 /// How often, during a handover, the draining owner looks for its successor and the
 /// successor for the lease: a handover lasts a second or two, and this is its latency.
 const HANDOVER_POLL: Duration = Duration::from_millis(50);
+/// How long a subscribed standby session waits for its first event before it tells the
+/// draining owner it is ready without one (the agent is quiet): by then, what GWS sent the
+/// old session before this one subscribed has reached the old owner too.
+const FIRST_EVENT_WAIT: Duration = Duration::from_secs(1);
+/// Largest first event a standby names in its ready value (one NATS message); a larger one
+/// is not named, as if none had come.
+const READY_EVENT_MAX: usize = 64 * 1024;
 /// Past a lease's expiry before trying to take it (the server drops expired entries on a
 /// sweep, not at the instant).
 const EXPIRY_SLACK: Duration = Duration::from_millis(50);
@@ -463,6 +470,45 @@ fn ready_key(name: &str) -> String {
     format!("{name}.ready")
 }
 
+/// A standby's word to the draining owner of `term`: subscribed, and the first event its
+/// session received, encoded after a `:` (absent when none came soon, or too large).
+fn ready_value(term: u64, first: Option<&Event>) -> Bytes {
+    let mut value = term.to_string().into_bytes();
+    if let Some(event) = first {
+        let encoded = SessionEventsResponse {
+            event: Some(event.clone()),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        if encoded.len() <= READY_EVENT_MAX {
+            value.push(b':');
+            value.extend(encoded);
+        }
+    }
+    Bytes::from(value)
+}
+
+/// A ready value's term and first event (`None` for a value that is not one).
+fn parse_ready(value: &[u8]) -> Option<(u64, Option<Event>)> {
+    let (term, first) = match value.iter().position(|b| *b == b':') {
+        Some(i) => (&value[..i], Some(&value[i + 1..])),
+        None => (value, None),
+    };
+    let term = std::str::from_utf8(term).ok()?.parse().ok()?;
+    let first = match first {
+        Some(encoded) => Some(SessionEventsResponse::decode(encoded).ok()?.event?),
+        None => None,
+    };
+    Some((term, first))
+}
+
+/// Whether a draining owner whose successor is subscribed may stop its session: once it has
+/// published (`published`: since it began draining) the successor's first event, if the
+/// successor named one.
+fn handed_over<'a>(first: Option<&Event>, mut published: impl Iterator<Item = &'a Event>) -> bool {
+    first.is_none_or(|first| published.any(|e| e == first))
+}
+
 /// The owner (of `term`) is draining: start this replica's own session, say once it is
 /// subscribed, and take the lease as soon as the owner hands it back.
 async fn standby(
@@ -490,17 +536,44 @@ async fn standby(
         session.stop.cancel();
         return;
     }
-    let ready = ctx
-        .cluster
-        .leases()
-        .put(ready_key(name), Bytes::from(term.to_string()))
-        .await;
+    // The old owner stops once it has published this session's first event: GWS sends each
+    // session the agent's events in one order, so it has then published everything GWS sent
+    // it before this session subscribed (what it drops as it stops came later, and this
+    // session has it). Stopping any sooner drops what was on its way to it, which this
+    // session never got.
+    let first = tokio::time::timeout(FIRST_EVENT_WAIT, async {
+        loop {
+            match session.rx.recv().await {
+                Some(event @ Upstreamed::Event { .. }) => return Some(event),
+                Some(Upstreamed::Subscribed { .. }) => {}
+                Some(Upstreamed::Lost { .. } | Upstreamed::Failed(_)) | None => return None,
+            }
+        }
+    })
+    .await;
+    let mut buffer = Vec::new();
+    let value = match first {
+        Ok(Some(event)) => {
+            let value = match &event {
+                Upstreamed::Event { event, .. } => ready_value(term, Some(event)),
+                _ => ready_value(term, None),
+            };
+            buffer.push(event);
+            value
+        }
+        // Quiet: nothing is on its way to the old owner either.
+        Err(_) => ready_value(term, None),
+        Ok(None) => {
+            session.stop.cancel();
+            return;
+        }
+    };
+    let ready = ctx.cluster.leases().put(ready_key(name), value).await;
     if ready.is_err() {
         session.stop.cancel();
         return;
     }
     tracing::info!(agent = ?feed.agent.key(), term, "cluster: standby session subscribed; waiting for the draining owner's lease");
-    let mut buffer = Vec::new();
     let deadline = tokio::time::Instant::now() + ctx.handover + ctx.cluster.config().lease_ttl;
     let mut poll = tokio::time::interval(HANDOVER_POLL);
     loop {
@@ -596,7 +669,8 @@ fn admits(overlap: &mut Overlap<Event>, event: &Upstreamed) -> bool {
 
 /// This replica owns the agent: runs its session (or takes over its standby one), renews
 /// the lease, and stops the session as soon as the lease is lost or cannot be renewed in
-/// time. At shutdown it keeps publishing until a successor is subscribed (or `handover`).
+/// time. At shutdown it keeps publishing until a successor is subscribed and this owner has
+/// published the successor's first event (or `handover`).
 async fn own(
     ctx: &Context,
     feed: &Arc<Feed>,
@@ -622,11 +696,13 @@ async fn own(
         }
     };
     // What the previous owner last said is known once the follower has read up to here.
-    let caught_up = position.wait_for(|p| *p >= expected);
     if expected > 0
-        && tokio::time::timeout(ctx.cluster.config().lease_ttl, caught_up)
-            .await
-            .map_or(true, |r| r.is_err())
+        && tokio::time::timeout(
+            ctx.cluster.config().lease_ttl,
+            position.wait_for(|p| *p >= expected),
+        )
+        .await
+        .map_or(true, |r| r.is_err())
     {
         lease.release().await;
         if let Some(standby) = standby {
@@ -713,6 +789,10 @@ async fn own(
         }
     }
     let mut handover: Option<tokio::time::Instant> = None;
+    // The subject's position when draining began: a successor's events come after it.
+    let mut drain_mark = 0;
+    // Once the successor said it is subscribed: its first event, if it named one.
+    let mut successor: Option<Option<Event>> = None;
     let mut poll = tokio::time::interval(HANDOVER_POLL);
     while going {
         tokio::select! {
@@ -723,6 +803,7 @@ async fn own(
             },
             _ = ctx.draining.cancelled(), if handover.is_none() => {
                 handover = Some(tokio::time::Instant::now() + ctx.handover);
+                drain_mark = *position.borrow();
                 if let Some(held) = lease.lock().await.as_mut()
                     && let Err(e) = held.mark_draining().await
                 {
@@ -732,9 +813,19 @@ async fn own(
                 tracing::info!(agent = ?feed.agent.key(), "cluster: draining; keeping the upstream session until another replica has its own");
             }
             _ = poll.tick(), if handover.is_some() => {
-                let ready = ctx.cluster.leases().get(ready_key(name)).await.ok().flatten();
-                let successor = ready.is_some_and(|v| v.as_ref() == term.to_string().as_bytes());
-                if successor || handover.is_some_and(|h| tokio::time::Instant::now() >= h) {
+                if successor.is_none() {
+                    let ready = ctx.cluster.leases().get(ready_key(name)).await.ok().flatten();
+                    successor = ready
+                        .and_then(|v| parse_ready(&v))
+                        .filter(|(t, _)| *t == term)
+                        .map(|(_, first)| first);
+                }
+                let handed = successor.as_ref().is_some_and(|first| {
+                    let state = feed.lock();
+                    let published = state.replay.after(drain_mark).filter_map(|s| s.response.event.as_ref());
+                    handed_over(first.as_ref(), published)
+                });
+                if handed || handover.is_some_and(|h| tokio::time::Instant::now() >= h) {
                     going = false;
                 }
             }
@@ -955,8 +1046,48 @@ impl Sink for ClusterSink {
 
 #[cfg(test)]
 mod tests {
-    use super::{Event, Overlap, Upstreamed, admits};
+    use super::{
+        Event, Overlap, READY_EVENT_MAX, Upstreamed, admits, handed_over, parse_ready, ready_value,
+    };
     use crate::proto::StreamNotice;
+
+    fn notice(detail: &str) -> Event {
+        Event::Notice(StreamNotice {
+            kind: 0,
+            detail: detail.into(),
+        })
+    }
+
+    #[test]
+    fn a_ready_value_carries_the_term_and_the_successors_first_event() {
+        let first = notice("a: with a colon");
+        assert_eq!(
+            parse_ready(&ready_value(12, Some(&first))),
+            Some((12, Some(first)))
+        );
+        assert_eq!(parse_ready(&ready_value(7, None)), Some((7, None)));
+        // What a replica without first events writes: the term alone.
+        assert_eq!(parse_ready(b"7"), Some((7, None)));
+        assert_eq!(parse_ready(b"draining:7"), None);
+        assert_eq!(parse_ready(b"7:\xff\xff"), None, "not an event");
+        // Too large for a lease value: not named.
+        let large = notice(&"x".repeat(READY_EVENT_MAX));
+        assert_eq!(parse_ready(&ready_value(3, Some(&large))), Some((3, None)));
+    }
+
+    #[test]
+    fn a_draining_owner_stops_once_it_has_published_its_successors_first_event() {
+        let published = [notice("a"), notice("b")];
+        assert!(handed_over(Some(&notice("b")), published.iter()));
+        assert!(
+            !handed_over(Some(&notice("c")), published.iter()),
+            "c was sent to the old session too, and may be on its way to this owner"
+        );
+        assert!(
+            handed_over(None, [].iter()),
+            "a quiet agent: nothing is on its way"
+        );
+    }
 
     /// What the new owner publishes of what its session `received` (in order), the old owner
     /// having published `published` since the session started.
@@ -1003,12 +1134,6 @@ mod tests {
 
     #[test]
     fn after_a_broken_run_every_event_of_the_session_is_new() {
-        let notice = |detail: &str| {
-            Event::Notice(StreamNotice {
-                kind: 0,
-                detail: detail.into(),
-            })
-        };
         let event = |detail: &str| Upstreamed::Event {
             event: notice(detail),
             session_id: String::new(),
