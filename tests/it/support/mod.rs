@@ -8,3 +8,4 @@ pub mod events;
 pub mod gateway;
 pub mod nats;
 pub mod process;
+pub mod replica;
