@@ -9,6 +9,13 @@
 //! carries a message id (a retry is stored once) and expects the subject's last sequence to
 //! be the one this owner saw: a stale owner's late publish is refused by the stream itself
 //! once a new owner has written, and dropped by followers (its term is below the newest).
+//!
+//! Handover (SIGTERM, make before break): the owner marks its lease draining; replicas that
+//! hold the agent's credential start a standby session, and the first subscribed claims the
+//! handover (`<agent>.ready`), naming the first event its session received. The owner goes
+//! on publishing until it has published that event (it has then published everything GWS
+//! sent it before the standby subscribed), then hands the lease back, which only the
+//! claimant takes; the claimant drops what the owner published already (`Overlap`).
 
 use super::lease::{DRAINING, Lease, LeaseError};
 use super::{Cluster, Link, subject};
@@ -22,7 +29,7 @@ use crate::proto::session_events_response::Event;
 use crate::proto::{NotificationType, SessionEventsResponse};
 use crate::upstream::GwsClient;
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream::{self, consumer::pull, kv};
 use futures::StreamExt;
 use prost::Message as _;
 use prost::bytes::Bytes;
@@ -408,6 +415,8 @@ async fn contend(
     position: watch::Receiver<u64>,
 ) {
     let config = ctx.cluster.config().clone();
+    // The draining owner whose handover another replica's standby claimed: not this one's.
+    let mut declined = None;
     loop {
         if feed.cancel.is_cancelled() {
             return;
@@ -426,15 +435,26 @@ async fn contend(
         )
         .await
         {
-            Ok(lease) => own(&ctx, &feed, &name, &shared, position.clone(), lease, None).await,
+            Ok(lease) => {
+                let claimed = standing_claim(&ctx, &name).await;
+                if claimed.is_some_and(|r| r.replica != ctx.cluster.replica()) {
+                    // Handed back by a draining owner to the standby that claimed it: that
+                    // one takes it (its session has run since before the old one stopped).
+                    lease.release().await;
+                    wait = HANDOVER_POLL;
+                } else {
+                    own(&ctx, &feed, &name, &shared, position.clone(), lease, None).await;
+                }
+            }
             Err(LeaseError::Taken) => {
                 if let Ok(Some(entry)) = ctx.cluster.leases().entry(name.as_str()).await {
-                    let draining = std::str::from_utf8(&entry.value)
-                        .ok()
-                        .and_then(|v| v.strip_prefix(DRAINING))
-                        .and_then(|t| t.parse().ok());
-                    if let Some(term) = draining {
-                        standby(&ctx, &feed, &name, &shared, &position, term).await;
+                    if let Some(term) = draining_term(&entry.value) {
+                        if declined != Some(term)
+                            && standby(&ctx, &feed, &name, &shared, &position, term).await
+                                == Standing::Declined
+                        {
+                            declined = Some(term);
+                        }
                     } else {
                         // Try again just after the lease would run out unrenewed (the
                         // owner's last write plus the TTL), not up to a renewal later: the
@@ -470,36 +490,90 @@ fn ready_key(name: &str) -> String {
     format!("{name}.ready")
 }
 
-/// A standby's word to the draining owner of `term`: subscribed, and the first event its
-/// session received, encoded after a `:` (absent when none came soon, or too large).
-fn ready_value(term: u64, first: Option<&Event>) -> Bytes {
-    let mut value = term.to_string().into_bytes();
-    if let Some(event) = first {
-        let encoded = SessionEventsResponse {
-            event: Some(event.clone()),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        if encoded.len() <= READY_EVENT_MAX {
-            value.push(b':');
-            value.extend(encoded);
-        }
-    }
-    Bytes::from(value)
+/// A standby's claim of a draining owner's handover: the owner's term, the claimant, and
+/// the first event the claimant's session received (when one came soon and is not too
+/// large). The first claim of a term wins: the owner waits for that standby only, and only
+/// that one takes the lease it hands back.
+#[derive(Debug, Clone, PartialEq)]
+struct Ready {
+    term: u64,
+    replica: String,
+    first: Option<Event>,
 }
 
-/// A ready value's term and first event (`None` for a value that is not one).
-fn parse_ready(value: &[u8]) -> Option<(u64, Option<Event>)> {
-    let (term, first) = match value.iter().position(|b| *b == b':') {
-        Some(i) => (&value[..i], Some(&value[i + 1..])),
-        None => (value, None),
-    };
-    let term = std::str::from_utf8(term).ok()?.parse().ok()?;
-    let first = match first {
-        Some(encoded) => Some(SessionEventsResponse::decode(encoded).ok()?.event?),
-        None => None,
-    };
-    Some((term, first))
+impl Ready {
+    /// `<term>:<replica>`, then `:` and the encoded first event if there is one.
+    fn encode(&self) -> Bytes {
+        let mut value = format!("{}:{}", self.term, self.replica).into_bytes();
+        if let Some(event) = &self.first {
+            let encoded = SessionEventsResponse {
+                event: Some(event.clone()),
+                ..Default::default()
+            }
+            .encode_to_vec();
+            if encoded.len() <= READY_EVENT_MAX {
+                value.push(b':');
+                value.extend(encoded);
+            }
+        }
+        Bytes::from(value)
+    }
+
+    fn parse(value: &[u8]) -> Option<Self> {
+        let mut parts = value.splitn(3, |b| *b == b':');
+        let term = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+        let replica = std::str::from_utf8(parts.next()?).ok()?.to_string();
+        let first = match parts.next() {
+            Some(encoded) => Some(SessionEventsResponse::decode(encoded).ok()?.event?),
+            None => None,
+        };
+        Some(Self {
+            term,
+            replica,
+            first,
+        })
+    }
+}
+
+/// Attempts at claiming a handover when the ready key changes under the claim.
+const CLAIM_ATTEMPTS: usize = 3;
+
+/// Claims the handover `ready` names, unless another standby did first: whether this one
+/// holds the claim.
+async fn claim(leases: &kv::Store, key: &str, ready: &Ready) -> Result<bool, String> {
+    let value = ready.encode();
+    for _ in 0..CLAIM_ATTEMPTS {
+        let entry = leases.entry(key).await.map_err(|e| e.to_string())?;
+        let written = match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                if let Some(other) = Ready::parse(&e.value)
+                    && other.term == ready.term
+                {
+                    return Ok(other.replica == ready.replica);
+                }
+                // An earlier handover's: replaced, unless someone writes it meanwhile.
+                leases.update(key, value.clone(), e.revision).await.is_ok()
+            }
+            _ => leases.create(key, value.clone()).await.is_ok(),
+        };
+        if written {
+            return Ok(true);
+        }
+    }
+    Err("the handover's ready key kept changing".into())
+}
+
+/// The standing claim of the agent's handover, if any (it lasts at most the lease TTL, the
+/// bucket's age limit; its claimant deletes it once it owns the agent).
+async fn standing_claim(ctx: &Context, name: &str) -> Option<Ready> {
+    let value = ctx
+        .cluster
+        .leases()
+        .get(ready_key(name))
+        .await
+        .ok()
+        .flatten()?;
+    Ready::parse(&value)
 }
 
 /// Whether a draining owner whose successor is subscribed may stop its session: once it has
@@ -509,8 +583,17 @@ fn handed_over<'a>(first: Option<&Event>, mut published: impl Iterator<Item = &'
     first.is_none_or(|first| published.any(|e| e == first))
 }
 
-/// The owner (of `term`) is draining: start this replica's own session, say once it is
-/// subscribed, and take the lease as soon as the owner hands it back.
+/// How a standby ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Another replica's standby claimed the handover first.
+    Declined,
+    /// This one owned the agent, or gave up.
+    Over,
+}
+
+/// The owner (of `term`) is draining: start this replica's own session, claim the handover
+/// once it is subscribed, and take the lease as soon as the owner hands it back.
 async fn standby(
     ctx: &Context,
     feed: &Arc<Feed>,
@@ -518,7 +601,7 @@ async fn standby(
     shared: &Shared,
     position: &watch::Receiver<u64>,
     term: u64,
-) {
+) -> Standing {
     let mark = *position.borrow();
     let mut session = start_session(ctx, feed);
     let subscribed = tokio::time::timeout(ctx.handover, async {
@@ -534,7 +617,7 @@ async fn standby(
     .unwrap_or(false);
     if !subscribed {
         session.stop.cancel();
-        return;
+        return Standing::Over;
     }
     // The old owner stops once it has published this session's first event: GWS sends each
     // session the agent's events in one order, so it has then published everything GWS sent
@@ -552,26 +635,37 @@ async fn standby(
     })
     .await;
     let mut buffer = Vec::new();
-    let value = match first {
+    let mut ready = Ready {
+        term,
+        replica: ctx.cluster.replica().to_string(),
+        first: None,
+    };
+    match first {
         Ok(Some(event)) => {
-            let value = match &event {
-                Upstreamed::Event { event, .. } => ready_value(term, Some(event)),
-                _ => ready_value(term, None),
-            };
+            if let Upstreamed::Event { event, .. } = &event {
+                ready.first = Some(event.clone());
+            }
             buffer.push(event);
-            value
         }
         // Quiet: nothing is on its way to the old owner either.
-        Err(_) => ready_value(term, None),
+        Err(_) => {}
         Ok(None) => {
             session.stop.cancel();
-            return;
+            return Standing::Over;
         }
-    };
-    let ready = ctx.cluster.leases().put(ready_key(name), value).await;
-    if ready.is_err() {
-        session.stop.cancel();
-        return;
+    }
+    match claim(ctx.cluster.leases(), &ready_key(name), &ready).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(agent = ?feed.agent.key(), term, "cluster: another replica's standby session takes the agent over; this one stops");
+            session.stop.cancel();
+            return Standing::Declined;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cluster: handover not claimed");
+            session.stop.cancel();
+            return Standing::Over;
+        }
     }
     tracing::info!(agent = ?feed.agent.key(), term, "cluster: standby session subscribed; waiting for the draining owner's lease");
     let deadline = tokio::time::Instant::now() + ctx.handover + ctx.cluster.config().lease_ttl;
@@ -589,17 +683,47 @@ async fn standby(
             _ = poll.tick() => {
                 match Lease::take(ctx.cluster.leases(), name, ctx.cluster.replica(), ctx.cluster.config().lease_ttl).await {
                     Ok(lease) => {
+                        // The claim has served: no other replica holds back from the lease.
+                        let _ = ctx.cluster.leases().delete(ready_key(name)).await;
                         let standby = Standby { session, buffer, mark };
                         own(ctx, feed, name, shared, position.clone(), lease, Some(standby)).await;
-                        return;
+                        return Standing::Over;
                     }
-                    Err(LeaseError::Taken) => {}
+                    Err(LeaseError::Taken) => {
+                        // Held by another replica: one that found this claim hands it back at
+                        // once; one that took it after this claim expired keeps it, and this
+                        // session is then one too many.
+                        let entry = ctx.cluster.leases().entry(name).await.ok().flatten();
+                        if entry.is_some_and(|e| superseded(e.operation, &e.value, term))
+                            && !standing_claim(ctx, name).await.is_some_and(|r| {
+                                r.term == term && r.replica == ctx.cluster.replica()
+                            })
+                        {
+                            break;
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "cluster: lease not taken"),
                 }
             }
         }
     }
     session.stop.cancel();
+    Standing::Over
+}
+
+/// Whether a lease (its last `operation` and `value`) is held by an owner other than the
+/// draining one of `term` (a deleted lease is held by none: it is about to be taken).
+fn superseded(operation: kv::Operation, value: &[u8], term: u64) -> bool {
+    operation == kv::Operation::Put && draining_term(value) != Some(term)
+}
+
+/// The term of a draining owner's lease value (`draining:<term>`), if it is one.
+fn draining_term(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value)
+        .ok()?
+        .strip_prefix(DRAINING)?
+        .parse()
+        .ok()
 }
 
 /// Make before break, at the new owner: tells apart what its session receives that the old
@@ -816,9 +940,9 @@ async fn own(
                 if successor.is_none() {
                     let ready = ctx.cluster.leases().get(ready_key(name)).await.ok().flatten();
                     successor = ready
-                        .and_then(|v| parse_ready(&v))
-                        .filter(|(t, _)| *t == term)
-                        .map(|(_, first)| first);
+                        .and_then(|v| Ready::parse(&v))
+                        .filter(|r| r.term == term)
+                        .map(|r| r.first);
                 }
                 let handed = successor.as_ref().is_some_and(|first| {
                     let state = feed.lock();
@@ -1047,9 +1171,29 @@ impl Sink for ClusterSink {
 #[cfg(test)]
 mod tests {
     use super::{
-        Event, Overlap, READY_EVENT_MAX, Upstreamed, admits, handed_over, parse_ready, ready_value,
+        Event, Overlap, READY_EVENT_MAX, Ready, Upstreamed, admits, handed_over, kv, superseded,
     };
     use crate::proto::StreamNotice;
+
+    #[test]
+    fn a_standby_is_superseded_once_another_owner_holds_the_lease() {
+        assert!(
+            !superseded(kv::Operation::Put, b"draining:5", 5),
+            "still draining"
+        );
+        assert!(
+            superseded(kv::Operation::Put, b"0f1e2d3c4b5a6978", 5),
+            "a new owner"
+        );
+        assert!(
+            superseded(kv::Operation::Put, b"draining:9", 5),
+            "a later owner draining"
+        );
+        assert!(
+            !superseded(kv::Operation::Delete, b"", 5),
+            "handed back: about to be taken"
+        );
+    }
 
     fn notice(detail: &str) -> Event {
         Event::Notice(StreamNotice {
@@ -1059,20 +1203,21 @@ mod tests {
     }
 
     #[test]
-    fn a_ready_value_carries_the_term_and_the_successors_first_event() {
-        let first = notice("a: with a colon");
-        assert_eq!(
-            parse_ready(&ready_value(12, Some(&first))),
-            Some((12, Some(first)))
-        );
-        assert_eq!(parse_ready(&ready_value(7, None)), Some((7, None)));
-        // What a replica without first events writes: the term alone.
-        assert_eq!(parse_ready(b"7"), Some((7, None)));
-        assert_eq!(parse_ready(b"draining:7"), None);
-        assert_eq!(parse_ready(b"7:\xff\xff"), None, "not an event");
+    fn a_claim_carries_the_term_the_claimant_and_its_first_event() {
+        let ready = |first: Option<Event>| Ready {
+            term: 12,
+            replica: "00aa11bb22cc33dd".into(),
+            first,
+        };
+        let with = ready(Some(notice("a: with a colon")));
+        assert_eq!(Ready::parse(&with.encode()), Some(with));
+        assert_eq!(Ready::parse(&ready(None).encode()), Some(ready(None)));
+        assert_eq!(Ready::parse(b"12"), None, "no claimant");
+        assert_eq!(Ready::parse(b"draining:7"), None);
+        assert_eq!(Ready::parse(b"7:r:\xff\xff"), None, "not an event");
         // Too large for a lease value: not named.
-        let large = notice(&"x".repeat(READY_EVENT_MAX));
-        assert_eq!(parse_ready(&ready_value(3, Some(&large))), Some((3, None)));
+        let large = ready(Some(notice(&"x".repeat(READY_EVENT_MAX))));
+        assert_eq!(Ready::parse(&large.encode()), Some(ready(None)));
     }
 
     #[test]
