@@ -369,6 +369,93 @@ async fn kill_9_of_the_owner_another_replica_takes_over_and_every_stream_learns_
     assert_eq!(tokens[0], tokens[1]);
 }
 
+/// The next `count` items of `stream` (fewer if it has none for [`STEP`]): notifications'
+/// tags, notices as `notice:<kind>`.
+async fn items(stream: &mut Stream, count: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let Ok(item) = tokio::time::timeout(STEP, stream.message()).await else {
+            break;
+        };
+        let item = item
+            .expect("the stream goes on")
+            .expect("the stream goes on");
+        got.push(match notice(&item) {
+            Some(kind) => format!("notice:{kind:?}"),
+            None => tag(&item),
+        });
+    }
+    got
+}
+
+/// What `got` lacks of `want`, and what it has that it should not (or twice).
+fn differences(got: &[String], want: &[String]) -> String {
+    let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).collect();
+    let mut extra = got.to_vec();
+    for w in want {
+        if let Some(i) = extra.iter().position(|g| g == w) {
+            extra.remove(i);
+        }
+    }
+    format!("missing {missing:?}, extra {extra:?}")
+}
+
+/// Two other replicas hold the agent's credential (a stream each) when its owner drains:
+/// both start a standby session, the first to claim the handover takes the agent over, the
+/// other ends its session at once; nothing is lost or doubled on either replica's stream.
+#[tokio::test]
+async fn a_handover_to_two_standbys_loses_nothing_and_leaves_one_upstream_session() {
+    let nats = Nats::start();
+    let sim = simulator().await;
+    let mut owner = replica(&sim, &nats).await;
+    let (_on_owner, _) = stream_on(&owner, "").await;
+    let b = replica(&sim, &nats).await;
+    let c = replica(&sim, &nats).await;
+    let mut streams = vec![stream_on(&b, "").await.0, stream_on(&c, "").await.0];
+    let injected = Arc::new(Injected::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let injector = injector(sim.url.clone(), injected.clone(), stop.clone());
+    for s in &mut streams {
+        assert_eq!(items(s, 5).await, ["n0", "n1", "n2", "n3", "n4"]);
+    }
+    // The owner's shutdown (SIGTERM's path, which the rolling restart takes for real).
+    owner.trigger_stop().await.unwrap().unwrap();
+    // Notifications flow through the new owner: 20 more reach the first stream.
+    let after = injected.sent() + 20;
+    let mut got = vec![items(&mut streams[0], after - 5).await];
+    stop.cancel();
+    injector.await.unwrap();
+    assert_eq!(*injected.failure.lock().unwrap(), None);
+    let sent = injected.sent();
+    got[0].extend(items(&mut streams[0], sent - after).await);
+    got.push(items(&mut streams[1], sent - 5).await);
+    let want: Vec<String> = (5..sent).map(|n| format!("n{n}")).collect();
+    for (i, got) in got.iter().enumerate() {
+        assert!(
+            *got == want,
+            "stream {i}: every notification once, in order, no notice: {}; delivered to {:?}",
+            differences(got, &want),
+            injected.delivered.lock().unwrap()
+        );
+    }
+    // The owner's, the successor's, and the other replica's standby session if it saw the
+    // owner draining before the handover was over (it looks every --lease-renew).
+    let handshakes = sim_handshakes(&sim).await;
+    assert!(
+        (2..=3).contains(&handshakes),
+        "the owner's and one standby session per replica at most: {handshakes}"
+    );
+    // The standby that did not claim the handover ended its session when it lost the claim
+    // (without which it kept it until its handover deadline, over 10 s).
+    tokio::time::timeout(Duration::from_secs(3), async {
+        while sessions(&sim).await != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("one upstream session soon after the handover");
+}
+
 /// At shutdown an owner keeps the agent's upstream session at most this long while another
 /// replica takes it over (`--drain-timeout`, which is also the hub's handover limit).
 const HANDOVER: Duration = Duration::from_secs(10);
