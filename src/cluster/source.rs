@@ -9,6 +9,13 @@
 //! carries a message id (a retry is stored once) and expects the subject's last sequence to
 //! be the one this owner saw: a stale owner's late publish is refused by the stream itself
 //! once a new owner has written, and dropped by followers (its term is below the newest).
+//!
+//! Handover (SIGTERM, make before break): the owner marks its lease draining; replicas that
+//! hold the agent's credential start a standby session, and the first subscribed claims the
+//! handover (`<agent>.ready`), naming the first event its session received. The owner goes
+//! on publishing until it has published that event (it has then published everything GWS
+//! sent it before the standby subscribed), then hands the lease back, which only the
+//! claimant takes; the claimant drops what the owner published already (`Overlap`).
 
 use super::lease::{Holder, Lease, LeaseError};
 use super::{Cluster, Link, subject};
@@ -18,10 +25,11 @@ use crate::events::item::Item;
 use crate::events::replay::{Stored, Token};
 use crate::events::state::{Effect, Input};
 use crate::events::{EventsError, Upstream};
+use crate::proto::session_events_response::Event;
 use crate::proto::{NotificationType, SessionEventsResponse};
 use crate::upstream::GwsClient;
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream::{self, consumer::pull, kv};
 use futures::StreamExt;
 use prost::Message as _;
 use prost::bytes::Bytes;
@@ -43,6 +51,13 @@ const MAX_STANDBY: usize = 10_000;
 /// How often, during a handover, the draining owner looks for its successor and the
 /// successor for the lease: a handover lasts a second or two, and this is its latency.
 const HANDOVER_POLL: Duration = Duration::from_millis(50);
+/// How long a subscribed standby session waits for its first event before it tells the
+/// draining owner it is ready without one (the agent is quiet): by then, what GWS sent the
+/// old session before this one subscribed has reached the old owner too.
+const FIRST_EVENT_WAIT: Duration = Duration::from_secs(1);
+/// Largest first event a standby names in its ready value (one NATS message); a larger one
+/// is not named, as if none had come.
+const READY_EVENT_MAX: usize = 64 * 1024;
 /// Past a lease's expiry before trying to take it (the server drops expired entries on a
 /// sweep, not at the instant).
 const EXPIRY_SLACK: Duration = Duration::from_millis(50);
@@ -418,6 +433,8 @@ async fn contend(
     position: watch::Receiver<u64>,
 ) {
     let config = ctx.cluster.config().clone();
+    // The draining owner whose handover another replica's standby claimed: not this one's.
+    let mut declined = None;
     loop {
         if feed.cancel.is_cancelled() {
             return;
@@ -436,11 +453,26 @@ async fn contend(
         )
         .await
         {
-            Ok(lease) => own(&ctx, &feed, &name, &shared, position.clone(), lease, None).await,
+            Ok(lease) => {
+                let claimed = standing_claim(&ctx, &name).await;
+                if claimed.is_some_and(|r| r.replica != ctx.cluster.replica()) {
+                    // Handed back by a draining owner to the standby that claimed it: that
+                    // one takes it (its session has run since before the old one stopped).
+                    lease.release().await;
+                    wait = HANDOVER_POLL;
+                } else {
+                    own(&ctx, &feed, &name, &shared, position.clone(), lease, None).await;
+                }
+            }
             Err(LeaseError::Taken) => {
                 if let Ok(Some(entry)) = ctx.cluster.leases().entry(name.as_str()).await {
                     if let Some(term) = Holder::decode(&entry.value).draining {
-                        standby(&ctx, &feed, &name, &shared, &position, term).await;
+                        if declined != Some(term)
+                            && standby(&ctx, &feed, &name, &shared, &position, term).await
+                                == Standing::Declined
+                        {
+                            declined = Some(term);
+                        }
                     } else {
                         // Try again just after the lease would run out unrenewed (the
                         // owner's last write plus the TTL), not up to a renewal later: the
@@ -476,8 +508,110 @@ fn ready_key(name: &str) -> String {
     format!("{name}.ready")
 }
 
-/// The owner (of `term`) is draining: start this replica's own session, say once it is
-/// subscribed, and take the lease as soon as the owner hands it back.
+/// A standby's claim of a draining owner's handover: the owner's term, the claimant, and
+/// the first event the claimant's session received (when one came soon and is not too
+/// large). The first claim of a term wins: the owner waits for that standby only, and only
+/// that one takes the lease it hands back.
+#[derive(Debug, Clone, PartialEq)]
+struct Ready {
+    term: u64,
+    replica: String,
+    first: Option<Event>,
+}
+
+impl Ready {
+    /// `<term>:<replica>`, then `:` and the encoded first event if there is one.
+    fn encode(&self) -> Bytes {
+        let mut value = format!("{}:{}", self.term, self.replica).into_bytes();
+        if let Some(event) = &self.first {
+            let encoded = SessionEventsResponse {
+                event: Some(event.clone()),
+                ..Default::default()
+            }
+            .encode_to_vec();
+            if encoded.len() <= READY_EVENT_MAX {
+                value.push(b':');
+                value.extend(encoded);
+            }
+        }
+        Bytes::from(value)
+    }
+
+    fn parse(value: &[u8]) -> Option<Self> {
+        let mut parts = value.splitn(3, |b| *b == b':');
+        let term = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+        let replica = std::str::from_utf8(parts.next()?).ok()?.to_string();
+        let first = match parts.next() {
+            Some(encoded) => Some(SessionEventsResponse::decode(encoded).ok()?.event?),
+            None => None,
+        };
+        Some(Self {
+            term,
+            replica,
+            first,
+        })
+    }
+}
+
+/// Attempts at claiming a handover when the ready key changes under the claim.
+const CLAIM_ATTEMPTS: usize = 3;
+
+/// Claims the handover `ready` names, unless another standby did first: whether this one
+/// holds the claim.
+async fn claim(leases: &kv::Store, key: &str, ready: &Ready) -> Result<bool, String> {
+    let value = ready.encode();
+    for _ in 0..CLAIM_ATTEMPTS {
+        let entry = leases.entry(key).await.map_err(|e| e.to_string())?;
+        let written = match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                if let Some(other) = Ready::parse(&e.value)
+                    && other.term == ready.term
+                {
+                    return Ok(other.replica == ready.replica);
+                }
+                // An earlier handover's: replaced, unless someone writes it meanwhile.
+                leases.update(key, value.clone(), e.revision).await.is_ok()
+            }
+            _ => leases.create(key, value.clone()).await.is_ok(),
+        };
+        if written {
+            return Ok(true);
+        }
+    }
+    Err("the handover's ready key kept changing".into())
+}
+
+/// The standing claim of the agent's handover, if any (it lasts at most the lease TTL, the
+/// bucket's age limit; its claimant deletes it once it owns the agent).
+async fn standing_claim(ctx: &Context, name: &str) -> Option<Ready> {
+    let value = ctx
+        .cluster
+        .leases()
+        .get(ready_key(name))
+        .await
+        .ok()
+        .flatten()?;
+    Ready::parse(&value)
+}
+
+/// Whether a draining owner whose successor is subscribed may stop its session: once it has
+/// published (`published`: since it began draining) the successor's first event, if the
+/// successor named one.
+fn handed_over<'a>(first: Option<&Event>, mut published: impl Iterator<Item = &'a Event>) -> bool {
+    first.is_none_or(|first| published.any(|e| e == first))
+}
+
+/// How a standby ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Another replica's standby claimed the handover first.
+    Declined,
+    /// This one owned the agent, or gave up.
+    Over,
+}
+
+/// The owner (of `term`) is draining: start this replica's own session, claim the handover
+/// once it is subscribed, and take the lease as soon as the owner hands it back.
 async fn standby(
     ctx: &Context,
     feed: &Arc<Feed>,
@@ -485,7 +619,7 @@ async fn standby(
     shared: &Shared,
     position: &watch::Receiver<u64>,
     term: u64,
-) {
+) -> Standing {
     let mark = *position.borrow();
     let mut session = start_session(ctx, feed);
     let subscribed = tokio::time::timeout(ctx.handover, async {
@@ -501,19 +635,57 @@ async fn standby(
     .unwrap_or(false);
     if !subscribed {
         session.stop.cancel();
-        return;
+        return Standing::Over;
     }
-    let ready = ctx
-        .cluster
-        .leases()
-        .put(ready_key(name), Bytes::from(term.to_string()))
-        .await;
-    if ready.is_err() {
-        session.stop.cancel();
-        return;
+    // The old owner stops once it has published this session's first event: GWS sends each
+    // session the agent's events in one order, so it has then published everything GWS sent
+    // it before this session subscribed (what it drops as it stops came later, and this
+    // session has it). Stopping any sooner drops what was on its way to it, which this
+    // session never got.
+    let first = tokio::time::timeout(FIRST_EVENT_WAIT, async {
+        loop {
+            match session.rx.recv().await {
+                Some(event @ Upstreamed::Event { .. }) => return Some(event),
+                Some(Upstreamed::Subscribed { .. }) => {}
+                Some(Upstreamed::Lost { .. } | Upstreamed::Failed(_)) | None => return None,
+            }
+        }
+    })
+    .await;
+    let mut buffer = Vec::new();
+    let mut ready = Ready {
+        term,
+        replica: ctx.cluster.replica().to_string(),
+        first: None,
+    };
+    match first {
+        Ok(Some(event)) => {
+            if let Upstreamed::Event { event, .. } = &event {
+                ready.first = Some(event.clone());
+            }
+            buffer.push(event);
+        }
+        // Quiet: nothing is on its way to the old owner either.
+        Err(_) => {}
+        Ok(None) => {
+            session.stop.cancel();
+            return Standing::Over;
+        }
+    }
+    match claim(ctx.cluster.leases(), &ready_key(name), &ready).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(agent = ?feed.agent.key(), term, "cluster: another replica's standby session takes the agent over; this one stops");
+            session.stop.cancel();
+            return Standing::Declined;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cluster: handover not claimed");
+            session.stop.cancel();
+            return Standing::Over;
+        }
     }
     tracing::info!(agent = ?feed.agent.key(), term, "cluster: standby session subscribed; waiting for the draining owner's lease");
-    let mut buffer = Vec::new();
     let deadline = tokio::time::Instant::now() + ctx.handover + ctx.cluster.config().lease_ttl;
     let mut poll = tokio::time::interval(HANDOVER_POLL);
     loop {
@@ -529,31 +701,109 @@ async fn standby(
             _ = poll.tick() => {
                 match Lease::take(ctx.cluster.leases(), name, ctx.cluster.replica(), ctx.cluster.config().lease_ttl).await {
                     Ok(lease) => {
+                        // The claim has served: no other replica holds back from the lease.
+                        let _ = ctx.cluster.leases().delete(ready_key(name)).await;
                         let standby = Standby { session, buffer, mark };
                         own(ctx, feed, name, shared, position.clone(), lease, Some(standby)).await;
-                        return;
+                        return Standing::Over;
                     }
-                    Err(LeaseError::Taken) => {}
+                    Err(LeaseError::Taken) => {
+                        // Held by another replica: one that found this claim hands it back at
+                        // once; one that took it after this claim expired keeps it, and this
+                        // session is then one too many.
+                        let entry = ctx.cluster.leases().entry(name).await.ok().flatten();
+                        if entry.is_some_and(|e| superseded(e.operation, &e.value, term))
+                            && !standing_claim(ctx, name).await.is_some_and(|r| {
+                                r.term == term && r.replica == ctx.cluster.replica()
+                            })
+                        {
+                            break;
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "cluster: lease not taken"),
                 }
             }
         }
     }
     session.stop.cancel();
+    Standing::Over
 }
 
-/// How many items of `published` (the old owner's, oldest first) end with what `received`
-/// (the new session's, oldest first) starts with: those were published already.
-fn overlap<T: PartialEq>(published: &[T], received: &[T]) -> usize {
-    (0..=published.len().min(received.len()))
-        .rev()
-        .find(|&k| published[published.len() - k..] == received[..k])
-        .unwrap_or(0)
+/// Whether a lease (its last `operation` and `value`) is held by an owner other than the
+/// draining one of `term` (a deleted lease is held by none: it is about to be taken).
+fn superseded(operation: kv::Operation, value: &[u8], term: u64) -> bool {
+    operation == kv::Operation::Put && Holder::decode(value).draining != Some(term)
+}
+
+/// Make before break, at the new owner: tells apart what its session receives that the old
+/// owner published already. Both sessions got the agent's notifications in GWS's order, so
+/// what the old owner published last (since this session started) and what this session
+/// received first are one run. The old owner's last events may reach this session only after
+/// the lease did (they were on their way when it took the lease), so each event is judged
+/// as it comes, not once over what the standby had buffered: a run cut short there would
+/// match nothing, and the whole buffer and the late events be published twice.
+struct Overlap<T> {
+    /// What the old owner published since this session started, oldest first.
+    published: Vec<T>,
+    /// This session's events judged so far.
+    judged: usize,
+    /// Where in `published` this session's first event may be: every start still consistent
+    /// with the events judged, ascending (`published.len()`, nothing in common, always is).
+    starts: Vec<usize>,
+}
+
+impl<T: PartialEq> Overlap<T> {
+    fn new(published: Vec<T>) -> Self {
+        let starts = (0..=published.len()).collect();
+        Self {
+            published,
+            judged: 0,
+            starts,
+        }
+    }
+
+    /// Whether `event`, this session's next one, is new (to publish) rather than one the old
+    /// owner published. The earliest consistent start wins (the longest overlap): nothing is
+    /// published twice, even when events alike make the start ambiguous. Once an event is
+    /// new, every later one is.
+    fn is_new(&mut self, event: &T) -> bool {
+        let (published, j) = (&self.published, self.judged);
+        self.judged += 1;
+        self.starts
+            .retain(|&i| i + j >= published.len() || published[i + j] == *event);
+        let new = self
+            .starts
+            .first()
+            .is_none_or(|&i| i + j >= published.len());
+        if new {
+            self.finish();
+        }
+        new
+    }
+
+    /// From here on every event is new (the session's run was broken: it lost its
+    /// subscription, say).
+    fn finish(&mut self) {
+        self.published = Vec::new();
+        self.starts = Vec::new();
+    }
+}
+
+/// Whether the owner publishes `event` of its session (see [`Overlap`]).
+fn admits(overlap: &mut Overlap<Event>, event: &Upstreamed) -> bool {
+    match event {
+        Upstreamed::Event { event, .. } => overlap.is_new(event),
+        Upstreamed::Subscribed { .. } | Upstreamed::Lost { .. } | Upstreamed::Failed(_) => {
+            overlap.finish();
+            true
+        }
+    }
 }
 
 /// This replica owns the agent: runs its session (or takes over its standby one), renews
 /// the lease, and stops the session as soon as the lease is lost or cannot be renewed in
-/// time. At shutdown it keeps publishing until a successor is subscribed (or `handover`).
+/// time. At shutdown it keeps publishing until a successor is subscribed and this owner has
+/// published the successor's first event (or `handover`).
 async fn own(
     ctx: &Context,
     feed: &Arc<Feed>,
@@ -579,11 +829,13 @@ async fn own(
         }
     };
     // What the previous owner last said is known once the follower has read up to here.
-    let caught_up = position.wait_for(|p| *p >= expected);
     if expected > 0
-        && tokio::time::timeout(ctx.cluster.config().lease_ttl, caught_up)
-            .await
-            .map_or(true, |r| r.is_err())
+        && tokio::time::timeout(
+            ctx.cluster.config().lease_ttl,
+            position.wait_for(|p| *p >= expected),
+        )
+        .await
+        .map_or(true, |r| r.is_err())
     {
         lease.release().await;
         if let Some(standby) = standby {
@@ -609,32 +861,27 @@ async fn own(
             .unwrap_or_else(std::time::Instant::now),
     ));
     let handed = standby.is_some();
-    let (mut session, pending) = match standby {
+    let (mut session, pending, mut overlap) = match standby {
         Some(Standby {
             session,
-            mut buffer,
+            buffer,
             mark,
         }) => {
-            // What the old owner published since this session started may be in `buffer`
-            // too: published once.
-            let published: Vec<_> = feed
+            // What the old owner published since this session started: this session has
+            // received it too, or some of it, or it is on its way.
+            let published = feed
                 .lock()
                 .replay
                 .after(mark)
-                .map(|s| s.response.event.clone())
+                .filter_map(|s| s.response.event.clone())
                 .collect();
-            let received: Vec<_> = buffer
-                .iter()
-                .map(|e| match e {
-                    Upstreamed::Event { event, .. } => Some(event.clone()),
-                    _ => None,
-                })
-                .collect();
-            let skip = overlap(&published, &received);
-            buffer.drain(..skip);
-            (session, buffer)
+            (session, buffer, Overlap::new(published))
         }
-        None => (start_session(ctx, feed), Vec::new()),
+        None => (
+            start_session(ctx, feed),
+            Vec::new(),
+            Overlap::new(Vec::new()),
+        ),
     };
     // Cancelled when the lease is lost: from then on nothing of this owner is published.
     let fence = CancellationToken::new();
@@ -685,19 +932,27 @@ async fn own(
     ));
     let mut going = true;
     for event in pending {
-        going = going && sink.emit(event).await;
+        if going && admits(&mut overlap, &event) {
+            going = sink.emit(event).await;
+        }
     }
     let mut handover: Option<tokio::time::Instant> = None;
     let mut succeeded = false;
+    // The subject's position when draining began: a successor's events come after it.
+    let mut drain_mark = 0;
+    // Once the successor said it is subscribed: its first event, if it named one.
+    let mut successor: Option<Option<Event>> = None;
     let mut poll = tokio::time::interval(HANDOVER_POLL);
     while going {
         tokio::select! {
             event = session.rx.recv() => match event {
-                Some(event) => going = sink.emit(event).await,
+                Some(event) if admits(&mut overlap, &event) => going = sink.emit(event).await,
+                Some(_) => {}
                 None => going = false,
             },
             _ = ctx.draining.cancelled(), if handover.is_none() => {
                 handover = Some(tokio::time::Instant::now() + ctx.handover);
+                drain_mark = *position.borrow();
                 if let Some(held) = lease.lock().await.as_mut()
                     && let Err(e) = held.mark_draining().await
                 {
@@ -707,10 +962,20 @@ async fn own(
                 tracing::info!(agent = ?feed.agent.key(), "cluster: draining; keeping the upstream session until another replica has its own");
             }
             _ = poll.tick(), if handover.is_some() => {
-                let ready = ctx.cluster.leases().get(ready_key(name)).await.ok().flatten();
-                let successor = ready.is_some_and(|v| v.as_ref() == term.to_string().as_bytes());
-                succeeded = successor;
-                if successor || handover.is_some_and(|h| tokio::time::Instant::now() >= h) {
+                if successor.is_none() {
+                    let ready = ctx.cluster.leases().get(ready_key(name)).await.ok().flatten();
+                    successor = ready
+                        .and_then(|v| Ready::parse(&v))
+                        .filter(|r| r.term == term)
+                        .map(|r| r.first);
+                }
+                let handed = successor.as_ref().is_some_and(|first| {
+                    let state = feed.lock();
+                    let published = state.replay.after(drain_mark).filter_map(|s| s.response.event.as_ref());
+                    handed_over(first.as_ref(), published)
+                });
+                succeeded = handed;
+                if handed || handover.is_some_and(|h| tokio::time::Instant::now() >= h) {
                     going = false;
                 }
             }
@@ -722,7 +987,7 @@ async fn own(
     // it received too when it takes over). Once the lease is lost the sink refuses each at
     // once, and counts it as a stale owner's message.
     while let Some(event) = session.rx.recv().await {
-        if matches!(event, Upstreamed::Event { .. }) {
+        if matches!(event, Upstreamed::Event { .. }) && admits(&mut overlap, &event) {
             sink.emit(event).await;
         }
     }
@@ -979,17 +1244,133 @@ impl Sink for ClusterSink {
 
 #[cfg(test)]
 mod tests {
-    use super::overlap;
+    use super::{
+        Event, Overlap, READY_EVENT_MAX, Ready, Upstreamed, admits, handed_over, kv, superseded,
+    };
+    use crate::proto::StreamNotice;
 
     #[test]
-    fn the_overlap_is_the_longest_tail_of_what_was_published_that_starts_what_was_received() {
-        assert_eq!(overlap(&[1, 2, 3, 4], &[3, 4, 5]), 2);
-        assert_eq!(overlap(&[1, 2], &[3, 4]), 0, "nothing in common");
-        assert_eq!(overlap::<u8>(&[], &[1]), 0);
-        assert_eq!(overlap(&[1, 2, 3], &[1, 2, 3]), 3, "all of it");
-        // Repeats: the longest match wins, so nothing the old owner published is doubled.
-        assert_eq!(overlap(&[7, 7, 7], &[7, 7, 7, 8]), 3);
-        // Published after the new session started but not received by it (3): no match.
-        assert_eq!(overlap(&[1, 2, 3], &[2, 4]), 0);
+    fn a_standby_is_superseded_once_another_owner_holds_the_lease() {
+        assert!(
+            !superseded(kv::Operation::Put, b"draining:5", 5),
+            "still draining"
+        );
+        assert!(
+            !superseded(kv::Operation::Put, b"draining:5;up", 5),
+            "still draining, its session subscribed"
+        );
+        assert!(
+            superseded(kv::Operation::Put, b"0f1e2d3c4b5a6978", 5),
+            "a new owner"
+        );
+        assert!(
+            superseded(kv::Operation::Put, b"draining:9", 5),
+            "a later owner draining"
+        );
+        assert!(
+            !superseded(kv::Operation::Delete, b"", 5),
+            "handed back: about to be taken"
+        );
+    }
+
+    fn notice(detail: &str) -> Event {
+        Event::Notice(StreamNotice {
+            kind: 0,
+            detail: detail.into(),
+        })
+    }
+
+    #[test]
+    fn a_claim_carries_the_term_the_claimant_and_its_first_event() {
+        let ready = |first: Option<Event>| Ready {
+            term: 12,
+            replica: "00aa11bb22cc33dd".into(),
+            first,
+        };
+        let with = ready(Some(notice("a: with a colon")));
+        assert_eq!(Ready::parse(&with.encode()), Some(with));
+        assert_eq!(Ready::parse(&ready(None).encode()), Some(ready(None)));
+        assert_eq!(Ready::parse(b"12"), None, "no claimant");
+        assert_eq!(Ready::parse(b"draining:7"), None);
+        assert_eq!(Ready::parse(b"7:r:\xff\xff"), None, "not an event");
+        // Too large for a lease value: not named.
+        let large = ready(Some(notice(&"x".repeat(READY_EVENT_MAX))));
+        assert_eq!(Ready::parse(&large.encode()), Some(ready(None)));
+    }
+
+    #[test]
+    fn a_draining_owner_stops_once_it_has_published_its_successors_first_event() {
+        let published = [notice("a"), notice("b")];
+        assert!(handed_over(Some(&notice("b")), published.iter()));
+        assert!(
+            !handed_over(Some(&notice("c")), published.iter()),
+            "c was sent to the old session too, and may be on its way to this owner"
+        );
+        assert!(
+            handed_over(None, [].iter()),
+            "a quiet agent: nothing is on its way"
+        );
+    }
+
+    /// What the new owner publishes of what its session `received` (in order), the old owner
+    /// having published `published` since the session started.
+    fn new_of(published: &[u8], received: &[u8]) -> Vec<u8> {
+        let mut overlap = Overlap::new(published.to_vec());
+        received
+            .iter()
+            .copied()
+            .filter(|e| overlap.is_new(e))
+            .collect()
+    }
+
+    #[test]
+    fn what_the_old_owner_published_last_is_dropped_from_what_the_new_session_received_first() {
+        assert_eq!(new_of(&[1, 2, 3, 4], &[3, 4, 5]), [5]);
+        assert_eq!(new_of(&[1, 2], &[3, 4]), [3, 4], "nothing in common");
+        assert_eq!(new_of(&[], &[1]), [1]);
+        assert_eq!(new_of(&[1, 2, 3], &[1, 2, 3]), [0u8; 0], "all of it");
+        assert_eq!(
+            new_of(&[1, 2, 3], &[2, 3, 4, 1, 2]),
+            [4, 1, 2],
+            "once one is new, every later one is"
+        );
+        // Repeats: the longest overlap wins, so nothing the old owner published is doubled.
+        assert_eq!(new_of(&[7, 7, 7], &[7, 7, 7, 8]), [8]);
+        assert_eq!(new_of(&[7, 7], &[7, 9]), [9]);
+        // The old owner published 3, which the new session never got: 2 is still not doubled.
+        assert_eq!(new_of(&[1, 2, 3], &[2, 4]), [4]);
+    }
+
+    #[test]
+    fn the_old_owners_last_events_reaching_the_new_session_after_the_lease_are_not_doubled() {
+        // At the lease the standby had buffered 2 and 3; 4, which the old owner published
+        // too, reaches the session after (judging the buffer alone, 2 and 3 matched no tail
+        // of what was published, and 2, 3 and 4 went out twice).
+        let mut overlap = Overlap::new(vec![1, 2, 3, 4]);
+        let buffered: Vec<bool> = [2, 3].iter().map(|e| overlap.is_new(e)).collect();
+        assert_eq!(buffered, [false, false]);
+        let later: Vec<bool> = [4, 5, 6].iter().map(|e| overlap.is_new(e)).collect();
+        assert_eq!(later, [false, true, true]);
+        // Nothing buffered at the lease at all.
+        assert_eq!(new_of(&[1, 2], &[2, 3]), [3]);
+    }
+
+    #[test]
+    fn after_a_broken_run_every_event_of_the_session_is_new() {
+        let event = |detail: &str| Upstreamed::Event {
+            event: notice(detail),
+            session_id: String::new(),
+            notification_type: None,
+        };
+        let mut overlap = Overlap::new(vec![notice("a"), notice("b")]);
+        assert!(!admits(&mut overlap, &event("a")));
+        let lost = Upstreamed::Lost {
+            reason: "re-handshake".into(),
+        };
+        assert!(admits(&mut overlap, &lost));
+        assert!(
+            admits(&mut overlap, &event("b")),
+            "after the session lost its subscription, nothing is matched"
+        );
     }
 }

@@ -1,11 +1,12 @@
-//! Cluster mode end to end: three gateway replicas, one simulator, one real nats-server with
-//! JetStream, all on 127.0.0.1. Waits are on stream items, health and the simulator's
-//! counters, never sleeps.
+//! Cluster mode end to end: three gateway replicas (in-process, or processes of the binary
+//! where a test sends them signals), one simulator, one real nats-server with JetStream, all
+//! on 127.0.0.1. Waits are on stream items, health, log lines, process exits and the
+//! simulator's counters, never sleeps.
 
 use crate::support::events;
 use crate::support::gateway;
 use crate::support::nats;
-use crate::support::process;
+use crate::support::replica::Replica;
 
 use events::{Stream, expect_notice, next, open, subscribed_at};
 use gateway::{AGENT1, Harness, SEED_SESSION, STEP, authed, eventually};
@@ -15,6 +16,7 @@ use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;
 use gws_sms_gateway::proto::*;
 use nats::Nats;
 use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SECRET: &str = "a-test-cluster-secret";
@@ -297,48 +299,6 @@ async fn health(h: &Harness, service: &str) -> i32 {
     .unwrap_or(0)
 }
 
-#[allow(dead_code)]
-fn _uses(_: &Harness) {
-    let _ = open;
-}
-
-const BIN: &str = env!("CARGO_BIN_EXE_gws-sms-gateway");
-
-/// A replica as a child process (so it can be killed with SIGKILL), and its address from
-/// its "gateway serving gRPC" line.
-fn spawn_replica(
-    sim: &RunningSimulator,
-    nats: &Nats,
-) -> (std::process::Child, std::net::SocketAddr) {
-    let mut child = std::process::Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--gws-url", &sim.url])
-        .args(cluster_flags(nats))
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("gateway starts");
-    let (tx, rx) = std::sync::mpsc::channel();
-    process::forward_lines(&mut child, move |line| {
-        let _ = tx.send(line);
-    });
-    let deadline = std::time::Instant::now() + STEP;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = rx.recv_timeout(left).expect("the gateway says it serves");
-        if line.contains("gateway serving gRPC")
-            && let Some(addr) = line
-                .split("listen=")
-                .nth(1)
-                .and_then(|s| s.split_whitespace().next())
-        {
-            // Keep draining its output so it never blocks on a full pipe.
-            std::thread::spawn(move || while rx.recv().is_ok() {});
-            return (child, addr.parse().expect("an address"));
-        }
-    }
-}
-
 fn with_snapshot() -> SessionEventsRequest {
     SessionEventsRequest {
         include_snapshot: true,
@@ -366,8 +326,9 @@ async fn kill_9_of_the_owner_another_replica_takes_over_and_every_stream_learns_
 {
     let nats = Nats::start();
     let sim = simulator().await;
-    let (mut child, addr) = spawn_replica(&sim, &nats);
-    let owner = Harness::remote(addr, &sim.url).await;
+    // A child process, so it can be killed with SIGKILL.
+    let process = Replica::spawn("owner", &sim.url, &cluster_flags(&nats), STEP).await;
+    let owner = Harness::remote(process.addr, &sim.url).await;
     // The first replica with the credential owns the agent.
     let (_on_owner, _) = stream_on(&owner, "").await;
     let b = replica(&sim, &nats).await;
@@ -383,8 +344,7 @@ async fn kill_9_of_the_owner_another_replica_takes_over_and_every_stream_learns_
         streams.push(s);
     }
     assert_eq!(handshakes(&b).await, 1);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    process.kill().await;
     let killed = std::time::Instant::now();
     let mut seen = Vec::new();
     for s in &mut streams {
@@ -409,177 +369,473 @@ async fn kill_9_of_the_owner_another_replica_takes_over_and_every_stream_learns_
     assert_eq!(tokens[0], tokens[1]);
 }
 
-type Live = std::collections::VecDeque<Harness>;
-
-fn endpoints(live: &Live) -> Vec<String> {
-    live.iter().map(Harness::endpoint).collect()
+/// The next `count` items of `stream` (fewer if it has none for [`STEP`]): notifications'
+/// tags, notices as `notice:<kind>`.
+async fn items(stream: &mut Stream, count: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < count {
+        let Ok(item) = tokio::time::timeout(STEP, stream.message()).await else {
+            break;
+        };
+        let item = item
+            .expect("the stream goes on")
+            .expect("the stream goes on");
+        got.push(match notice(&item) {
+            Some(kind) => format!("notice:{kind:?}"),
+            None => tag(&item),
+        });
+    }
+    got
 }
 
-/// What the rolling-restart client saw: notification tags, and notices.
+/// What `got` lacks of `want`, and what it has that it should not (or twice).
+fn differences(got: &[String], want: &[String]) -> String {
+    let missing: Vec<_> = want.iter().filter(|w| !got.contains(w)).collect();
+    let mut extra = got.to_vec();
+    for w in want {
+        if let Some(i) = extra.iter().position(|g| g == w) {
+            extra.remove(i);
+        }
+    }
+    format!("missing {missing:?}, extra {extra:?}")
+}
+
+/// Two other replicas hold the agent's credential (a stream each) when its owner drains:
+/// both start a standby session, the first to claim the handover takes the agent over, the
+/// other ends its session at once; nothing is lost or doubled on either replica's stream.
+#[tokio::test]
+async fn a_handover_to_two_standbys_loses_nothing_and_leaves_one_upstream_session() {
+    let nats = Nats::start();
+    let sim = simulator().await;
+    let mut owner = replica(&sim, &nats).await;
+    let (_on_owner, _) = stream_on(&owner, "").await;
+    let b = replica(&sim, &nats).await;
+    let c = replica(&sim, &nats).await;
+    let mut streams = vec![stream_on(&b, "").await.0, stream_on(&c, "").await.0];
+    let injected = Arc::new(Injected::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let injector = injector(sim.url.clone(), injected.clone(), stop.clone());
+    for s in &mut streams {
+        assert_eq!(items(s, 5).await, ["n0", "n1", "n2", "n3", "n4"]);
+    }
+    // The owner's shutdown (SIGTERM's path, which the rolling restart takes for real).
+    owner.trigger_stop().await.unwrap().unwrap();
+    // Notifications flow through the new owner: 20 more reach the first stream.
+    let after = injected.sent() + 20;
+    let mut got = vec![items(&mut streams[0], after - 5).await];
+    stop.cancel();
+    injector.await.unwrap();
+    assert_eq!(*injected.failure.lock().unwrap(), None);
+    let sent = injected.sent();
+    got[0].extend(items(&mut streams[0], sent - after).await);
+    got.push(items(&mut streams[1], sent - 5).await);
+    let want: Vec<String> = (5..sent).map(|n| format!("n{n}")).collect();
+    for (i, got) in got.iter().enumerate() {
+        assert!(
+            *got == want,
+            "stream {i}: every notification once, in order, no notice: {}; delivered to {:?}",
+            differences(got, &want),
+            injected.delivered.lock().unwrap()
+        );
+    }
+    // The owner's, the successor's, and the other replica's standby session if it saw the
+    // owner draining before the handover was over (it looks every --lease-renew).
+    let handshakes = sim_handshakes(&sim).await;
+    assert!(
+        (2..=3).contains(&handshakes),
+        "the owner's and one standby session per replica at most: {handshakes}"
+    );
+    // The standby that did not claim the handover ended its session when it lost the claim
+    // (without which it kept it until its handover deadline, over 10 s).
+    tokio::time::timeout(Duration::from_secs(3), async {
+        while sessions(&sim).await != 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("one upstream session soon after the handover");
+}
+
+/// At shutdown an owner keeps the agent's upstream session at most this long while another
+/// replica takes it over (`--drain-timeout`, which is also the hub's handover limit).
+const HANDOVER: Duration = Duration::from_secs(10);
+/// How long a SIGTERMed replica may take to exit: the gateway bounds its own drain by the
+/// handover limit plus 2 s for the CometD disconnects (`DISCONNECT_GRACE` in
+/// `src/server.rs`); a few seconds more are the process's teardown on a loaded machine.
+/// Beyond that the drain does not end.
+const EXIT_BOUND: Duration = Duration::from_secs(HANDOVER.as_secs() + 2 + 5);
+
+fn rolling_flags(nats: &Nats) -> Vec<String> {
+    let mut flags = cluster_flags(nats);
+    flags.extend(["--drain-timeout".into(), format!("{}s", HANDOVER.as_secs())]);
+    flags
+}
+
+/// The agent's CometD counters at the simulator's control API: live sessions, handshakes.
+async fn cometd(sim: &RunningSimulator) -> (u64, u64) {
+    let url = format!("{}/simulator/agents/agent1/cometd", sim.url);
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let stats: Value = serde_json::from_str(&text).unwrap();
+    let count = |name: &str| stats[name].as_u64().expect("a count");
+    (count("sessions"), count("handshakes"))
+}
+
+async fn sessions(sim: &RunningSimulator) -> u64 {
+    cometd(sim).await.0
+}
+
+async fn sim_handshakes(sim: &RunningSimulator) -> u64 {
+    cometd(sim).await.1
+}
+
+/// What the rolling-restart client got, in order.
+enum Got {
+    /// A notification: its tag.
+    Item(String),
+    Notice(NoticeKind),
+    /// A stream ended with this status.
+    Ended(tonic::Code, String),
+    /// A stream could not be opened.
+    Refused(String),
+}
+
+/// What the injector did so far.
+#[derive(Default)]
+struct Injected {
+    /// Of each notification sent, to how many upstream sessions it was delivered.
+    delivered: Mutex<Vec<u64>>,
+    failure: Mutex<Option<String>>,
+}
+
+impl Injected {
+    fn sent(&self) -> usize {
+        self.delivered.lock().unwrap().len()
+    }
+
+    /// Of the notifications `from..to`, how many were delivered to two sessions: sent while
+    /// both the old owner's session and its successor's were subscribed.
+    fn to_both(&self, from: usize, to: usize) -> usize {
+        let delivered = self.delivered.lock().unwrap();
+        delivered[from..to].iter().filter(|d| **d >= 2).count()
+    }
+}
+
+/// What the rolling-restart client saw.
 struct Seen {
-    rx: tokio::sync::mpsc::UnboundedReceiver<(String, Option<NoticeKind>)>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Got>,
     tags: Vec<String>,
     notices: Vec<NoticeKind>,
+    ends: Vec<(tonic::Code, String)>,
+    refused: Vec<String>,
+    injected: Arc<Injected>,
 }
 
 impl Seen {
-    /// Waits for the client's first SUBSCRIBED.
-    async fn subscribed(&mut self) {
-        while self.notices.is_empty() {
-            let (t, n) = tokio::time::timeout(STEP, self.rx.recv())
-                .await
-                .expect("the client subscribes")
-                .expect("client running");
-            match n {
-                Some(kind) => self.notices.push(kind),
-                None => self.tags.push(t),
-            }
+    /// Takes what the client got next (within [`STEP`]).
+    async fn next(&mut self, waiting_for: &str) {
+        let got = match tokio::time::timeout(STEP, self.rx.recv()).await {
+            Ok(Some(got)) => got,
+            Ok(None) => panic!("the client stopped"),
+            Err(_) => panic!(
+                "waiting for {waiting_for}: nothing more after {} items (the last {:?}; {}); \
+                 notices {:?}, stream ends {:?}, refusals {:?}; injected {}, injector failure {:?}",
+                self.tags.len(),
+                self.tags.last(),
+                self.anomalies(),
+                self.notices,
+                self.ends,
+                self.refused,
+                self.injected.sent(),
+                self.injected.failure.lock().unwrap(),
+            ),
+        };
+        match got {
+            Got::Item(tag) => self.tags.push(tag),
+            Got::Notice(kind) => self.notices.push(kind),
+            Got::Ended(code, message) => self.ends.push((code, message)),
+            Got::Refused(why) => self.refused.push(why),
         }
     }
 
-    /// Waits for `more` notifications (a signal: they flow).
-    async fn take(&mut self, more: usize) {
-        let want = self.tags.len() + more;
-        while self.tags.len() < want {
-            let Ok(got) = tokio::time::timeout(STEP, self.rx.recv()).await else {
-                let missing: Vec<usize> = (0..want)
-                    .filter(|n| !self.tags.contains(&format!("n{n}")))
-                    .collect();
-                panic!(
-                    "items stopped at {} of {want}: missing {missing:?}, notices {:?}",
-                    self.tags.len(),
-                    self.notices
-                );
-            };
-            let (t, n) = got.expect("client running");
-            match n {
-                Some(kind) => self.notices.push(kind),
-                None => self.tags.push(t),
-            }
+    /// The notifications received twice, and those missing before the last received.
+    fn anomalies(&self) -> String {
+        let mut counts = std::collections::BTreeMap::new();
+        for t in &self.tags {
+            let n: usize = t.trim_start_matches('n').parse().unwrap_or(usize::MAX);
+            *counts.entry(n).or_insert(0) += 1;
+        }
+        let last = counts.keys().next_back().copied().unwrap_or(0);
+        let doubled: Vec<_> = counts
+            .iter()
+            .filter(|(_, c)| **c > 1)
+            .map(|(n, _)| n)
+            .collect();
+        let missing: Vec<_> = (0..last).filter(|n| !counts.contains_key(n)).collect();
+        let delivered = self.injected.delivered.lock().unwrap();
+        let to: Vec<_> = missing.iter().map(|n| delivered.get(*n)).collect();
+        format!(
+            "received twice {doubled:?}, missing {missing:?} (delivered to {to:?} upstream sessions)"
+        )
+    }
+
+    /// Waits for the client's first SUBSCRIBED.
+    async fn subscribed(&mut self) {
+        while self.notices.is_empty() {
+            self.next("the first SUBSCRIBED").await;
+        }
+    }
+
+    /// Waits until the client has received `count` notifications (a signal: they flow).
+    async fn received(&mut self, count: usize) {
+        while self.tags.len() < count {
+            self.next(&format!("{count} notifications")).await;
         }
     }
 }
 
 /// A client that streams from the first replica listed and, whenever its stream ends,
 /// reconnects at once with its last token to the first one listed then (the test lists
-/// the oldest live replica first: the next to be restarted, so every restart moves it).
+/// the live replicas oldest first, and the oldest is the next to be restarted: every
+/// restart moves the client, and the agent's lease with it).
 fn rolling_client(
     addrs: tokio::sync::watch::Receiver<Vec<String>>,
+    injected: Arc<Injected>,
 ) -> (tokio::task::JoinHandle<()>, Seen) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         let mut token = String::new();
         loop {
-            let list = addrs.borrow().clone();
-            let Some(addr) = list.first().cloned() else {
+            let Some(addr) = addrs.borrow().first().cloned() else {
                 return;
-            };
-            let Ok(mut c) = SmsSessionServiceClient::connect(addr).await else {
-                continue;
             };
             let req = SessionEventsRequest {
                 resume_token: token.clone(),
                 ..Default::default()
             };
-            let Ok(stream) = c.session_events(authed(req, AGENT1)).await else {
-                continue;
+            let opened = match SmsSessionServiceClient::connect(addr).await {
+                Ok(mut c) => c
+                    .session_events(authed(req, AGENT1))
+                    .await
+                    .map_err(|s| s.to_string()),
+                Err(e) => Err(e.to_string()),
             };
-            let mut stream = stream.into_inner();
-            while let Ok(Some(item)) = stream.message().await {
-                if !item.resume_token.is_empty() {
-                    token = item.resume_token.clone();
+            let mut stream = match opened {
+                Ok(s) => s.into_inner(),
+                Err(why) => {
+                    if tx.send(Got::Refused(why)).is_err() {
+                        return;
+                    }
+                    // The test fails on any refusal; this only spares the machine meanwhile.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-                let n = notice(&item);
-                let t = if n.is_none() {
-                    tag(&item)
-                } else {
-                    String::new()
-                };
-                if tx.send((t, n)).is_err() {
-                    return;
+            };
+            let end = loop {
+                match stream.message().await {
+                    Ok(Some(item)) => {
+                        if !item.resume_token.is_empty() {
+                            token = item.resume_token.clone();
+                        }
+                        let got = match notice(&item) {
+                            Some(kind) => Got::Notice(kind),
+                            None => Got::Item(tag(&item)),
+                        };
+                        if tx.send(got).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break (tonic::Code::Ok, "end of stream without a status".into()),
+                    Err(status) => break (status.code(), status.message().to_string()),
                 }
+            };
+            if tx.send(Got::Ended(end.0, end.1)).is_err() {
+                return;
             }
         }
     });
-    (
-        task,
-        Seen {
-            rx,
-            tags: Vec::new(),
-            notices: Vec::new(),
-        },
-    )
+    let seen = Seen {
+        rx,
+        tags: Vec::new(),
+        notices: Vec::new(),
+        ends: Vec::new(),
+        refused: Vec::new(),
+        injected,
+    };
+    (task, seen)
 }
 
-/// Notifications flowing throughout (paced, so the machine is not flooded); each must
-/// reach an upstream session. Returns how many were sent once `stop` is cancelled.
+/// Notifications flowing throughout, `n0`, `n1`, ... (paced, so the machine is not
+/// flooded); each must reach an upstream session (make before break: at every instant one
+/// is subscribed). Stops when `stop` is cancelled or at its first failure (recorded).
 fn injector(
     sim_url: String,
+    injected: Arc<Injected>,
     stop: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<usize> {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let http = reqwest::Client::new();
-        let mut n = 0;
+        let url = format!("{sim_url}/simulator/agents/agent1/notifications");
         while !stop.is_cancelled() {
-            let reply = http
-                .post(format!("{sim_url}/simulator/agents/agent1/notifications"))
-                .header("content-type", "application/json")
-                .body(properties_updated(&format!("n{n}")).to_string())
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let reply: Value = serde_json::from_str(&reply).unwrap();
-            assert!(
-                reply["delivered"].as_u64().unwrap_or(0) >= 1,
-                "notification {n} reached no upstream session: {reply}"
-            );
-            n += 1;
+            let n = injected.sent();
+            let reply = async {
+                let text = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(properties_updated(&format!("n{n}")).to_string())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .text()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                serde_json::from_str::<Value>(&text).map_err(|e| e.to_string())
+            };
+            let delivered = match reply.await {
+                Ok(reply) => reply["delivered"].as_u64().unwrap_or(0),
+                Err(e) => {
+                    *injected.failure.lock().unwrap() = Some(format!("notification {n}: {e}"));
+                    return;
+                }
+            };
+            if delivered == 0 {
+                *injected.failure.lock().unwrap() =
+                    Some(format!("notification {n} reached no upstream session"));
+                return;
+            }
+            injected.delivered.lock().unwrap().push(delivered);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        n
     })
 }
 
+/// One replica's restart as measured.
+#[derive(Debug)]
+struct Round {
+    /// From SIGTERM to the process's exit.
+    exit: Duration,
+    /// Notifications injected between SIGTERM and exit.
+    during_drain: usize,
+    /// Of them, delivered to both upstream sessions (the handover's overlap).
+    to_both: usize,
+}
+
+/// Three replicas as processes of the binary; three rounds of: a new replica started, the
+/// oldest (the agent's owner, the client's replica) sent SIGTERM, notifications injected
+/// throughout, the client reconnecting at once with its last token to the oldest live one.
 #[tokio::test]
 async fn a_rolling_restart_loses_nothing_and_doubles_nothing() {
     let nats = Nats::start();
     let sim = simulator().await;
-    let mut live = Live::new();
+    let flags = rolling_flags(&nats);
+    let mut started = 0;
+    let mut start = async || {
+        started += 1;
+        Replica::spawn(&format!("r{}", started - 1), &sim.url, &flags, STEP).await
+    };
+    let mut live = std::collections::VecDeque::new();
     for _ in 0..3 {
-        live.push_back(replica(&sim, &nats).await);
+        live.push_back(start().await);
     }
+    let endpoints = |live: &std::collections::VecDeque<Replica>| {
+        live.iter().map(Replica::endpoint).collect::<Vec<_>>()
+    };
     let (addrs_tx, addrs) = tokio::sync::watch::channel(endpoints(&live));
-    let (client, mut seen) = rolling_client(addrs);
+    let injected = Arc::new(Injected::default());
+    let (client, mut seen) = rolling_client(addrs, injected.clone());
     seen.subscribed().await;
+    assert_eq!(sim_handshakes(&sim).await, 1, "the first owner's session");
     let stop = tokio_util::sync::CancellationToken::new();
-    let injector = injector(sim.url.clone(), stop.clone());
-    seen.take(5).await;
+    let injector = injector(sim.url.clone(), injected.clone(), stop.clone());
+    seen.received(5).await;
+    let mut rounds = Vec::new();
+    let mut gone = Vec::new();
     for round in 0..3 {
-        let mut old = live.pop_front().unwrap();
-        live.push_back(replica(&sim, &nats).await);
+        // A new replica first, reachable for the client; then the oldest (the owner, and the
+        // client's) gets SIGTERM: the client's stream ends and it reconnects to the next.
+        live.push_back(start().await);
+        let old = live.pop_front().unwrap();
         addrs_tx.send_replace(endpoints(&live));
-        // SIGTERM's path: the graceful shutdown.
-        let stopped = old.trigger_stop();
-        seen.take(20).await;
-        stopped
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
-        seen.take(10).await;
+        let sent = injected.sent();
+        let sigterm = std::time::Instant::now();
+        old.signal("-TERM");
+        let Some(status) = old.exited(EXIT_BOUND).await else {
+            panic!(
+                "round {round}: {} still running {EXIT_BOUND:?} after SIGTERM:\n{}",
+                old.name,
+                old.output()
+            );
+        };
+        let exit = sigterm.elapsed();
+        assert!(
+            status.success(),
+            "round {round}: {} exited with {status}:\n{}",
+            old.name,
+            old.output()
+        );
+        // Ended by the successor's signal, not by the time limit: a handover cut on the timer
+        // would take HANDOVER at least.
+        assert!(
+            exit < HANDOVER,
+            "round {round}: {} took {exit:?} to exit: the handover ran out",
+            old.name
+        );
+        // Its session was disconnected before it exited: the new owner's is the only one.
+        assert_eq!(sessions(&sim).await, 1, "round {round}: upstream sessions");
+        let drained = injected.sent();
+        rounds.push(Round {
+            exit,
+            during_drain: drained - sent,
+            to_both: injected.to_both(sent, drained),
+        });
+        // The client got its stream ended by the shutdown and is on a live replica: what is
+        // injected after the old one exited reaches it.
+        seen.received(injected.sent() + 5).await;
+        assert_eq!(seen.ends.len(), round + 1, "stream ends: {:?}", seen.ends);
+        // Kept: a failing test shows its output.
+        gone.push(old);
     }
     stop.cancel();
-    let sent = injector.await.unwrap();
-    let more = sent.saturating_sub(seen.tags.len());
-    seen.take(more).await;
+    injector.await.unwrap();
+    assert_eq!(*injected.failure.lock().unwrap(), None);
+    let sent = injected.sent();
+    seen.received(sent).await;
+    client.abort();
+    for (i, r) in rounds.iter().enumerate() {
+        println!(
+            "rolling restart, round {i}: exit {:?} after SIGTERM; {} notifications during the \
+             drain, {} of them delivered to both sessions",
+            r.exit, r.during_drain, r.to_both
+        );
+    }
+    println!(
+        "rolling restart: {sent} notifications in all; {} CometD handshakes",
+        sim_handshakes(&sim).await
+    );
     let want: Vec<String> = (0..sent).map(|n| format!("n{n}")).collect();
     assert_eq!(seen.tags, want, "every notification once, in order");
-    assert!(
-        seen.notices.iter().all(|n| *n == NoticeKind::Subscribed),
-        "no GAP, LOST or RESTORED through the restart: {:?}",
-        seen.notices
+    assert_eq!(
+        seen.notices,
+        [NoticeKind::Subscribed; 4],
+        "one SUBSCRIBED per stream (the first and three resumes), no GAP, LOST or RESTORED"
     );
-    client.abort();
+    assert_eq!(seen.ends.len(), 3, "one stream end per restart");
+    for (code, message) in &seen.ends {
+        assert_eq!(
+            (*code, message.contains("gateway is shutting down")),
+            (tonic::Code::Unavailable, true),
+            "a stream on a SIGTERMed replica ends with UNAVAILABLE, shutting down: {message}"
+        );
+    }
+    assert_eq!(seen.refused, Vec::<String>::new(), "every reconnect opened");
+    // Make before break: one handshake per owner (the first, then each successor's standby
+    // session, which becomes the agent's session); no takeover's re-handshake.
+    assert_eq!(sim_handshakes(&sim).await, 1 + 3, "CometD handshakes");
+    assert_eq!(sessions(&sim).await, 1, "one upstream session at the end");
+    // Make before break, at the simulator: in every drain both sessions were subscribed at
+    // once (the old owner stops only once it has published a notification its successor
+    // received too).
+    assert!(
+        rounds.iter().all(|r| r.to_both > 0),
+        "a notification reached both sessions in every drain: {rounds:?}"
+    );
 }

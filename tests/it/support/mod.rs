@@ -10,3 +10,4 @@ pub mod gateway;
 pub mod link_proxy;
 pub mod nats;
 pub mod process;
+pub mod replica;
