@@ -32,6 +32,8 @@ pub const SUBJECT_PREFIX: &str = "gws.events";
 pub const LEASES: &str = "gws_leases";
 /// How long a message id is remembered for deduplication (a retried publish).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// What every connection of the gateway to NATS is named (a replica's adds its id).
+const CONNECTION_NAME: &str = "gws-sms-gateway";
 /// Connecting at start, and every JetStream request.
 const NATS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -109,7 +111,7 @@ impl Cluster {
     /// nothing (`--check-config`, and before the gateway binds its ports).
     pub async fn check(config: &ClusterConfig) -> Result<(), ClusterError> {
         let servers = config.servers.join(",");
-        let client = connect(config, watch::channel(Link::Up).0).await?;
+        let client = connect(config, watch::channel(Link::Up).0, CONNECTION_NAME.into()).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(NATS_TIMEOUT)
             .build(client);
@@ -127,7 +129,8 @@ impl Cluster {
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClusterError> {
         let servers = config.servers.join(",");
         let (link_tx, link) = watch::channel(Link::Up);
-        let client = connect(&config, link_tx).await?;
+        let id = format!("{:016x}", rand::random::<u64>());
+        let client = connect(&config, link_tx, connection_name(&id)).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(NATS_TIMEOUT)
             .build(client);
@@ -166,7 +169,6 @@ impl Cluster {
                 .await
                 .map_err(|e| unusable(&e))?,
         };
-        let id = format!("{:016x}", rand::random::<u64>());
         tracing::info!(nats = %servers, replica = %id, "cluster mode: connected to NATS JetStream");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -242,11 +244,12 @@ pub fn agent_name(secret: &str, agent: &Agent) -> String {
 async fn connect(
     config: &ClusterConfig,
     link: watch::Sender<Link>,
+    name: String,
 ) -> Result<async_nats::Client, ClusterError> {
     let servers = config.servers.join(",");
     let mut options = async_nats::ConnectOptions::new()
         .connection_timeout(NATS_TIMEOUT)
-        .name("gws-sms-gateway")
+        .name(name)
         .event_callback(move |event| {
             let link = link.clone();
             async move {
@@ -284,6 +287,13 @@ async fn connect(
             reason: format!("no answer within {NATS_TIMEOUT:?}"),
         }),
     }
+}
+
+/// The NATS connection's name (what the servers' `/connz` shows) of replica `id`: the id the
+/// replica's lease values and its start line carry, so an operator can tell which NATS
+/// server an agent's owner is connected to.
+pub fn connection_name(id: &str) -> String {
+    format!("{CONNECTION_NAME}/{id}")
 }
 
 pub fn subject(name: &str) -> String {
