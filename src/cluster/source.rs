@@ -26,7 +26,7 @@ use futures::StreamExt;
 use prost::Message as _;
 use prost::bytes::Bytes;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,6 +48,26 @@ const HANDOVER_POLL: Duration = Duration::from_millis(50);
 const EXPIRY_SLACK: Duration = Duration::from_millis(50);
 /// Between attempts to follow the subject again after NATS came back.
 const RESUBSCRIBE: Duration = Duration::from_millis(200);
+/// How often the server proves an idle follower's consumer alive. A follower's consumer is
+/// one node's (JetStream keeps an ephemeral consumer on one server of a clustered stream):
+/// when that node dies, nothing else says so, and two heartbeats missed is how the follower
+/// learns it and makes another. (async-nats's ordered consumer waits for two missed 15 s
+/// heartbeats and then backs off up to 10 s between attempts: streams stood still for most
+/// of a minute when a NATS node died.)
+const FOLLOW_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long one pull request of a follower waits for messages before it asks again.
+const FOLLOW_EXPIRES: Duration = Duration::from_secs(30);
+/// Messages a follower's consumer may have in flight to it.
+const FOLLOW_BATCH: usize = 500;
+/// How long a follower waits for its consumer to be made.
+const FOLLOW_CREATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a follower's consumer outlives its follower (the server removes it then).
+const FOLLOW_INACTIVE: Duration = Duration::from_secs(30);
+/// How long this replica's NATS connection may be down before its streams are told (LOST).
+/// A clustered NATS's client moves to another server in milliseconds and the follower
+/// resumes after the last sequence it read, so nothing is missed: a notice then would be
+/// false. A NATS that is really gone is announced this much later.
+const LINK_GRACE: Duration = Duration::from_secs(2);
 
 /// What a control message says about the upstream session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,43 +168,84 @@ async fn follow(
         ready(feed, None);
     }
     let mut link = ctx.cluster.link();
+    let mut notices = LinkNotices::default();
+    let mut order = Order::default();
+    // When to try again to make a consumer (after an attempt failed).
+    let mut retry_at: Option<Instant> = None;
     loop {
-        let Some(current) = messages.as_mut() else {
-            // The NATS connection came back: a consumer from where this one stopped (the
-            // ordered consumer would notice the server's restart only after two missed
-            // heartbeats, half a minute).
-            match subscribe(stream, &subject, applied + 1).await {
-                Ok(m) => messages = Some(m),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cluster follower: consumer not made yet; retrying");
-                    tokio::select! {
-                        _ = feed.cancel.cancelled() => return "cancelled".into(),
-                        _ = tokio::time::sleep(RESUBSCRIBE) => {}
-                    }
-                }
+        let due = notices.due();
+        let grace = async move {
+            match due {
+                Some(due) => tokio::time::sleep_until(due.into()).await,
+                None => std::future::pending().await,
             }
-            continue;
         };
-        let message = tokio::select! {
-            m = current.next() => m,
-            changed = link.changed() => {
-                if changed.is_err() {
-                    return "the NATS connection closed".into();
+        // Whatever comes first: a message (or a consumer, when there is none), a change of
+        // the NATS connection, the end of its grace.
+        let step = tokio::select! {
+            step = async {
+                match (messages.as_mut(), retry_at) {
+                    (Some(current), _) => Step::Message(current.next().await),
+                    (None, Some(at)) if at > Instant::now() => {
+                        tokio::time::sleep_until(at.into()).await;
+                        Step::Retry
+                    }
+                    // A consumer from where the last one stopped.
+                    (None, _) => Step::Subscribed(subscribe(stream, &subject, applied + 1).await),
                 }
+            } => step,
+            changed = link.changed() => Step::Link(changed.is_ok()),
+            () = grace => Step::Grace,
+        };
+        let message = match step {
+            Step::Message(message) => message,
+            Step::Subscribed(Ok(m)) => {
+                messages = Some(m);
+                order = Order::default();
+                retry_at = None;
+                continue;
+            }
+            Step::Subscribed(Err(e)) => {
+                tracing::debug!(error = %e, "cluster follower: consumer not made yet; retrying");
+                retry_at = Some(Instant::now() + RESUBSCRIBE);
+                continue;
+            }
+            Step::Retry => {
+                retry_at = None;
+                continue;
+            }
+            Step::Link(false) => return "the NATS connection closed".into(),
+            Step::Link(true) => {
                 let state = *link.borrow_and_update();
                 if state == Link::Up {
+                    // The consumer may have been on the server this replica left.
                     messages = None;
+                    retry_at = None;
                 }
-                if caught_up {
-                    on_link(ctx, feed, state);
+                if let Some(tell) = notices.changed(state, Instant::now())
+                    && caught_up
+                {
+                    on_link(ctx, feed, tell);
+                }
+                continue;
+            }
+            Step::Grace => {
+                if let Some(tell) = notices.elapsed(Instant::now())
+                    && caught_up
+                {
+                    on_link(ctx, feed, tell);
                 }
                 continue;
             }
         };
         let message = match message {
             Some(Ok(m)) => m,
+            Some(Err(e)) if consumer_gone(e.kind()) => {
+                tracing::debug!(error = %e, applied, "cluster follower: consumer gone; following again after the last sequence applied");
+                messages = None;
+                continue;
+            }
             Some(Err(e)) => {
-                // The ordered consumer recreates itself from the last sequence it delivered.
                 tracing::debug!(error = %e, "cluster follower: consumer error");
                 continue;
             }
@@ -193,6 +254,15 @@ async fn follow(
         let Ok(info) = message.info() else {
             continue;
         };
+        if !order.next(info.consumer_sequence) {
+            tracing::debug!(
+                applied,
+                consumer_sequence = info.consumer_sequence,
+                "cluster follower: a message skipped; following again after the last sequence applied"
+            );
+            messages = None;
+            continue;
+        }
         let seq = info.stream_sequence;
         if first {
             first = false;
@@ -294,25 +364,134 @@ async fn follow(
     }
 }
 
-/// An ordered consumer of `subject` from `start` (0: its oldest retained message).
+/// What the follower's loop waits for.
+enum Step {
+    Message(Option<Result<jetstream::Message, pull::MessagesError>>),
+    Subscribed(Result<pull::Stream, String>),
+    /// Time to try again to make a consumer.
+    Retry,
+    /// The NATS connection changed (false: the client is gone).
+    Link(bool),
+    /// The connection has been down for the grace.
+    Grace,
+}
+
+/// A consumer of `subject` from `start` (0: its oldest retained message) and its messages:
+/// ephemeral, in memory, unacknowledged, with an idle heartbeat (see [`FOLLOW_HEARTBEAT`]).
+/// The follower checks the order itself (see [`Order`]) and makes a new one when it breaks.
 async fn subscribe(
     stream: &jetstream::stream::Stream,
     subject: &str,
     start: u64,
-) -> Result<pull::Ordered, String> {
+) -> Result<pull::Stream, String> {
     let deliver_policy = match start {
         0 => jetstream::consumer::DeliverPolicy::All,
         start_sequence => jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence },
     };
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: subject.to_string(),
-            deliver_policy,
-            ..Default::default()
-        })
+    let create = stream.create_consumer(pull::Config {
+        filter_subject: subject.to_string(),
+        deliver_policy,
+        ack_policy: jetstream::consumer::AckPolicy::None,
+        max_deliver: 1,
+        memory_storage: true,
+        num_replicas: 1,
+        inactive_threshold: FOLLOW_INACTIVE,
+        ..Default::default()
+    });
+    // Bounded below the JetStream requests' own timeout: while the stream elects a leader a
+    // request may go unanswered, and the follower asks again sooner (a consumer made by an
+    // abandoned request goes once inactive).
+    let consumer = tokio::time::timeout(FOLLOW_CREATE_TIMEOUT, create)
         .await
+        .map_err(|_| format!("no answer within {FOLLOW_CREATE_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
-    consumer.messages().await.map_err(|e| e.to_string())
+    consumer
+        .stream()
+        .max_messages_per_batch(FOLLOW_BATCH)
+        .expires(FOLLOW_EXPIRES)
+        .heartbeat(FOLLOW_HEARTBEAT)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Whether a follower's consumer still delivers the subject in order: its messages' consumer
+/// sequences must follow one another from 1. A jump means a message was dropped on the way
+/// (a slow subscriber), and the consumer is made again after the last sequence applied.
+#[derive(Debug, Default)]
+struct Order {
+    delivered: u64,
+}
+
+impl Order {
+    /// The next message's consumer sequence: false when one was skipped.
+    fn next(&mut self, consumer_sequence: u64) -> bool {
+        if consumer_sequence != self.delivered + 1 {
+            return false;
+        }
+        self.delivered = consumer_sequence;
+        true
+    }
+}
+
+/// Whether a consumer error means the consumer is gone (its node died, it was deleted, or no
+/// server answers for it): the follower then makes another.
+fn consumer_gone(kind: pull::MessagesErrorKind) -> bool {
+    match kind {
+        pull::MessagesErrorKind::MissingHeartbeat
+        | pull::MessagesErrorKind::ConsumerDeleted
+        | pull::MessagesErrorKind::NoResponders => true,
+        pull::MessagesErrorKind::Pull
+        | pull::MessagesErrorKind::PushBasedConsumer
+        | pull::MessagesErrorKind::RequestLimitExceeded
+        | pull::MessagesErrorKind::Other => false,
+    }
+}
+
+/// When a replica's streams hear of its NATS connection: a drop is told only once it has
+/// lasted [`LINK_GRACE`] (a clustered NATS's client is back on another server long before,
+/// and nothing was missed); its end is told only if the drop was.
+#[derive(Debug, Default)]
+struct LinkNotices {
+    /// Since when the connection is down, not told yet.
+    down_since: Option<Instant>,
+    /// The streams were told it is down.
+    told: bool,
+}
+
+impl LinkNotices {
+    /// The connection changed at `now`: what to tell the streams now, if anything.
+    fn changed(&mut self, link: Link, now: Instant) -> Option<Link> {
+        match link {
+            Link::Down => {
+                if !self.told && self.down_since.is_none() {
+                    self.down_since = Some(now);
+                }
+                None
+            }
+            Link::Up => {
+                self.down_since = None;
+                std::mem::take(&mut self.told).then_some(Link::Up)
+            }
+        }
+    }
+
+    /// When the drop is to be told, if one is waiting.
+    fn due(&self) -> Option<Instant> {
+        self.down_since.map(|since| since + LINK_GRACE)
+    }
+
+    /// The grace ran out at `now`: `Down` when the drop is to be told.
+    fn elapsed(&mut self, now: Instant) -> Option<Link> {
+        match self.due() {
+            Some(due) if now >= due => {
+                self.down_since = None;
+                self.told = true;
+                Some(Link::Down)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The follower has read the history: the feed's status is what its last control said.
@@ -897,7 +1076,66 @@ impl Sink for ClusterSink {
 
 #[cfg(test)]
 mod tests {
-    use super::overlap;
+    use super::{LINK_GRACE, Link, LinkNotices, Order, overlap};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_connection_back_within_the_grace_is_never_told() {
+        let t = Instant::now();
+        let mut n = LinkNotices::default();
+        assert_eq!(n.changed(Link::Down, t), None, "not at once");
+        assert_eq!(n.due(), Some(t + LINK_GRACE));
+        assert_eq!(n.elapsed(t + LINK_GRACE / 2), None, "not before the grace");
+        assert_eq!(n.changed(Link::Up, t + Duration::from_millis(5)), None);
+        assert_eq!(n.due(), None, "nothing waits");
+        assert_eq!(
+            n.elapsed(t + LINK_GRACE * 2),
+            None,
+            "and nothing is told later"
+        );
+    }
+
+    #[test]
+    fn a_drop_longer_than_the_grace_is_told_once_and_so_is_its_end() {
+        let t = Instant::now();
+        let mut n = LinkNotices::default();
+        n.changed(Link::Down, t);
+        // A second drop report does not move the deadline.
+        n.changed(Link::Down, t + Duration::from_millis(500));
+        assert_eq!(n.due(), Some(t + LINK_GRACE));
+        assert_eq!(n.elapsed(t + LINK_GRACE), Some(Link::Down));
+        assert_eq!(n.due(), None);
+        assert_eq!(n.elapsed(t + LINK_GRACE * 3), None, "told once");
+        assert_eq!(
+            n.changed(Link::Down, t + LINK_GRACE * 3),
+            None,
+            "still down"
+        );
+        assert_eq!(n.due(), None, "already told");
+        assert_eq!(n.changed(Link::Up, t + LINK_GRACE * 4), Some(Link::Up));
+        assert_eq!(
+            n.changed(Link::Up, t + LINK_GRACE * 5),
+            None,
+            "its end once"
+        );
+        // And the next drop starts over.
+        let t2 = t + LINK_GRACE * 6;
+        n.changed(Link::Down, t2);
+        assert_eq!(n.due(), Some(t2 + LINK_GRACE));
+    }
+
+    #[test]
+    fn a_consumer_is_in_order_while_its_sequences_follow_one_another_from_one() {
+        let mut o = Order::default();
+        assert!(o.next(1));
+        assert!(o.next(2));
+        assert!(!o.next(4), "3 was skipped");
+        let mut o = Order::default();
+        assert!(!o.next(2), "a new consumer starts at 1");
+        let mut o = Order::default();
+        assert!(o.next(1));
+        assert!(!o.next(1), "a repeat is out of order too");
+    }
 
     #[test]
     fn the_overlap_is_the_longest_tail_of_what_was_published_that_starts_what_was_received() {
