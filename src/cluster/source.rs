@@ -10,7 +10,7 @@
 //! be the one this owner saw: a stale owner's late publish is refused by the stream itself
 //! once a new owner has written, and dropped by followers (its term is below the newest).
 
-use super::lease::{DRAINING, Lease, LeaseError};
+use super::lease::{DRAINING, Lease, LeaseError, bucket_answers};
 use super::{Cluster, Link, subject};
 use crate::bayeux::BayeuxConfig;
 use crate::events::feed::{self, Feed, Sink, Upstreamed};
@@ -579,6 +579,8 @@ async fn contend(
     position: watch::Receiver<u64>,
 ) {
     let config = ctx.cluster.config().clone();
+    // The bucket did not answer the last attempt.
+    let mut unanswered = false;
     loop {
         if feed.cancel.is_cancelled() {
             return;
@@ -589,35 +591,50 @@ async fn contend(
             return;
         }
         let mut wait = config.lease_renew;
-        match Lease::take(
-            ctx.cluster.leases(),
-            &name,
-            ctx.cluster.replica(),
-            config.lease_ttl,
-        )
-        .await
-        {
-            Ok(lease) => own(&ctx, &feed, &name, &shared, position.clone(), lease, None).await,
-            Err(LeaseError::Taken) => {
-                if let Ok(Some(entry)) = ctx.cluster.leases().entry(name.as_str()).await {
-                    let draining = std::str::from_utf8(&entry.value)
-                        .ok()
-                        .and_then(|v| v.strip_prefix(DRAINING))
-                        .and_then(|t| t.parse().ok());
-                    if let Some(term) = draining {
-                        standby(&ctx, &feed, &name, &shared, &position, term).await;
-                    } else {
-                        // Try again just after the lease would run out unrenewed (the
-                        // owner's last write plus the TTL), not up to a renewal later: the
-                        // takeover after an owner dies is the TTL plus a handshake.
-                        wait = wait.min(expires_in(
-                            entry.created.unix_timestamp_nanos(),
-                            config.lease_ttl,
-                        ));
+        if unanswered {
+            // While the bucket did not answer, its owner (if any) could not renew either, and
+            // its lease may have run out meanwhile: once the bucket's leader answers again,
+            // that owner (trying every SUSPENDED_RETRY) gets a TTL to confirm it before this
+            // replica tries to take it (otherwise a NATS node's death could cost the agent a
+            // needless takeover, and what GWS sent meanwhile).
+            if bucket_answers(ctx.cluster.leases(), &name).await {
+                unanswered = false;
+                wait = config.lease_ttl;
+            }
+        } else {
+            match Lease::take(
+                ctx.cluster.leases(),
+                &name,
+                ctx.cluster.replica(),
+                config.lease_ttl,
+            )
+            .await
+            {
+                Ok(lease) => own(&ctx, &feed, &name, &shared, position.clone(), lease, None).await,
+                Err(LeaseError::Taken) => {
+                    if let Ok(Some(entry)) = ctx.cluster.leases().entry(name.as_str()).await {
+                        let draining = std::str::from_utf8(&entry.value)
+                            .ok()
+                            .and_then(|v| v.strip_prefix(DRAINING))
+                            .and_then(|t| t.parse().ok());
+                        if let Some(term) = draining {
+                            standby(&ctx, &feed, &name, &shared, &position, term).await;
+                        } else {
+                            // Try again just after the lease would run out unrenewed (the
+                            // owner's last write plus the TTL), not up to a renewal later: the
+                            // takeover after an owner dies is the TTL plus a handshake.
+                            wait = wait.min(expires_in(
+                                entry.created.unix_timestamp_nanos(),
+                                config.lease_ttl,
+                            ));
+                        }
                     }
                 }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: lease not taken");
+                    unanswered = true;
+                }
             }
-            Err(e) => tracing::debug!(error = %e, "cluster: lease not taken"),
         }
         tokio::select! {
             _ = feed.cancel.cancelled() => return,
@@ -762,15 +779,11 @@ async fn own(
         .unwrap_or_else(|e| e.into_inner());
     let term = lease.term;
     tracing::info!(agent = ?feed.agent.key(), term, handover = standby.is_some(), "cluster: this replica owns the agent's upstream session");
+    let (standing, standing_rx) = watch::channel(Standing {
+        valid_until: lease.valid_until,
+        term,
+    });
     let lease = Arc::new(tokio::sync::Mutex::new(Some(lease)));
-    let valid = Arc::new(Mutex::new(
-        lease
-            .lock()
-            .await
-            .as_ref()
-            .map(|l| l.valid_until)
-            .unwrap_or_else(std::time::Instant::now),
-    ));
     let handed = standby.is_some();
     let (mut session, pending) = match standby {
         Some(Standby {
@@ -804,11 +817,11 @@ async fn own(
     let mut sink = ClusterSink {
         js: ctx.cluster.js().clone(),
         subject,
-        term,
+        first_term: term,
         expected,
         next_id: 0,
         type_header: None,
-        valid: valid.clone(),
+        standing: standing_rx,
         had_session: previous.is_some(),
         feed: feed.clone(),
         session: fence.clone(),
@@ -828,7 +841,7 @@ async fn own(
     }
     let renewer = ctx.tasks.spawn(renew(
         lease.clone(),
-        valid,
+        standing,
         session.stop.clone(),
         fence.clone(),
         ctx.cluster.config().lease_renew,
@@ -838,6 +851,8 @@ async fn own(
         going = going && sink.emit(event).await;
     }
     let mut handover: Option<tokio::time::Instant> = None;
+    // The term the draining mark names (a successor says it is ready for that one).
+    let mut draining_term = term;
     let mut poll = tokio::time::interval(HANDOVER_POLL);
     while going {
         tokio::select! {
@@ -847,17 +862,18 @@ async fn own(
             },
             _ = ctx.draining.cancelled(), if handover.is_none() => {
                 handover = Some(tokio::time::Instant::now() + ctx.handover);
-                if let Some(held) = lease.lock().await.as_mut()
-                    && let Err(e) = held.mark_draining().await
-                {
-                    tracing::warn!(error = %e, "cluster: cannot mark the lease draining");
-                    going = false;
+                if let Some(held) = lease.lock().await.as_mut() {
+                    draining_term = held.term;
+                    if let Err(e) = held.mark_draining().await {
+                        tracing::warn!(error = %e, "cluster: cannot mark the lease draining");
+                        going = false;
+                    }
                 }
                 tracing::info!(agent = ?feed.agent.key(), "cluster: draining; keeping the upstream session until another replica has its own");
             }
             _ = poll.tick(), if handover.is_some() => {
                 let ready = ctx.cluster.leases().get(ready_key(name)).await.ok().flatten();
-                let successor = ready.is_some_and(|v| v.as_ref() == term.to_string().as_bytes());
+                let successor = ready.is_some_and(|v| v.as_ref() == draining_term.to_string().as_bytes());
                 if successor || handover.is_some_and(|h| tokio::time::Instant::now() >= h) {
                     going = false;
                 }
@@ -883,26 +899,79 @@ async fn own(
     tracing::info!(agent = ?feed.agent.key(), term, "cluster: upstream session ended; lease handed back");
 }
 
-/// Renews the lease every `every`; when it is taken, or cannot be renewed before it runs
-/// out, ends the session (`session`).
+/// How long an owner whose lease ran out unrenewed (the bucket did not answer) keeps its
+/// upstream session, publishing nothing, while it tries to confirm the lease again: a NATS
+/// cluster elects a new leader for the bucket's Raft group within its election timeout
+/// (4 to 9 s after the old one died), and the lease, renewed or reclaimed then, loses
+/// nothing. Longer, and the owner gives up (another replica's takeover says LOST). In a
+/// partition that keeps this owner from the bucket but not other replicas, this is how
+/// long the agent may have two upstream sessions (the other one's wins: this one never
+/// publishes unconfirmed).
+const BUCKET_OUTAGE: Duration = Duration::from_secs(10);
+/// Between renewals of a lease that ran out unrenewed (see [`BUCKET_OUTAGE`]): the owner
+/// confirms it again soon after the bucket answers, well before a contender that waited
+/// for the bucket too gives up deferring to it (a TTL, see `contend`).
+const SUSPENDED_RETRY: Duration = Duration::from_millis(100);
+/// How long one such renewal may wait for its answer.
+const SUSPENDED_ATTEMPT: Duration = Duration::from_millis(400);
+
+/// What the owner's sink may do: publish until `valid_until`, as `term`.
+#[derive(Debug, Clone, Copy)]
+struct Standing {
+    valid_until: std::time::Instant,
+    term: u64,
+}
+
+/// Renews the lease every `every`. When it is taken, ends the session (`session`) and
+/// fences the sink. When it cannot be renewed before it runs out (the bucket does not
+/// answer: its Raft group electing a leader after a NATS node died, or this replica cut off),
+/// the sink publishes nothing while the session goes on, and the renewal is tried every
+/// [`SUSPENDED_RETRY`]: confirmed again (renewed, or reclaimed: see [`Lease::reclaim`]), what
+/// the session received meanwhile is published, nothing lost; taken, or not confirmed within
+/// [`BUCKET_OUTAGE`] past its run-out, the session ends as when it is taken.
 async fn renew(
     lease: Arc<tokio::sync::Mutex<Option<Lease>>>,
-    valid: Arc<Mutex<std::time::Instant>>,
+    standing: watch::Sender<Standing>,
     session: CancellationToken,
     fence: CancellationToken,
     every: Duration,
 ) {
     loop {
+        let lapsed = std::time::Instant::now() >= standing.borrow().valid_until;
+        let pause = if lapsed { SUSPENDED_RETRY } else { every };
         tokio::select! {
             _ = session.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
         let mut guard = lease.lock().await;
         let Some(held) = guard.as_mut() else {
             return;
         };
-        match held.renew().await {
-            Ok(()) => *valid.lock().unwrap_or_else(|e| e.into_inner()) = held.valid_until,
+        // Bounded: a request the bucket never answers (no leader) must not keep this owner
+        // from asking again once it has one. One whose write went through unanswered is
+        // found again by `reclaim` (the value is this owner's).
+        let attempt = if lapsed { SUSPENDED_ATTEMPT } else { every };
+        let renewed = tokio::time::timeout(attempt, async {
+            match held.renew().await {
+                Err(LeaseError::Taken) => held.reclaim().await,
+                other => other,
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(LeaseError::Nats(format!("no answer within {attempt:?}"))));
+        match renewed {
+            Ok(()) => {
+                let was = standing.send_replace(Standing {
+                    valid_until: held.valid_until,
+                    term: held.term,
+                });
+                if std::time::Instant::now() >= was.valid_until {
+                    tracing::info!(
+                        term = held.term,
+                        "cluster: lease confirmed again after it ran out unrenewed; publishing what the session received meanwhile"
+                    );
+                }
+            }
             Err(LeaseError::Taken) => {
                 tracing::warn!("cluster: lease taken by another replica; upstream session stops");
                 guard.take();
@@ -910,7 +979,7 @@ async fn renew(
                 session.cancel();
                 return;
             }
-            Err(e) if !held.valid() => {
+            Err(e) if std::time::Instant::now() >= held.valid_until + BUCKET_OUTAGE => {
                 tracing::warn!(error = %e, "cluster: lease not renewed in time; upstream session stops");
                 fence.cancel();
                 session.cancel();
@@ -925,13 +994,15 @@ async fn renew(
 struct ClusterSink {
     js: jetstream::Context,
     subject: String,
-    term: u64,
+    /// The term this owner started with: a write by an owner of a lower term is an older
+    /// owner's late one; anything else, a newer owner's.
+    first_term: u64,
     /// The subject's last sequence as this owner knows it.
     expected: u64,
     next_id: u64,
     /// The next event's notification type header.
     type_header: Option<String>,
-    valid: Arc<Mutex<std::time::Instant>>,
+    standing: watch::Receiver<Standing>,
     /// Whether an upstream session of this agent existed before this owner's: its first
     /// subscription is then a restore (streams elsewhere may have missed events).
     had_session: bool,
@@ -943,8 +1014,22 @@ struct ClusterSink {
 }
 
 impl ClusterSink {
-    fn valid(&self) -> bool {
-        std::time::Instant::now() < *self.valid.lock().unwrap_or_else(|e| e.into_inner())
+    /// The term to publish as, once the lease is confirmed (see [`renew`]); `None` when
+    /// this owner must stop (fenced, or the renewer gave the lease up).
+    async fn confirmed(&mut self) -> Option<u64> {
+        loop {
+            if self.session.is_cancelled() {
+                return None;
+            }
+            let standing = *self.standing.borrow_and_update();
+            if std::time::Instant::now() < standing.valid_until {
+                return Some(standing.term);
+            }
+            tokio::select! {
+                _ = self.session.cancelled() => return None,
+                changed = self.standing.changed() => changed.ok()?,
+            }
+        }
     }
 
     /// The subject's last message: its sequence and its publisher's term.
@@ -965,15 +1050,16 @@ impl ClusterSink {
     /// Publishes one message; false when this owner must stop (fenced, or its lease ran out).
     async fn publish(&mut self, kind: &str, payload: Bytes, extra: Option<(&str, String)>) -> bool {
         self.next_id += 1;
-        let id = format!("{}.{}.{}", self.subject, self.term, self.next_id);
         loop {
-            if !self.valid() || self.session.is_cancelled() {
+            let Some(term) = self.confirmed().await else {
                 self.stopped = true;
                 return false;
-            }
+            };
+            // The same id for every retry of this message as this term (stored once).
+            let id = format!("{}.{}.{}", self.subject, term, self.next_id);
             let mut headers = HeaderMap::new();
             headers.insert(KIND, kind);
-            headers.insert(TERM, self.term.to_string().as_str());
+            headers.insert(TERM, term.to_string().as_str());
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
             headers.insert(
                 async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -1003,7 +1089,7 @@ impl ClusterSink {
                     // is stale and stops. An older one's late write (followers drop it):
                     // this owner goes on after it.
                     match self.last_written().await {
-                        Some((seq, term)) if term < self.term => self.expected = seq,
+                        Some((seq, term)) if term < self.first_term => self.expected = seq,
                         _ => {
                             crate::metrics::CLUSTER_STALE.inc();
                             tracing::warn!(
