@@ -1068,7 +1068,7 @@ impl ClusterSink {
             if let Some((name, value)) = &extra {
                 headers.insert(*name, value.as_str());
             }
-            if let Some(t) = self.type_header.take() {
+            if let Some(t) = &self.type_header {
                 headers.insert(TYPE, t.as_str());
             }
             let sent = self
@@ -1082,6 +1082,7 @@ impl ClusterSink {
             match acked {
                 Ok(ack) => {
                     self.expected = ack.sequence;
+                    self.type_header = None;
                     return true;
                 }
                 Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
