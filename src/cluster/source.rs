@@ -1032,8 +1032,8 @@ impl ClusterSink {
         }
     }
 
-    /// The subject's last message: its sequence and its publisher's term.
-    async fn last_written(&self) -> Option<(u64, u64)> {
+    /// The subject's last message: its sequence, its publisher's term and its message id.
+    async fn last_written(&self) -> Option<(u64, u64, Option<String>)> {
         let stream = self.js.get_stream_no_info(super::STREAM).await.ok()?;
         let m = stream
             .get_last_raw_message_by_subject(&self.subject)
@@ -1044,19 +1044,24 @@ impl ClusterSink {
             .get(TERM)
             .and_then(|t| t.as_str().parse().ok())
             .unwrap_or(0);
-        Some((m.sequence, term))
+        let id = m
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_string());
+        Some((m.sequence, term, id))
     }
 
     /// Publishes one message; false when this owner must stop (fenced, or its lease ran out).
     async fn publish(&mut self, kind: &str, payload: Bytes, extra: Option<(&str, String)>) -> bool {
         self.next_id += 1;
+        // The same id for every attempt (stored once), named by the term this owner started
+        // with (unique to it), whatever term it publishes as after a reclaim.
+        let id = format!("{}.{}.{}", self.subject, self.first_term, self.next_id);
         loop {
             let Some(term) = self.confirmed().await else {
                 self.stopped = true;
                 return false;
             };
-            // The same id for every retry of this message as this term (stored once).
-            let id = format!("{}.{}.{}", self.subject, term, self.next_id);
             let mut headers = HeaderMap::new();
             headers.insert(KIND, kind);
             headers.insert(TERM, term.to_string().as_str());
@@ -1086,18 +1091,38 @@ impl ClusterSink {
                     return true;
                 }
                 Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                    // Someone else wrote the subject. A newer owner (a higher term): this one
-                    // is stale and stops. An older one's late write (followers drop it):
-                    // this owner goes on after it.
+                    // The subject's last message is not the one this owner last saw.
                     match self.last_written().await {
-                        Some((seq, term)) if term < self.first_term => self.expected = seq,
-                        _ => {
+                        // This very message: an earlier attempt was stored and its answer
+                        // lost (the stream's leader died before acknowledging it).
+                        Some((seq, _, Some(last))) if last == id => {
+                            tracing::debug!(seq, "cluster: a publish stored unanswered");
+                            self.expected = seq;
+                            self.type_header = None;
+                            return true;
+                        }
+                        // An older owner's late write (followers drop it): this owner goes on
+                        // after it.
+                        Some((seq, term, _)) if term < self.first_term => self.expected = seq,
+                        // A newer owner's: this one is stale and stops.
+                        Some(_) => {
                             crate::metrics::CLUSTER_STALE.inc();
                             tracing::warn!(
                                 "cluster: a newer owner wrote the agent's subject; this one stops"
                             );
                             self.stopped = true;
                             return false;
+                        }
+                        // Not answered (the stream electing a leader, say): asked again.
+                        None => {
+                            tracing::debug!("cluster: the agent's subject not readable; retrying");
+                            tokio::select! {
+                                _ = self.session.cancelled() => {
+                                    self.stopped = true;
+                                    return false;
+                                }
+                                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            }
                         }
                     }
                 }
