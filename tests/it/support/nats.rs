@@ -172,7 +172,8 @@ fn spawn(store: &Path, port: i32) -> (Child, u16) {
 const CLUSTER_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A JetStream cluster of nats-server processes on 127.0.0.1 (`n1`, `n2`, ...), each with its
-/// own store, client, route and monitoring port, and routes to every node: what
+/// own store, client, route and monitoring port (free ones below the ephemeral range), and
+/// routes to every node: what
 /// `deploy/kubernetes/nats.yaml` runs, on loopback. Ready when every node has logged
 /// "Server is ready" and that it knows the JetStream meta leader, and the leader's monitor
 /// (`/jsz`) sees every peer current: signals, not sleeps. A node can be killed (SIGKILL)
@@ -191,23 +192,68 @@ pub struct NatsNode {
     store: PathBuf,
     routes: String,
     child: Option<Child>,
-    /// The current process's log lines (stderr), oldest first.
-    log: tokio::sync::watch::Receiver<Vec<String>>,
+    /// The current process's log (stderr).
+    log: tokio::sync::watch::Receiver<Log>,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    /// Oldest first.
+    lines: Vec<String>,
+    /// The process closed its stderr (it ended).
+    ended: bool,
+}
+
+/// `n` ports free on 127.0.0.1 and outside the kernel's ephemeral range, so no outgoing
+/// connection (of these servers' routes, or of anything else on the machine) takes one
+/// between the pick and the server's start: bound once to check, all distinct.
+fn free_ports(n: usize) -> Vec<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Below the ephemeral range, above the well-known and most registered services.
+    let (from, to) = (10_000u16, low.max(10_001));
+    let mut ports = Vec::new();
+    let mut seed = rand_suffix();
+    while ports.len() < n {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let port = from + u16::try_from((seed >> 33) % u64::from(to - from)).unwrap();
+        if !ports.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 impl NatsCluster {
-    /// Starts `size` nodes forming one cluster; returns once JetStream is clustered.
+    /// Starts `size` nodes forming one cluster; returns once JetStream is clustered. A node
+    /// that cannot listen (a port taken between the pick and its start) ends the attempt:
+    /// the cluster is started again on other ports.
     pub async fn start(size: usize) -> Self {
-        // Ports found free by binding port 0 (routes must be known before any node starts);
-        // held until all are picked so no two are the same.
-        let held: Vec<std::net::TcpListener> = (0..size * 3)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-            .collect();
-        let ports: Vec<u16> = held
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
-        drop(held);
+        for attempt in 1.. {
+            let mut cluster = Self::spawn_all(size);
+            let mut joined = true;
+            for i in 0..size {
+                joined &= cluster.try_wait_joined(i).await;
+            }
+            if joined {
+                cluster.wait_meta_current().await;
+                return cluster;
+            }
+            let logs: Vec<String> = cluster.nodes.iter().flat_map(|n| n.tail()).collect();
+            assert!(attempt < 3, "the NATS cluster did not start: {logs:#?}");
+            for node in &mut cluster.nodes {
+                node.kill();
+            }
+        }
+        unreachable!()
+    }
+
+    fn spawn_all(size: usize) -> Self {
+        let ports = free_ports(size * 3);
         let routes = (0..size)
             .map(|i| format!("nats://127.0.0.1:{}", ports[size + i]))
             .collect::<Vec<_>>()
@@ -229,20 +275,15 @@ impl NatsCluster {
                 store,
                 routes: routes.clone(),
                 child: None,
-                log: tokio::sync::watch::channel(Vec::new()).1,
+                log: tokio::sync::watch::channel(Log::default()).1,
             };
             node.spawn();
             nodes.push(node);
         }
-        let cluster = Self {
+        Self {
             nodes,
             http: reqwest::Client::new(),
-        };
-        for i in 0..size {
-            cluster.wait_joined(i).await;
         }
-        cluster.wait_meta_current().await;
-        cluster
     }
 
     /// Every node's client URL, comma-separated (what `--nats-url` takes).
@@ -277,16 +318,26 @@ impl NatsCluster {
 
     /// Waits until node `i`'s log has a line for which `found` holds; returns it.
     pub async fn wait_log(&self, i: usize, found: impl Fn(&str) -> bool) -> String {
+        self.try_wait_log(i, found).await.unwrap_or_else(|| {
+            panic!(
+                "{}: the line waited for never came: {:#?}",
+                self.nodes[i].name,
+                self.nodes[i].tail()
+            )
+        })
+    }
+
+    /// Like [`Self::wait_log`]; `None` when the process ended first (or the wait timed out).
+    async fn try_wait_log(&self, i: usize, found: impl Fn(&str) -> bool) -> Option<String> {
         let mut log = self.nodes[i].log.clone();
-        let name = self.nodes[i].name.clone();
         let lines = tokio::time::timeout(
             CLUSTER_START_TIMEOUT,
-            log.wait_for(|lines| lines.iter().any(|l| found(l))),
+            log.wait_for(|l| l.ended || l.lines.iter().any(|l| found(l))),
         )
         .await
-        .unwrap_or_else(|_| panic!("{name}: the line waited for never came"))
-        .expect("log reader running");
-        lines.iter().find(|l| found(l)).unwrap().clone()
+        .ok()?
+        .ok()?;
+        lines.lines.iter().find(|l| found(l)).cloned()
     }
 
     /// The monitoring endpoint `path` (e.g. `/connz`, `/jsz`) of node `i`, as JSON.
@@ -317,13 +368,27 @@ impl NatsCluster {
     }
 
     async fn wait_joined(&self, i: usize) {
-        self.wait_log(i, |l| l.contains("Server is ready")).await;
-        // "Self is new JetStream cluster metadata leader" on the leader, "JetStream cluster
-        // new metadata leader: <name>/<cluster>" on the others.
-        self.wait_log(i, |l| {
-            l.contains("JetStream cluster") && l.contains("metadata leader")
-        })
-        .await;
+        assert!(
+            self.try_wait_joined(i).await,
+            "{} did not rejoin: {:#?}",
+            self.nodes[i].name,
+            self.nodes[i].tail()
+        );
+    }
+
+    /// Until node `i` says it is ready and knows the meta leader: false if it ended first.
+    async fn try_wait_joined(&self, i: usize) -> bool {
+        self.try_wait_log(i, |l| l.contains("Server is ready"))
+            .await
+            .is_some()
+            // "Self is new JetStream cluster metadata leader" on the leader, "JetStream
+            // cluster new metadata leader: <name>/<cluster>" on the others.
+            && self
+                .try_wait_log(i, |l| {
+                    l.contains("JetStream cluster") && l.contains("metadata leader")
+                })
+                .await
+                .is_some()
     }
 
     /// Until the meta leader sees every other node current: only then can a stream with
@@ -402,13 +467,24 @@ impl NatsNode {
             .spawn()
             .expect("nats-server starts");
         let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+        let (tx, rx) = tokio::sync::watch::channel(Log::default());
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                tx.send_modify(|lines: &mut Vec<String>| lines.push(line));
+                tx.send_modify(|log| log.lines.push(line));
             }
+            tx.send_modify(|log| log.ended = true);
         });
         self.log = rx;
         self.child = Some(child);
+    }
+
+    /// The last lines this node logged (for a failure's message).
+    fn tail(&self) -> Vec<String> {
+        let log = self.log.borrow();
+        let skip = log.lines.len().saturating_sub(8);
+        log.lines[skip..]
+            .iter()
+            .map(|l| format!("{}: {l}", self.name))
+            .collect()
     }
 }
