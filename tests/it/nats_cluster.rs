@@ -531,3 +531,71 @@ async fn a_stream_and_bucket_made_with_one_copy_get_three_when_the_flag_says_so(
     let item = events::next(&mut stream).await.unwrap();
     assert_eq!(seen(&item).tag.as_deref(), Some("n0"));
 }
+
+/// The NATS manifest's documents.
+fn nats_manifest() -> Vec<serde_norway::Value> {
+    use serde::Deserialize;
+    let path = format!("{}/deploy/kubernetes/nats.yaml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_norway::Deserializer::from_str(&text)
+        .map(|doc| serde_norway::Value::deserialize(doc).expect("valid YAML"))
+        .collect()
+}
+
+/// Seconds of a `key: <n>s` line of a NATS config.
+fn seconds(config: &str, key: &str) -> u64 {
+    config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(key)?.trim().strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix('s')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in seconds: {config}"))
+}
+
+#[test]
+fn the_manifests_nats_config_is_valid_and_its_lame_duck_ends_before_the_pod_is_killed() {
+    let docs = nats_manifest();
+    let of = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("no {kind}"))
+            .clone()
+    };
+    let config = of("ConfigMap")["data"]["nats.conf"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // nats-server itself reads it (as the pod does, its name from the environment).
+    let dir = std::env::temp_dir().join(format!("gws-nats-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("nats.conf");
+    std::fs::write(&file, &config).unwrap();
+    let checked = std::process::Command::new(crate::support::nats::binary())
+        .arg("-c")
+        .arg(&file)
+        .arg("-t")
+        .env("POD_NAME", "nats-0")
+        .output()
+        .expect("nats-server runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let said = String::from_utf8_lossy(&checked.stdout).to_string()
+        + &String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        checked.status.success() && said.contains("is valid"),
+        "{said}"
+    );
+    // The preStop hook's lame duck moves clients off; SIGTERM waits for it, the kill does not.
+    let pod = &of("StatefulSet")["spec"]["template"]["spec"];
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let lame_duck =
+        seconds(&config, "lame_duck_grace_period") + seconds(&config, "lame_duck_duration");
+    assert!(
+        lame_duck < grace,
+        "lame duck {lame_duck} s must end within the pod's {grace} s"
+    );
+    // A rolling update goes on only once the restarted node's copies caught up.
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["startupProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+}
