@@ -30,23 +30,99 @@ const SECRET: &str = "a-test-cluster-secret";
 /// The lease bucket's stream, as JetStream names a KV bucket's.
 const LEASES_STREAM: &str = "KV_gws_leases";
 
-async fn replica(sim: &RunningSimulator, nats: &NatsCluster) -> Harness {
+async fn replica(sim: &RunningSimulator, nats: &NatsCluster) -> Replica {
+    // The lease flags are the defaults (5 s, renewed every 1 s), as deployed.
+    replica_with(sim, nats, &["--nats-replicas", "3"]).await
+}
+
+/// A gateway replica in this process (as `Harness::gateway` starts one), whose start, if it
+/// fails, says why (the harness would only see its listener close).
+struct Replica {
+    harness: Harness,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), gws_sms_gateway::server::ServerError>>,
+}
+
+impl std::ops::Deref for Replica {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.harness
+    }
+}
+
+impl Replica {
+    /// Stops it as SIGTERM would; returns once it has stopped.
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task)
+            .await
+            .expect("the replica ran")
+            .expect("the replica stopped cleanly");
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A replica in front of `sim` with `extra` flags besides the cluster's.
+async fn replica_with(sim: &RunningSimulator, nats: &NatsCluster, extra: &[&str]) -> Replica {
     // RUST_LOG=gws_sms_gateway::cluster=debug shows what the replicas do.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     let urls = nats.urls();
-    // The lease flags are the defaults (5 s, renewed every 1 s), as deployed.
-    let flags = [
-        "--nats-url",
-        &urls,
-        "--nats-replicas",
-        "3",
-        "--cluster-secret",
-        SECRET,
-    ];
-    Harness::gateway(&sim.url, &flags).await
+    let mut flags = vec!["--nats-url", &urls, "--cluster-secret", SECRET];
+    flags.extend_from_slice(extra);
+    let config = gateway::serve_config(&sim.url, &flags);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut task = tokio::spawn(gws_sms_gateway::server::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    // Serving once its health says so (the server answers it only once NATS is set up).
+    let serving = async {
+        loop {
+            if let Ok(Ok(channel)) = tokio::time::timeout(
+                STEP,
+                tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                    .unwrap()
+                    .connect(),
+            )
+            .await
+            {
+                use tonic_health::pb::HealthCheckRequest;
+                use tonic_health::pb::health_client::HealthClient;
+                let status = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: "gws.sms.v1.SmsSessionService".into(),
+                    })
+                    .await;
+                if status.is_ok_and(|s| s.into_inner().status == 1) {
+                    return;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::select! {
+        () = serving => {}
+        ended = &mut task => panic!("the replica did not start: {ended:?}"),
+        () = tokio::time::sleep(STEP) => panic!("the replica did not serve within {STEP:?}"),
+    }
+    Replica {
+        harness: Harness::remote(addr, &sim.url).await,
+        stop: Some(stop),
+        task,
+    }
 }
 
 fn properties_updated(tag: &str) -> Value {
@@ -470,14 +546,6 @@ async fn handshakes(h: &Harness) -> u64 {
         .unwrap_or(0)
 }
 
-/// A replica in front of `sim` with `extra` flags besides the cluster's.
-async fn replica_with(sim: &RunningSimulator, nats: &NatsCluster, extra: &[&str]) -> Harness {
-    let urls = nats.urls();
-    let mut flags = vec!["--nats-url", &urls, "--cluster-secret", SECRET];
-    flags.extend_from_slice(extra);
-    Harness::gateway(&sim.url, &flags).await
-}
-
 #[tokio::test]
 async fn a_stream_and_bucket_made_with_one_copy_get_three_when_the_flag_says_so() {
     let nats = NatsCluster::start(3).await;
@@ -490,7 +558,7 @@ async fn a_stream_and_bucket_made_with_one_copy_get_three_when_the_flag_says_so(
         .unwrap();
     let js = jetstream::new(client);
     // A first deployment without --nats-replicas (one copy) and the default lease TTL.
-    let mut first = replica_with(&sim, &nats, &[]).await;
+    let first = replica_with(&sim, &nats, &[]).await;
     for name in [STREAM, LEASES_STREAM] {
         assert_eq!(info(&js, name).await.config.num_replicas, 1, "{name}");
     }
@@ -498,7 +566,7 @@ async fn a_stream_and_bucket_made_with_one_copy_get_three_when_the_flag_says_so(
         info(&js, LEASES_STREAM).await.config.max_age,
         Duration::from_secs(5)
     );
-    first.trigger_stop().await.unwrap().unwrap();
+    first.stop().await;
     // The next one says three copies and another TTL: the existing stream and bucket get
     // them (before, they kept one copy whatever the flag said, and the bucket its TTL).
     let next = replica_with(
