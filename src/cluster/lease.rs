@@ -12,6 +12,7 @@
 //! know whether to tell its streams SUBSCRIBED.
 
 use async_nats::jetstream::kv;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use prost::bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,10 @@ pub enum LeaseError {
 const DRAINING: &str = "draining:";
 /// Appended while the owner's upstream session is subscribed.
 const UP: &str = ";up";
+/// How often a reclaim reads and writes again when the key changed in between.
+const RECLAIM_ATTEMPTS: usize = 3;
+/// The KV header that says a write is a delete or a purge (JetStream's KV convention).
+const KV_OPERATION: &str = "KV-Operation";
 
 /// What a lease's value says of its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +83,8 @@ pub struct Lease {
     draining: bool,
     /// Whether the owner's session is subscribed: written with the next renewal.
     up: Arc<AtomicBool>,
+    /// The value this owner last wrote (a reclaim recognises it).
+    written: Bytes,
 }
 
 impl Lease {
@@ -93,7 +100,8 @@ impl Lease {
             up: false,
         };
         let started = Instant::now();
-        match store.create(key, holder.encode(replica)).await {
+        let written = holder.encode(replica);
+        match store.create(key, written.clone()).await {
             Ok(revision) => Ok(Self {
                 store: store.clone(),
                 key: key.to_string(),
@@ -104,6 +112,7 @@ impl Lease {
                 replica: replica.to_string(),
                 draining: false,
                 up: Arc::new(AtomicBool::new(false)),
+                written,
             }),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(LeaseError::Taken),
             Err(e) => Err(LeaseError::Nats(e.to_string())),
@@ -113,18 +122,93 @@ impl Lease {
     /// Renews it; `Taken` when someone else wrote it since (this owner is stale).
     pub async fn renew(&mut self) -> Result<(), LeaseError> {
         let started = Instant::now();
-        let value = Holder {
-            draining: self.draining.then_some(self.term),
-            up: self.up.load(Ordering::Relaxed),
-        }
-        .encode(&self.replica);
-        match self.store.update(&self.key, value, self.revision).await {
+        let value = self.value();
+        match self
+            .store
+            .update(&self.key, value.clone(), self.revision)
+            .await
+        {
             Ok(revision) => {
                 self.revision = revision;
+                self.written = value;
                 self.valid_until = started + margin(self.ttl);
                 Ok(())
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(LeaseError::Taken),
+            Err(e) => Err(LeaseError::Nats(e.to_string())),
+        }
+    }
+
+    /// What this owner's value says now.
+    fn value(&self) -> Bytes {
+        Holder {
+            draining: self.draining.then_some(self.term),
+            up: self.up.load(Ordering::Relaxed),
+        }
+        .encode(&self.replica)
+    }
+
+    /// After a renewal was refused (`Taken`): keeps the lease if nobody else holds it. Its
+    /// key may hold this owner's own last write (a renewal whose answer was lost: its value
+    /// is this owner's), then that revision is the one to renew; or it may be gone (it ran
+    /// out while the bucket had no leader to renew it with, and nobody took it since), then
+    /// it is taken again, and its new first revision is this owner's new term. Anyone else's
+    /// value: `Taken`. The key is read from the bucket's leader (a follower's copy may still
+    /// hold what the leader has let run out), and read again when it changed in between.
+    pub async fn reclaim(&mut self) -> Result<(), LeaseError> {
+        for _ in 0..RECLAIM_ATTEMPTS {
+            let started = Instant::now();
+            let outcome = match self.read().await? {
+                Some((revision, value)) if value == self.written => {
+                    self.revision = revision;
+                    self.renew().await
+                }
+                Some(_) => return Err(LeaseError::Taken),
+                None => match self.store.create(&self.key, self.value()).await {
+                    Ok(revision) => {
+                        self.revision = revision;
+                        self.written = self.value();
+                        // (A draining value names the old term: the next renewal writes the
+                        // new one.)
+                        self.term = revision;
+                        self.valid_until = started + margin(self.ttl);
+                        Ok(())
+                    }
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                        Err(LeaseError::Taken)
+                    }
+                    Err(e) => Err(LeaseError::Nats(e.to_string())),
+                },
+            };
+            match outcome {
+                // Written between the read and the write (or run out): read again.
+                Err(LeaseError::Taken) => {}
+                other => return other,
+            }
+        }
+        Err(LeaseError::Nats(
+            "the lease changed under every reclaim attempt".into(),
+        ))
+    }
+
+    /// The key's last write as the bucket's leader has it: its revision and value, `None`
+    /// when absent or deleted.
+    async fn read(&self) -> Result<Option<(u64, Bytes)>, LeaseError> {
+        let subject = format!("{}{}", self.store.prefix, self.key);
+        match self
+            .store
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(m) => {
+                let deleted = m
+                    .headers
+                    .get(KV_OPERATION)
+                    .is_some_and(|op| op.as_str() != "PUT");
+                Ok((!deleted).then_some((m.sequence, m.payload)))
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(LeaseError::Nats(e.to_string())),
         }
     }
@@ -154,6 +238,16 @@ impl Lease {
         {
             tracing::debug!(error = %e, "lease not handed back (expired or taken already)");
         }
+    }
+}
+
+/// Whether the bucket's leader answers for `key`: a read only the leader serves (a follower
+/// answers a direct get even while the bucket has no leader, and a write needs one).
+pub async fn bucket_answers(store: &kv::Store, key: &str) -> bool {
+    let subject = format!("{}{key}", store.prefix);
+    match store.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(_) => true,
+        Err(e) => e.kind() == LastRawMessageErrorKind::NoMessageFound,
     }
 }
 

@@ -32,6 +32,8 @@ pub const SUBJECT_PREFIX: &str = "gws.events";
 pub const LEASES: &str = "gws_leases";
 /// How long a message id is remembered for deduplication (a retried publish).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// What every connection of the gateway to NATS is named (a replica's adds its id).
+const CONNECTION_NAME: &str = "gws-sms-gateway";
 /// Connecting at start, and every JetStream request.
 const NATS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -109,7 +111,7 @@ impl Cluster {
     /// nothing (`--check-config`, and before the gateway binds its ports).
     pub async fn check(config: &ClusterConfig) -> Result<(), ClusterError> {
         let servers = config.servers.join(",");
-        let client = connect(config, watch::channel(Link::Up).0).await?;
+        let client = connect(config, watch::channel(Link::Up).0, CONNECTION_NAME.into()).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(NATS_TIMEOUT)
             .build(client);
@@ -127,7 +129,8 @@ impl Cluster {
     pub async fn connect(config: ClusterConfig) -> Result<Self, ClusterError> {
         let servers = config.servers.join(",");
         let (link_tx, link) = watch::channel(Link::Up);
-        let client = connect(&config, link_tx).await?;
+        let id = format!("{:016x}", rand::random::<u64>());
+        let client = connect(&config, link_tx, connection_name(&id)).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(NATS_TIMEOUT)
             .build(client);
@@ -135,21 +138,25 @@ impl Cluster {
             servers: servers.clone(),
             reason: e.to_string(),
         };
-        let stream = js
-            .get_or_create_stream(jetstream::stream::Config {
-                name: STREAM.into(),
-                subjects: vec![format!("{SUBJECT_PREFIX}.>")],
-                max_messages_per_subject: i64::try_from(config.replay_max_events)
-                    .unwrap_or(i64::MAX),
-                max_bytes: i64::try_from(config.replay_max_bytes).unwrap_or(i64::MAX),
-                max_age: config.replay_max_age,
-                duplicate_window: DUPLICATE_WINDOW,
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: config.replicas,
-                ..Default::default()
-            })
+        let wanted = jetstream::stream::Config {
+            name: STREAM.into(),
+            subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+            max_messages_per_subject: i64::try_from(config.replay_max_events).unwrap_or(i64::MAX),
+            max_bytes: i64::try_from(config.replay_max_bytes).unwrap_or(i64::MAX),
+            max_age: config.replay_max_age,
+            duplicate_window: DUPLICATE_WINDOW,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: config.replicas,
+            ..Default::default()
+        };
+        let mut stream = js
+            .get_or_create_stream(wanted.clone())
             .await
             .map_err(|e| unusable(&e))?;
+        if let Some(next) = reconcile(&stream.cached_info().config, &wanted, Made::Events) {
+            js.update_stream(&next).await.map_err(|e| unusable(&e))?;
+            stream = js.get_stream(STREAM).await.map_err(|e| unusable(&e))?;
+        }
         let created = stream.cached_info().created;
         let epoch = u64::try_from(created.unix_timestamp_nanos()).unwrap_or_default();
         let leases = match js.get_key_value(LEASES).await {
@@ -166,7 +173,22 @@ impl Cluster {
                 .await
                 .map_err(|e| unusable(&e))?,
         };
-        let id = format!("{:016x}", rand::random::<u64>());
+        let bucket = js
+            .get_stream(&leases.stream_name)
+            .await
+            .map_err(|e| unusable(&e))?;
+        let wanted = jetstream::stream::Config {
+            num_replicas: config.replicas,
+            max_age: config.lease_ttl,
+            ..Default::default()
+        };
+        let leases = match reconcile(&bucket.cached_info().config, &wanted, Made::Leases) {
+            Some(next) => {
+                js.update_stream(&next).await.map_err(|e| unusable(&e))?;
+                js.get_key_value(LEASES).await.map_err(|e| unusable(&e))?
+            }
+            None => leases,
+        };
         tracing::info!(nats = %servers, replica = %id, "cluster mode: connected to NATS JetStream");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -226,6 +248,76 @@ impl Cluster {
     }
 }
 
+/// Which of the two streams the gateway makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    /// The agents' event stream: copies, retention and the duplicate window are the flags'.
+    Events,
+    /// The lease bucket's stream: copies, and its `max_age` (the lease TTL).
+    Leases,
+}
+
+/// `have` (a stream as it exists) with what the flags decide of it taken from `wanted`, when
+/// that differs (`None`: nothing to change). A stream made by an earlier start keeps its
+/// settings until updated: a cluster first run with one copy (the default of
+/// `--nats-replicas`) would keep its only copy on one NATS node however the flag changes,
+/// and a bucket made with another `--lease-ttl` would expire leases between their renewals.
+/// Logged at WARN: replicas started with different flags undo each other's change.
+fn reconcile(
+    have: &jetstream::stream::Config,
+    wanted: &jetstream::stream::Config,
+    made: Made,
+) -> Option<jetstream::stream::Config> {
+    let mut next = have.clone();
+    let mut changed = Vec::new();
+    if have.num_replicas != wanted.num_replicas {
+        next.num_replicas = wanted.num_replicas;
+        changed.push(format!(
+            "copies {} -> {}",
+            have.num_replicas, wanted.num_replicas
+        ));
+    }
+    if have.max_age != wanted.max_age {
+        next.max_age = wanted.max_age;
+        changed.push(format!(
+            "max age {:?} -> {:?}",
+            have.max_age, wanted.max_age
+        ));
+    }
+    match made {
+        Made::Events => {
+            if have.max_bytes != wanted.max_bytes {
+                next.max_bytes = wanted.max_bytes;
+                changed.push(format!(
+                    "max bytes {} -> {}",
+                    have.max_bytes, wanted.max_bytes
+                ));
+            }
+            if have.max_messages_per_subject != wanted.max_messages_per_subject {
+                next.max_messages_per_subject = wanted.max_messages_per_subject;
+                changed.push(format!(
+                    "events per agent {} -> {}",
+                    have.max_messages_per_subject, wanted.max_messages_per_subject
+                ));
+            }
+            if have.duplicate_window != wanted.duplicate_window {
+                next.duplicate_window = wanted.duplicate_window;
+                changed.push(format!(
+                    "duplicate window {:?} -> {:?}",
+                    have.duplicate_window, wanted.duplicate_window
+                ));
+            }
+        }
+        // JetStream refuses a duplicate window longer than the stream's max age.
+        Made::Leases => next.duplicate_window = have.duplicate_window.min(next.max_age),
+    }
+    if changed.is_empty() {
+        return None;
+    }
+    tracing::warn!(stream = %have.name, changes = %changed.join(", "), "cluster: a stream's settings differ from the flags; updating it");
+    Some(next)
+}
+
 /// The agent's name in NATS: its credential hashed with the replicas' shared secret, in
 /// hex. Every replica computes the same; without the secret it says nothing.
 pub fn agent_name(secret: &str, agent: &Agent) -> String {
@@ -246,11 +338,12 @@ pub fn agent_name(secret: &str, agent: &Agent) -> String {
 async fn connect(
     config: &ClusterConfig,
     link: watch::Sender<Link>,
+    name: String,
 ) -> Result<async_nats::Client, ClusterError> {
     let servers = config.servers.join(",");
     let mut options = async_nats::ConnectOptions::new()
         .connection_timeout(NATS_TIMEOUT)
-        .name("gws-sms-gateway")
+        .name(name)
         .event_callback(move |event| {
             let link = link.clone();
             async move {
@@ -290,6 +383,100 @@ async fn connect(
     }
 }
 
+/// The NATS connection's name (what the servers' `/connz` shows) of replica `id`: the id the
+/// replica's lease values and its start line carry, so an operator can tell which NATS
+/// server an agent's owner is connected to.
+pub fn connection_name(id: &str) -> String {
+    format!("{CONNECTION_NAME}/{id}")
+}
+
 pub fn subject(name: &str) -> String {
     format!("{SUBJECT_PREFIX}.{name}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Made, reconcile};
+    use async_nats::jetstream::stream::Config;
+    use std::time::Duration;
+
+    fn events(replicas: usize, age: u64) -> Config {
+        Config {
+            name: "GWS_EVENTS".into(),
+            subjects: vec!["gws.events.>".into()],
+            num_replicas: replicas,
+            max_age: Duration::from_secs(age),
+            max_bytes: 1 << 20,
+            max_messages_per_subject: 100,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_stream_as_the_flags_say_is_left_alone() {
+        assert_eq!(
+            reconcile(&events(3, 600), &events(3, 600), Made::Events),
+            None
+        );
+    }
+
+    #[test]
+    fn a_stream_made_with_other_flags_gets_the_flags_settings_and_keeps_its_own() {
+        let mut have = events(1, 600);
+        have.description = Some("kept".into());
+        let mut wanted = events(3, 300);
+        wanted.max_bytes = 2 << 20;
+        wanted.max_messages_per_subject = 50;
+        let next = reconcile(&have, &wanted, Made::Events).expect("an update");
+        assert_eq!(next.num_replicas, 3);
+        assert_eq!(next.max_age, Duration::from_secs(300));
+        assert_eq!(next.max_bytes, 2 << 20);
+        assert_eq!(next.max_messages_per_subject, 50);
+        assert_eq!(next.description.as_deref(), Some("kept"), "not the flags'");
+        assert_eq!(next.subjects, have.subjects);
+    }
+
+    #[test]
+    fn the_lease_bucket_gets_the_flags_copies_and_ttl_and_nothing_else() {
+        // As a KV bucket's stream is made: its own subjects, rollups, a duplicate window as
+        // long as its max age.
+        let have = Config {
+            name: "KV_gws_leases".into(),
+            subjects: vec!["$KV.gws_leases.>".into()],
+            num_replicas: 1,
+            max_age: Duration::from_secs(15),
+            duplicate_window: Duration::from_secs(15),
+            max_messages_per_subject: 1,
+            allow_rollup: true,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let wanted = Config {
+            num_replicas: 3,
+            max_age: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let next = reconcile(&have, &wanted, Made::Leases).expect("an update");
+        assert_eq!(next.num_replicas, 3);
+        assert_eq!(next.max_age, Duration::from_secs(5));
+        assert_eq!(
+            next.duplicate_window,
+            Duration::from_secs(5),
+            "never longer than the max age (JetStream refuses that)"
+        );
+        assert_eq!(next.name, have.name);
+        assert_eq!(next.subjects, have.subjects);
+        assert_eq!(
+            next.max_messages_per_subject, 1,
+            "the bucket's, not the flags'"
+        );
+        assert!(next.allow_rollup && next.allow_direct);
+        let same = Config {
+            num_replicas: 1,
+            max_age: Duration::from_secs(15),
+            ..Default::default()
+        };
+        assert_eq!(reconcile(&have, &same, Made::Leases), None);
+    }
 }

@@ -17,7 +17,7 @@
 //! sent it before the standby subscribed), then hands the lease back, which only the
 //! claimant takes; the claimant drops what the owner published already (`Overlap`).
 
-use super::lease::{Holder, Lease, LeaseError};
+use super::lease::{Holder, Lease, LeaseError, bucket_answers};
 use super::{Cluster, Link, subject};
 use crate::bayeux::BayeuxConfig;
 use crate::events::feed::{self, Feed, Sink, Upstreamed};
@@ -34,7 +34,7 @@ use futures::StreamExt;
 use prost::Message as _;
 use prost::bytes::Bytes;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,6 +63,26 @@ const READY_EVENT_MAX: usize = 64 * 1024;
 const EXPIRY_SLACK: Duration = Duration::from_millis(50);
 /// Between attempts to follow the subject again after NATS came back.
 const RESUBSCRIBE: Duration = Duration::from_millis(200);
+/// How often the server proves an idle follower's consumer alive. A follower's consumer is
+/// one node's (JetStream keeps an ephemeral consumer on one server of a clustered stream):
+/// when that node dies, nothing else says so, and two heartbeats missed is how the follower
+/// learns it and makes another. (async-nats's ordered consumer waits for two missed 15 s
+/// heartbeats and then backs off up to 10 s between attempts: streams stood still for most
+/// of a minute when a NATS node died.)
+const FOLLOW_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long one pull request of a follower waits for messages before it asks again.
+const FOLLOW_EXPIRES: Duration = Duration::from_secs(30);
+/// Messages a follower's consumer may have in flight to it.
+const FOLLOW_BATCH: usize = 500;
+/// How long a follower waits for its consumer to be made.
+const FOLLOW_CREATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a follower's consumer outlives its follower (the server removes it then).
+const FOLLOW_INACTIVE: Duration = Duration::from_secs(30);
+/// How long this replica's NATS connection may be down before its streams are told (LOST).
+/// A clustered NATS's client moves to another server in milliseconds and the follower
+/// resumes after the last sequence it read, so nothing is missed: a notice then would be
+/// false. A NATS that is really gone is announced this much later.
+const LINK_GRACE: Duration = Duration::from_secs(2);
 
 /// What a control message says about the upstream session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,43 +183,84 @@ async fn follow(
         ready(ctx, feed, name, None).await;
     }
     let mut link = ctx.cluster.link();
+    let mut notices = LinkNotices::default();
+    let mut order = Order::default();
+    // When to try again to make a consumer (after an attempt failed).
+    let mut retry_at: Option<Instant> = None;
     loop {
-        let Some(current) = messages.as_mut() else {
-            // The NATS connection came back: a consumer from where this one stopped (the
-            // ordered consumer would notice the server's restart only after two missed
-            // heartbeats, half a minute).
-            match subscribe(stream, &subject, applied + 1).await {
-                Ok(m) => messages = Some(m),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cluster follower: consumer not made yet; retrying");
-                    tokio::select! {
-                        _ = feed.cancel.cancelled() => return "cancelled".into(),
-                        _ = tokio::time::sleep(RESUBSCRIBE) => {}
-                    }
-                }
+        let due = notices.due();
+        let grace = async move {
+            match due {
+                Some(due) => tokio::time::sleep_until(due.into()).await,
+                None => std::future::pending().await,
             }
-            continue;
         };
-        let message = tokio::select! {
-            m = current.next() => m,
-            changed = link.changed() => {
-                if changed.is_err() {
-                    return "the NATS connection closed".into();
+        // Whatever comes first: a message (or a consumer, when there is none), a change of
+        // the NATS connection, the end of its grace.
+        let step = tokio::select! {
+            step = async {
+                match (messages.as_mut(), retry_at) {
+                    (Some(current), _) => Step::Message(current.next().await),
+                    (None, Some(at)) if at > Instant::now() => {
+                        tokio::time::sleep_until(at.into()).await;
+                        Step::Retry
+                    }
+                    // A consumer from where the last one stopped.
+                    (None, _) => Step::Subscribed(subscribe(stream, &subject, applied + 1).await),
                 }
+            } => step,
+            changed = link.changed() => Step::Link(changed.is_ok()),
+            () = grace => Step::Grace,
+        };
+        let message = match step {
+            Step::Message(message) => message,
+            Step::Subscribed(Ok(m)) => {
+                messages = Some(m);
+                order = Order::default();
+                retry_at = None;
+                continue;
+            }
+            Step::Subscribed(Err(e)) => {
+                tracing::debug!(error = %e, "cluster follower: consumer not made yet; retrying");
+                retry_at = Some(Instant::now() + RESUBSCRIBE);
+                continue;
+            }
+            Step::Retry => {
+                retry_at = None;
+                continue;
+            }
+            Step::Link(false) => return "the NATS connection closed".into(),
+            Step::Link(true) => {
                 let state = *link.borrow_and_update();
                 if state == Link::Up {
+                    // The consumer may have been on the server this replica left.
                     messages = None;
+                    retry_at = None;
                 }
-                if caught_up {
-                    on_link(ctx, feed, state);
+                if let Some(tell) = notices.changed(state, Instant::now())
+                    && caught_up
+                {
+                    on_link(ctx, feed, tell);
+                }
+                continue;
+            }
+            Step::Grace => {
+                if let Some(tell) = notices.elapsed(Instant::now())
+                    && caught_up
+                {
+                    on_link(ctx, feed, tell);
                 }
                 continue;
             }
         };
         let message = match message {
             Some(Ok(m)) => m,
+            Some(Err(e)) if consumer_gone(e.kind()) => {
+                tracing::debug!(error = %e, applied, "cluster follower: consumer gone; following again after the last sequence applied");
+                messages = None;
+                continue;
+            }
             Some(Err(e)) => {
-                // The ordered consumer recreates itself from the last sequence it delivered.
                 tracing::debug!(error = %e, "cluster follower: consumer error");
                 continue;
             }
@@ -208,6 +269,15 @@ async fn follow(
         let Ok(info) = message.info() else {
             continue;
         };
+        if !order.next(info.consumer_sequence) {
+            tracing::debug!(
+                applied,
+                consumer_sequence = info.consumer_sequence,
+                "cluster follower: a message skipped; following again after the last sequence applied"
+            );
+            messages = None;
+            continue;
+        }
         let seq = info.stream_sequence;
         if first {
             first = false;
@@ -314,25 +384,134 @@ async fn follow(
     }
 }
 
-/// An ordered consumer of `subject` from `start` (0: its oldest retained message).
+/// What the follower's loop waits for.
+enum Step {
+    Message(Option<Result<jetstream::Message, pull::MessagesError>>),
+    Subscribed(Result<pull::Stream, String>),
+    /// Time to try again to make a consumer.
+    Retry,
+    /// The NATS connection changed (false: the client is gone).
+    Link(bool),
+    /// The connection has been down for the grace.
+    Grace,
+}
+
+/// A consumer of `subject` from `start` (0: its oldest retained message) and its messages:
+/// ephemeral, in memory, unacknowledged, with an idle heartbeat (see [`FOLLOW_HEARTBEAT`]).
+/// The follower checks the order itself (see [`Order`]) and makes a new one when it breaks.
 async fn subscribe(
     stream: &jetstream::stream::Stream,
     subject: &str,
     start: u64,
-) -> Result<pull::Ordered, String> {
+) -> Result<pull::Stream, String> {
     let deliver_policy = match start {
         0 => jetstream::consumer::DeliverPolicy::All,
         start_sequence => jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence },
     };
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: subject.to_string(),
-            deliver_policy,
-            ..Default::default()
-        })
+    let create = stream.create_consumer(pull::Config {
+        filter_subject: subject.to_string(),
+        deliver_policy,
+        ack_policy: jetstream::consumer::AckPolicy::None,
+        max_deliver: 1,
+        memory_storage: true,
+        num_replicas: 1,
+        inactive_threshold: FOLLOW_INACTIVE,
+        ..Default::default()
+    });
+    // Bounded below the JetStream requests' own timeout: while the stream elects a leader a
+    // request may go unanswered, and the follower asks again sooner (a consumer made by an
+    // abandoned request goes once inactive).
+    let consumer = tokio::time::timeout(FOLLOW_CREATE_TIMEOUT, create)
         .await
+        .map_err(|_| format!("no answer within {FOLLOW_CREATE_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
-    consumer.messages().await.map_err(|e| e.to_string())
+    consumer
+        .stream()
+        .max_messages_per_batch(FOLLOW_BATCH)
+        .expires(FOLLOW_EXPIRES)
+        .heartbeat(FOLLOW_HEARTBEAT)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Whether a follower's consumer still delivers the subject in order: its messages' consumer
+/// sequences must follow one another from 1. A jump means a message was dropped on the way
+/// (a slow subscriber), and the consumer is made again after the last sequence applied.
+#[derive(Debug, Default)]
+struct Order {
+    delivered: u64,
+}
+
+impl Order {
+    /// The next message's consumer sequence: false when one was skipped.
+    fn next(&mut self, consumer_sequence: u64) -> bool {
+        if consumer_sequence != self.delivered + 1 {
+            return false;
+        }
+        self.delivered = consumer_sequence;
+        true
+    }
+}
+
+/// Whether a consumer error means the consumer is gone (its node died, it was deleted, or no
+/// server answers for it): the follower then makes another.
+fn consumer_gone(kind: pull::MessagesErrorKind) -> bool {
+    match kind {
+        pull::MessagesErrorKind::MissingHeartbeat
+        | pull::MessagesErrorKind::ConsumerDeleted
+        | pull::MessagesErrorKind::NoResponders => true,
+        pull::MessagesErrorKind::Pull
+        | pull::MessagesErrorKind::PushBasedConsumer
+        | pull::MessagesErrorKind::RequestLimitExceeded
+        | pull::MessagesErrorKind::Other => false,
+    }
+}
+
+/// When a replica's streams hear of its NATS connection: a drop is told only once it has
+/// lasted [`LINK_GRACE`] (a clustered NATS's client is back on another server long before,
+/// and nothing was missed); its end is told only if the drop was.
+#[derive(Debug, Default)]
+struct LinkNotices {
+    /// Since when the connection is down, not told yet.
+    down_since: Option<Instant>,
+    /// The streams were told it is down.
+    told: bool,
+}
+
+impl LinkNotices {
+    /// The connection changed at `now`: what to tell the streams now, if anything.
+    fn changed(&mut self, link: Link, now: Instant) -> Option<Link> {
+        match link {
+            Link::Down => {
+                if !self.told && self.down_since.is_none() {
+                    self.down_since = Some(now);
+                }
+                None
+            }
+            Link::Up => {
+                self.down_since = None;
+                std::mem::take(&mut self.told).then_some(Link::Up)
+            }
+        }
+    }
+
+    /// When the drop is to be told, if one is waiting.
+    fn due(&self) -> Option<Instant> {
+        self.down_since.map(|since| since + LINK_GRACE)
+    }
+
+    /// The grace ran out at `now`: `Down` when the drop is to be told.
+    fn elapsed(&mut self, now: Instant) -> Option<Link> {
+        match self.due() {
+            Some(due) if now >= due => {
+                self.down_since = None;
+                self.told = true;
+                Some(Link::Down)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The follower has read the history: the feed's status is what its last control (or
@@ -435,6 +614,8 @@ async fn contend(
     let config = ctx.cluster.config().clone();
     // The draining owner whose handover another replica's standby claimed: not this one's.
     let mut declined = None;
+    // The bucket did not answer the last attempt.
+    let mut unanswered = false;
     loop {
         if feed.cancel.is_cancelled() {
             return;
@@ -445,46 +626,62 @@ async fn contend(
             return;
         }
         let mut wait = config.lease_renew;
-        match Lease::take(
-            ctx.cluster.leases(),
-            &name,
-            ctx.cluster.replica(),
-            config.lease_ttl,
-        )
-        .await
-        {
-            Ok(lease) => {
-                let claimed = standing_claim(&ctx, &name).await;
-                if claimed.is_some_and(|r| r.replica != ctx.cluster.replica()) {
-                    // Handed back by a draining owner to the standby that claimed it: that
-                    // one takes it (its session has run since before the old one stopped).
-                    lease.release().await;
-                    wait = HANDOVER_POLL;
-                } else {
-                    own(&ctx, &feed, &name, &shared, position.clone(), lease, None).await;
-                }
+        if unanswered {
+            // While the bucket did not answer, its owner (if any) could not renew either, and
+            // its lease may have run out meanwhile: once the bucket's leader answers again,
+            // that owner (trying every SUSPENDED_RETRY) gets a TTL to confirm it before this
+            // replica tries to take it (otherwise a NATS node's death could cost the agent a
+            // needless takeover, and what GWS sent meanwhile).
+            if bucket_answers(ctx.cluster.leases(), &name).await {
+                unanswered = false;
+                wait = config.lease_ttl;
             }
-            Err(LeaseError::Taken) => {
-                if let Ok(Some(entry)) = ctx.cluster.leases().entry(name.as_str()).await {
-                    if let Some(term) = Holder::decode(&entry.value).draining {
-                        if declined != Some(term)
-                            && standby(&ctx, &feed, &name, &shared, &position, term).await
-                                == Standing::Declined
-                        {
-                            declined = Some(term);
-                        }
+        } else {
+            match Lease::take(
+                ctx.cluster.leases(),
+                &name,
+                ctx.cluster.replica(),
+                config.lease_ttl,
+            )
+            .await
+            {
+                Ok(lease) => {
+                    let claimed = standing_claim(&ctx, &name).await;
+                    if claimed.is_some_and(|r| r.replica != ctx.cluster.replica()) {
+                        // Handed back by a draining owner to the standby that claimed it:
+                        // that one takes it (its session has run since before the old one
+                        // stopped).
+                        lease.release().await;
+                        wait = HANDOVER_POLL;
                     } else {
-                        // Try again just after the lease would run out unrenewed (the
-                        // owner's last write plus the TTL), not up to a renewal later: the
-                        // takeover after an owner dies is the TTL plus a handshake.
-                        wait = wait.min(expires_in(
-                            entry.created.unix_timestamp_nanos(),
-                            config.lease_ttl,
-                        ));
+                        own(&ctx, &feed, &name, &shared, position.clone(), lease, None).await;
                     }
                 }
+                Err(LeaseError::Taken) => {
+                    if let Ok(Some(entry)) = ctx.cluster.leases().entry(name.as_str()).await {
+                        if let Some(term) = Holder::decode(&entry.value).draining {
+                            if declined != Some(term)
+                                && standby(&ctx, &feed, &name, &shared, &position, term).await
+                                    == Standing::Declined
+                            {
+                                declined = Some(term);
+                            }
+                        } else {
+                            // Try again just after the lease would run out unrenewed (the
+                            // owner's last write plus the TTL), not up to a renewal later: the
+                            // takeover after an owner dies is the TTL plus a handshake.
+                            wait = wait.min(expires_in(
+                                entry.created.unix_timestamp_nanos(),
+                                config.lease_ttl,
+                            ));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cluster: lease not taken");
+                    unanswered = true;
+                }
             }
-            Err(e) => tracing::debug!(error = %e, "cluster: lease not taken"),
         }
         tokio::select! {
             _ = feed.cancel.cancelled() => return,
@@ -851,15 +1048,11 @@ async fn own(
     let up = lease.up();
     let state_changed = Arc::new(tokio::sync::Notify::new());
     tracing::info!(agent = ?feed.agent.key(), term, handover = standby.is_some(), "cluster: this replica owns the agent's upstream session");
+    let (standing, standing_rx) = watch::channel(Authority {
+        valid_until: lease.valid_until,
+        term,
+    });
     let lease = Arc::new(tokio::sync::Mutex::new(Some(lease)));
-    let valid = Arc::new(Mutex::new(
-        lease
-            .lock()
-            .await
-            .as_ref()
-            .map(|l| l.valid_until)
-            .unwrap_or_else(std::time::Instant::now),
-    ));
     let handed = standby.is_some();
     let (mut session, pending, mut overlap) = match standby {
         Some(Standby {
@@ -888,11 +1081,11 @@ async fn own(
     let mut sink = ClusterSink {
         js: ctx.cluster.js().clone(),
         subject,
-        term,
+        first_term: term,
         expected,
         next_id: 0,
         type_header: None,
-        valid: valid.clone(),
+        standing: standing_rx,
         had_session: previous.is_some(),
         up: up.clone(),
         state_changed: state_changed.clone(),
@@ -924,10 +1117,11 @@ async fn own(
     }
     let renewer = ctx.tasks.spawn(renew(
         lease.clone(),
-        valid,
+        standing,
         session.stop.clone(),
         fence.clone(),
         state_changed,
+        ctx.cluster.link(),
         ctx.cluster.config().lease_renew,
     ));
     let mut going = true;
@@ -942,6 +1136,8 @@ async fn own(
     let mut drain_mark = 0;
     // Once the successor said it is subscribed: its first event, if it named one.
     let mut successor: Option<Option<Event>> = None;
+    // The term the draining mark names (a successor says it is ready for that one).
+    let mut draining_term = term;
     let mut poll = tokio::time::interval(HANDOVER_POLL);
     while going {
         tokio::select! {
@@ -953,11 +1149,12 @@ async fn own(
             _ = ctx.draining.cancelled(), if handover.is_none() => {
                 handover = Some(tokio::time::Instant::now() + ctx.handover);
                 drain_mark = *position.borrow();
-                if let Some(held) = lease.lock().await.as_mut()
-                    && let Err(e) = held.mark_draining().await
-                {
-                    tracing::warn!(error = %e, "cluster: cannot mark the lease draining");
-                    going = false;
+                if let Some(held) = lease.lock().await.as_mut() {
+                    draining_term = held.term;
+                    if let Err(e) = held.mark_draining().await {
+                        tracing::warn!(error = %e, "cluster: cannot mark the lease draining");
+                        going = false;
+                    }
                 }
                 tracing::info!(agent = ?feed.agent.key(), "cluster: draining; keeping the upstream session until another replica has its own");
             }
@@ -966,7 +1163,7 @@ async fn own(
                     let ready = ctx.cluster.leases().get(ready_key(name)).await.ok().flatten();
                     successor = ready
                         .and_then(|v| Ready::parse(&v))
-                        .filter(|r| r.term == term)
+                        .filter(|r| r.term == draining_term)
                         .map(|r| r.first);
                 }
                 let handed = successor.as_ref().is_some_and(|first| {
@@ -1013,43 +1210,85 @@ async fn own(
     tracing::info!(agent = ?feed.agent.key(), term, "cluster: upstream session ended; lease handed back");
 }
 
-/// Renews the lease every `every`, and whenever `state_changed`; when it is taken, or cannot
-/// be renewed before it runs out, ends the session (`session`).
+/// How long an owner whose lease ran out unrenewed (the bucket did not answer) keeps its
+/// upstream session, publishing nothing, while it tries to confirm the lease again: a NATS
+/// cluster elects a new leader for the bucket's Raft group within its election timeout
+/// (4 to 9 s after the old one died), and the lease, renewed or reclaimed then, loses
+/// nothing. Longer, and the owner gives up (another replica's takeover says LOST). Only
+/// while this replica's NATS connection is up: one that lost it stops at the run-out. In a
+/// partition that keeps a connected owner from the bucket's leader but not other replicas,
+/// this is how long the agent may have two upstream sessions (the other one's wins: this
+/// one never publishes unconfirmed).
+const BUCKET_OUTAGE: Duration = Duration::from_secs(10);
+/// Between renewals of a lease that ran out unrenewed (see [`BUCKET_OUTAGE`]): the owner
+/// confirms it again soon after the bucket answers, well before a contender that waited
+/// for the bucket too gives up deferring to it (a TTL, see `contend`).
+const SUSPENDED_RETRY: Duration = Duration::from_millis(100);
+/// How long one such renewal may wait for its answer.
+const SUSPENDED_ATTEMPT: Duration = Duration::from_millis(400);
+
+/// What the owner's sink may do: publish until `valid_until`, as `term`.
+#[derive(Debug, Clone, Copy)]
+struct Authority {
+    valid_until: std::time::Instant,
+    term: u64,
+}
+
+/// Renews the lease every `every`, and at once when `state_changed` (the session's state goes
+/// into the lease's value). When it is taken, ends the session (`session`) and
+/// fences the sink. When it cannot be renewed before it runs out (the bucket does not
+/// answer: its Raft group electing a leader after a NATS node died, or this replica cut off),
+/// the sink publishes nothing while the session goes on, and the renewal is tried every
+/// [`SUSPENDED_RETRY`]: confirmed again (renewed, or reclaimed: see [`Lease::reclaim`]), what
+/// the session received meanwhile is published, nothing lost; taken, or not confirmed within
+/// [`BUCKET_OUTAGE`] past its run-out, the session ends as when it is taken.
 async fn renew(
     lease: Arc<tokio::sync::Mutex<Option<Lease>>>,
-    valid: Arc<Mutex<std::time::Instant>>,
+    standing: watch::Sender<Authority>,
     session: CancellationToken,
     fence: CancellationToken,
     state_changed: Arc<tokio::sync::Notify>,
+    link: watch::Receiver<Link>,
     every: Duration,
 ) {
     loop {
-        let runs_out = *valid.lock().unwrap_or_else(|e| e.into_inner());
+        let lapsed = std::time::Instant::now() >= standing.borrow().valid_until;
+        let pause = if lapsed { SUSPENDED_RETRY } else { every };
         tokio::select! {
             _ = session.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pause) => {}
             // The session's state goes into the lease at once.
             _ = state_changed.notified() => {}
-            // After renewals that failed fast, the lease may run out before the next try.
-            _ = tokio::time::sleep_until(runs_out.into()) => {}
         }
         let mut guard = lease.lock().await;
         let Some(held) = guard.as_mut() else {
             return;
         };
-        // Bounded by the lease's validity, not by the NATS request timeout (longer than a
-        // TTL): when NATS cannot be reached, the session stops when the lease may be taken
-        // by another replica, not seconds after that replica started its own.
-        let renewed = if held.valid() {
-            let runs_out = tokio::time::Instant::from_std(held.valid_until);
-            tokio::time::timeout_at(runs_out, held.renew())
-                .await
-                .unwrap_or_else(|_| Err(LeaseError::Nats("no answer before it ran out".into())))
-        } else {
-            Err(LeaseError::Nats("not renewed before it ran out".into()))
-        };
+        // Bounded: a request the bucket never answers (no leader) must not keep this owner
+        // from asking again once it has one. One whose write went through unanswered is
+        // found again by `reclaim` (the value is this owner's).
+        let attempt = if lapsed { SUSPENDED_ATTEMPT } else { every };
+        let renewed = tokio::time::timeout(attempt, async {
+            match held.renew().await {
+                Err(LeaseError::Taken) => held.reclaim().await,
+                other => other,
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err(LeaseError::Nats(format!("no answer within {attempt:?}"))));
         match renewed {
-            Ok(()) => *valid.lock().unwrap_or_else(|e| e.into_inner()) = held.valid_until,
+            Ok(()) => {
+                let was = standing.send_replace(Authority {
+                    valid_until: held.valid_until,
+                    term: held.term,
+                });
+                if std::time::Instant::now() >= was.valid_until {
+                    tracing::info!(
+                        term = held.term,
+                        "cluster: lease confirmed again after it ran out unrenewed; publishing what the session received meanwhile"
+                    );
+                }
+            }
             Err(LeaseError::Taken) => {
                 tracing::warn!("cluster: lease taken by another replica; upstream session stops");
                 guard.take();
@@ -1057,7 +1296,19 @@ async fn renew(
                 session.cancel();
                 return;
             }
-            Err(e) if !held.valid() => {
+            // Kept past the run-out only while this replica's NATS connection is up (the bucket
+            // electing a leader): cut off from NATS, it may be partitioned away, and another
+            // replica may have taken the agent, so its session ends at once (one upstream
+            // session per agent).
+            Err(e)
+                if std::time::Instant::now()
+                    >= held.valid_until
+                        + if *link.borrow() == Link::Up {
+                            BUCKET_OUTAGE
+                        } else {
+                            Duration::ZERO
+                        } =>
+            {
                 tracing::warn!(error = %e, "cluster: lease not renewed in time; upstream session stops");
                 fence.cancel();
                 session.cancel();
@@ -1072,13 +1323,15 @@ async fn renew(
 struct ClusterSink {
     js: jetstream::Context,
     subject: String,
-    term: u64,
+    /// The term this owner started with: a write by an owner of a lower term is an older
+    /// owner's late one; anything else, a newer owner's.
+    first_term: u64,
     /// The subject's last sequence as this owner knows it.
     expected: u64,
     next_id: u64,
     /// The next event's notification type header.
     type_header: Option<String>,
-    valid: Arc<Mutex<std::time::Instant>>,
+    standing: watch::Receiver<Authority>,
     /// Whether an upstream session of this agent existed before this owner's: its first
     /// subscription is then a restore (streams elsewhere may have missed events).
     had_session: bool,
@@ -1094,12 +1347,26 @@ struct ClusterSink {
 }
 
 impl ClusterSink {
-    fn valid(&self) -> bool {
-        std::time::Instant::now() < *self.valid.lock().unwrap_or_else(|e| e.into_inner())
+    /// The term to publish as, once the lease is confirmed (see [`renew`]); `None` when
+    /// this owner must stop (fenced, or the renewer gave the lease up).
+    async fn confirmed(&mut self) -> Option<u64> {
+        loop {
+            if self.session.is_cancelled() {
+                return None;
+            }
+            let standing = *self.standing.borrow_and_update();
+            if std::time::Instant::now() < standing.valid_until {
+                return Some(standing.term);
+            }
+            tokio::select! {
+                _ = self.session.cancelled() => return None,
+                changed = self.standing.changed() => changed.ok()?,
+            }
+        }
     }
 
-    /// The subject's last message: its sequence and its publisher's term.
-    async fn last_written(&self) -> Option<(u64, u64)> {
+    /// The subject's last message: its sequence, its publisher's term and its message id.
+    async fn last_written(&self) -> Option<(u64, u64, Option<String>)> {
         let stream = self.js.get_stream_no_info(super::STREAM).await.ok()?;
         let m = stream
             .get_last_raw_message_by_subject(&self.subject)
@@ -1110,32 +1377,43 @@ impl ClusterSink {
             .get(TERM)
             .and_then(|t| t.as_str().parse().ok())
             .unwrap_or(0);
-        Some((m.sequence, term))
+        let id = m
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_string());
+        Some((m.sequence, term, id))
     }
 
     /// Publishes one message; false when this owner must stop (fenced, or its lease ran out).
     async fn publish(&mut self, kind: &str, payload: Bytes, extra: Option<(&str, String)>) -> bool {
         self.next_id += 1;
-        let id = format!("{}.{}.{}", self.subject, self.term, self.next_id);
+        // The same id for every attempt (stored once), named by the term this owner started
+        // with (unique to it), whatever term it publishes as after a reclaim.
+        let id = format!("{}.{}.{}", self.subject, self.first_term, self.next_id);
         loop {
-            if self.stopped || !self.valid() || self.session.is_cancelled() {
-                // What a session received after its owner lost the lease (it ran out
-                // unrenewed, or another replica took it) is dropped here, never published:
-                // counted, and said once.
+            let confirmed = if self.stopped {
+                None
+            } else {
+                self.confirmed().await
+            };
+            let Some(term) = confirmed else {
+                // What a session received after its owner lost the lease (another replica
+                // took it, or it was not confirmed again in time) is dropped here, never
+                // published: counted, and said once.
                 crate::metrics::CLUSTER_STALE.inc();
                 if !self.stopped {
                     tracing::warn!(
                         agent = ?self.feed.agent.key(),
-                        term = self.term,
+                        term = self.first_term,
                         "cluster: this replica no longer holds the agent's lease; what its upstream session received is not published"
                     );
                     self.stopped = true;
                 }
                 return false;
-            }
+            };
             let mut headers = HeaderMap::new();
             headers.insert(KIND, kind);
-            headers.insert(TERM, self.term.to_string().as_str());
+            headers.insert(TERM, term.to_string().as_str());
             headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
             headers.insert(
                 async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -1144,7 +1422,7 @@ impl ClusterSink {
             if let Some((name, value)) = &extra {
                 headers.insert(*name, value.as_str());
             }
-            if let Some(t) = self.type_header.take() {
+            if let Some(t) = &self.type_header {
                 headers.insert(TYPE, t.as_str());
             }
             let sent = self
@@ -1158,23 +1436,44 @@ impl ClusterSink {
             match acked {
                 Ok(ack) => {
                     self.expected = ack.sequence;
+                    self.type_header = None;
                     return true;
                 }
                 Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
-                    // Someone else wrote the subject. A newer owner (a higher term): this one
-                    // is stale and stops. An older one's late write (followers drop it):
-                    // this owner goes on after it.
+                    // The subject's last message is not the one this owner last saw.
                     match self.last_written().await {
-                        Some((seq, term)) if term < self.term => self.expected = seq,
-                        _ => {
+                        // This very message: an earlier attempt was stored and its answer
+                        // lost (the stream's leader died before acknowledging it).
+                        Some((seq, _, Some(last))) if last == id => {
+                            tracing::debug!(seq, "cluster: a publish stored unanswered");
+                            self.expected = seq;
+                            self.type_header = None;
+                            return true;
+                        }
+                        // An older owner's late write (followers drop it): this owner goes on
+                        // after it.
+                        Some((seq, term, _)) if term < self.first_term => self.expected = seq,
+                        // A newer owner's: this one is stale and stops.
+                        Some(_) => {
                             crate::metrics::CLUSTER_STALE.inc();
                             tracing::warn!(
                                 agent = ?self.feed.agent.key(),
-                                term = self.term,
+                                term = self.first_term,
                                 "cluster: a newer owner wrote the agent's subject; this one stops"
                             );
                             self.stopped = true;
                             return false;
+                        }
+                        // Not answered (the stream electing a leader, say): asked again.
+                        None => {
+                            tracing::debug!("cluster: the agent's subject not readable; retrying");
+                            tokio::select! {
+                                _ = self.session.cancelled() => {
+                                    self.stopped = true;
+                                    return false;
+                                }
+                                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            }
                         }
                     }
                 }
@@ -1245,9 +1544,69 @@ impl Sink for ClusterSink {
 #[cfg(test)]
 mod tests {
     use super::{
-        Event, Overlap, READY_EVENT_MAX, Ready, Upstreamed, admits, handed_over, kv, superseded,
+        Event, LINK_GRACE, Link, LinkNotices, Order, Overlap, READY_EVENT_MAX, Ready, Upstreamed,
+        admits, handed_over, kv, superseded,
     };
     use crate::proto::StreamNotice;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_connection_back_within_the_grace_is_never_told() {
+        let t = Instant::now();
+        let mut n = LinkNotices::default();
+        assert_eq!(n.changed(Link::Down, t), None, "not at once");
+        assert_eq!(n.due(), Some(t + LINK_GRACE));
+        assert_eq!(n.elapsed(t + LINK_GRACE / 2), None, "not before the grace");
+        assert_eq!(n.changed(Link::Up, t + Duration::from_millis(5)), None);
+        assert_eq!(n.due(), None, "nothing waits");
+        assert_eq!(
+            n.elapsed(t + LINK_GRACE * 2),
+            None,
+            "and nothing is told later"
+        );
+    }
+
+    #[test]
+    fn a_drop_longer_than_the_grace_is_told_once_and_so_is_its_end() {
+        let t = Instant::now();
+        let mut n = LinkNotices::default();
+        n.changed(Link::Down, t);
+        // A second drop report does not move the deadline.
+        n.changed(Link::Down, t + Duration::from_millis(500));
+        assert_eq!(n.due(), Some(t + LINK_GRACE));
+        assert_eq!(n.elapsed(t + LINK_GRACE), Some(Link::Down));
+        assert_eq!(n.due(), None);
+        assert_eq!(n.elapsed(t + LINK_GRACE * 3), None, "told once");
+        assert_eq!(
+            n.changed(Link::Down, t + LINK_GRACE * 3),
+            None,
+            "still down"
+        );
+        assert_eq!(n.due(), None, "already told");
+        assert_eq!(n.changed(Link::Up, t + LINK_GRACE * 4), Some(Link::Up));
+        assert_eq!(
+            n.changed(Link::Up, t + LINK_GRACE * 5),
+            None,
+            "its end once"
+        );
+        // And the next drop starts over.
+        let t2 = t + LINK_GRACE * 6;
+        n.changed(Link::Down, t2);
+        assert_eq!(n.due(), Some(t2 + LINK_GRACE));
+    }
+
+    #[test]
+    fn a_consumer_is_in_order_while_its_sequences_follow_one_another_from_one() {
+        let mut o = Order::default();
+        assert!(o.next(1));
+        assert!(o.next(2));
+        assert!(!o.next(4), "3 was skipped");
+        let mut o = Order::default();
+        assert!(!o.next(2), "a new consumer starts at 1");
+        let mut o = Order::default();
+        assert!(o.next(1));
+        assert!(!o.next(1), "a repeat is out of order too");
+    }
 
     #[test]
     fn a_standby_is_superseded_once_another_owner_holds_the_lease() {

@@ -17,6 +17,7 @@ mod examples;
 mod fuzz;
 mod hostile;
 mod limits;
+mod nats_cluster;
 mod observability;
 mod operations;
 mod outcomes;
