@@ -180,7 +180,7 @@ async fn follow(
     // The last sequence applied: a consumer made again starts after it.
     let mut applied = 0u64;
     if caught_up {
-        ready(ctx, feed, name, None).await;
+        ready(ctx, feed, name, shared).await;
     }
     let mut link = ctx.cluster.link();
     let mut notices = LinkNotices::default();
@@ -292,14 +292,21 @@ async fn follow(
                 .map(|v| v.as_str().to_string())
         };
         let term = header(TERM).and_then(|t| t.parse().ok()).unwrap_or(0);
-        if term < max_term {
+        // A message skipped (a stale owner's, or one nobody of ours wrote) still counts as
+        // read: the history's end and the owner's catch-up wait on its sequence.
+        let stale = term < max_term;
+        if stale {
             crate::metrics::CLUSTER_STALE.inc();
             tracing::warn!(agent = ?feed.agent.key(), seq, term, max_term, "dropped a stale owner's message");
-            continue;
+        } else {
+            max_term = term;
         }
-        max_term = term;
         let history = !caught_up;
-        let kind = header(KIND).unwrap_or_default();
+        let kind = if stale {
+            String::new()
+        } else {
+            header(KIND).unwrap_or_default()
+        };
         let input = match kind.as_str() {
             "event" => {
                 // Only a subscribed session has events to publish.
@@ -308,26 +315,30 @@ async fn follow(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(Control::Subscribed);
                 let payload = &message.payload;
-                let Ok(response) = SessionEventsResponse::decode(payload.as_ref()) else {
-                    tracing::warn!(seq, "undecodable event in the agent's subject; skipped");
-                    continue;
-                };
-                let token = Token {
-                    epoch: ctx.cluster.epoch(),
-                    seq,
+                match SessionEventsResponse::decode(payload.as_ref()) {
+                    Err(_) => {
+                        tracing::warn!(seq, "undecodable event in the agent's subject; skipped");
+                        None
+                    }
+                    Ok(response) => {
+                        let token = Token {
+                            epoch: ctx.cluster.epoch(),
+                            seq,
+                        }
+                        .encode();
+                        let item = Item::stamped(response, token, payload);
+                        let notification_type = header(TYPE)
+                            .and_then(|t| t.parse::<i32>().ok())
+                            .and_then(|t| NotificationType::try_from(t).ok());
+                        let session = header(SESSION).unwrap_or_default();
+                        Some(Input::Stored(Stored::new(
+                            seq,
+                            item,
+                            session,
+                            notification_type,
+                        )))
+                    }
                 }
-                .encode();
-                let item = Item::stamped(response, token, payload);
-                let notification_type = header(TYPE)
-                    .and_then(|t| t.parse::<i32>().ok())
-                    .and_then(|t| NotificationType::try_from(t).ok());
-                let session = header(SESSION).unwrap_or_default();
-                Some(Input::Stored(Stored::new(
-                    seq,
-                    item,
-                    session,
-                    notification_type,
-                )))
             }
             "subscribed" | "restored" | "lost" => {
                 let control = match kind.as_str() {
@@ -375,11 +386,7 @@ async fn follow(
         position.send_replace(seq);
         if history && seq >= history_end {
             caught_up = true;
-            let last = *shared
-                .last_control
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            ready(ctx, feed, name, last).await;
+            ready(ctx, feed, name, shared).await;
         }
     }
 }
@@ -517,7 +524,11 @@ impl LinkNotices {
 /// The follower has read the history: the feed's status is what its last control (or
 /// event) said. When retention has dropped all of those, the lease says whether its holder's
 /// session is subscribed; with no holder, the next owner's control will tell.
-async fn ready(ctx: &Context, feed: &Feed, name: &str, last: Option<Control>) {
+async fn ready(ctx: &Context, feed: &Feed, name: &str, shared: &Shared) {
+    let last = *shared
+        .last_control
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let up = match last {
         Some(control) => control != Control::Lost,
         None => match ctx.cluster.leases().get(name).await {
@@ -529,6 +540,14 @@ async fn ready(ctx: &Context, feed: &Feed, name: &str, last: Option<Control>) {
             }
         },
     };
+    if up && last.is_none() {
+        // Learnt from the lease: an owner taking over from here must say LOST (its
+        // predecessor's session ran), as if the control were still in the subject.
+        *shared
+            .last_control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Control::Subscribed);
+    }
     if up {
         feed.apply(Input::Subscribed {
             restored: false,
@@ -577,6 +596,10 @@ struct Standby {
     /// The subject's position before this session started: what the old owner published
     /// after it may be in `buffer` too.
     mark: u64,
+    /// Whether the old owner handed the lease back (it published what its session had);
+    /// otherwise it ran out (the old owner died mid-drain) and what that session received
+    /// since its last publish is missed: a takeover, told as one.
+    released: bool,
 }
 
 /// Hands a session's events to its owner's loop (bounded: the session waits).
@@ -817,6 +840,10 @@ async fn standby(
     position: &watch::Receiver<u64>,
     term: u64,
 ) -> Standing {
+    if ctx.draining.is_cancelled() {
+        // This replica is shutting down too: a successor must outlive the handover.
+        return Standing::Declined;
+    }
     let mark = *position.borrow();
     let mut session = start_session(ctx, feed);
     let subscribed = tokio::time::timeout(ctx.handover, async {
@@ -830,7 +857,7 @@ async fn standby(
     })
     .await
     .unwrap_or(false);
-    if !subscribed {
+    if !subscribed || ctx.draining.is_cancelled() {
         session.stop.cancel();
         return Standing::Over;
     }
@@ -896,11 +923,16 @@ async fn standby(
                 _ => break,
             },
             _ = poll.tick() => {
+                // A lease handed back leaves a delete marker; one that ran out leaves nothing.
+                let released = matches!(
+                    ctx.cluster.leases().entry(name).await,
+                    Ok(Some(e)) if e.operation != kv::Operation::Put
+                );
                 match Lease::take(ctx.cluster.leases(), name, ctx.cluster.replica(), ctx.cluster.config().lease_ttl).await {
                     Ok(lease) => {
                         // The claim has served: no other replica holds back from the lease.
                         let _ = ctx.cluster.leases().delete(ready_key(name)).await;
-                        let standby = Standby { session, buffer, mark };
+                        let standby = Standby { session, buffer, mark, released };
                         own(ctx, feed, name, shared, position.clone(), lease, Some(standby)).await;
                         return Standing::Over;
                     }
@@ -1053,12 +1085,14 @@ async fn own(
         term,
     });
     let lease = Arc::new(tokio::sync::Mutex::new(Some(lease)));
-    let handed = standby.is_some();
+    let from_standby = standby.is_some();
+    let handed = standby.as_ref().is_some_and(|s| s.released);
     let (mut session, pending, mut overlap) = match standby {
         Some(Standby {
             session,
             buffer,
             mark,
+            ..
         }) => {
             // What the old owner published since this session started: this session has
             // received it too, or some of it, or it is on its way.
@@ -1105,16 +1139,20 @@ async fn own(
         )
         .await;
     }
-    if handed {
+    if from_standby {
         // The standby session is subscribed already. If the old owner gave up waiting and
-        // said LOST meanwhile, this session's start is a restore.
+        // said LOST meanwhile, or died mid-drain (LOST said just above), this session's
+        // start is a restore.
         up.store(true, std::sync::atomic::Ordering::Relaxed);
         state_changed.notify_one();
-        if previous == Some(Control::Lost) {
+        if !handed || previous == Some(Control::Lost) {
             sink.publish(Control::Restored.as_str(), Bytes::new(), None)
                 .await;
         }
     }
+    // However `own` ends (unwinding included), the session and its renewer end with it: a
+    // lease renewed with no session behind it would keep every other replica out.
+    let _session_ends = session.stop.clone().drop_guard();
     let renewer = ctx.tasks.spawn(renew(
         lease.clone(),
         standing,
@@ -1419,8 +1457,12 @@ impl ClusterSink {
                 async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
                 self.expected.to_string().as_str(),
             );
-            if let Some((name, value)) = &extra {
-                headers.insert(*name, value.as_str());
+            // From GWS's JSON (a session id): a CR or LF cannot be a header value, and the
+            // event goes without it rather than panic the owner.
+            if let Some((name, value)) = &extra
+                && let Ok(value) = value.parse::<async_nats::HeaderValue>()
+            {
+                headers.insert(*name, value);
             }
             if let Some(t) = &self.type_header {
                 headers.insert(TYPE, t.as_str());
