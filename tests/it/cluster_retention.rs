@@ -1,5 +1,6 @@
-//! Cluster mode when the agent's subject has been trimmed by retention: a replica that starts
-//! following then learns the upstream state from the lease, not from controls long dropped.
+//! Cluster mode at the edges of what the agent's subject holds: trimmed by retention (a
+//! replica that starts following then learns the upstream state from the lease, not from
+//! controls long dropped), and an event whose session id no NATS header can carry.
 
 use crate::support::events::{Stream, next, subscribed_at};
 use crate::support::gateway::{AGENT1, Harness, SEED_SESSION};
@@ -80,5 +81,40 @@ async fn a_replica_that_follows_after_every_control_was_trimmed_still_says_subsc
         x.resume_token, y.resume_token,
         "the same event at the same token"
     );
+    assert_eq!(a.cometd_stats("agent1").await["handshakes"], 1);
+}
+
+#[tokio::test]
+async fn a_session_id_no_nats_header_can_carry_is_delivered_and_harms_nothing() {
+    let nats = Nats::start();
+    let sim = simulator::start(&SimulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator starts");
+    let a = replica(&sim.url, &nats).await;
+    let (mut on_a, _) = stream(&a).await;
+    // GWS's JSON may hold anything in an id; a CR/LF cannot go into a NATS header value.
+    a.inject(
+        "agent1",
+        json!({
+            "messageType": "SMSsessionStateChangeMessage",
+            "notificationType": "PropertiesUpdated",
+            "smssession": { "id": "bad\r\nid", "state": "Chatting", "userData": { "tag": "odd" },
+                            "capabilities": [], "uri": "", "participants": [] }
+        }),
+    )
+    .await;
+    let odd = next(&mut on_a).await.unwrap();
+    match &odd.event {
+        Some(Event::StateChange(c)) => {
+            assert_eq!(c.session.as_ref().map(|s| s.id.as_str()), Some("bad\r\nid"))
+        }
+        other => panic!("expected the state change, got {other:?}"),
+    }
+    // The owner lives on: the next notification flows, through the same upstream session.
+    inject(&a, "after").await;
+    assert!(matches!(
+        next(&mut on_a).await.unwrap().event,
+        Some(Event::StateChange(_))
+    ));
     assert_eq!(a.cometd_stats("agent1").await["handshakes"], 1);
 }
