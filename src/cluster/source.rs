@@ -166,8 +166,12 @@ async fn follow(
         Err(e) => return format!("reading the agent's subject: {e}"),
     };
     if history_end == 0 {
-        // Nothing retained: the history starts now.
-        let now = ctx.cluster.last_seq().await.unwrap_or_default();
+        // Nothing retained: the history starts now (a floor guessed lower would let an old
+        // token replay as if nothing had been dropped).
+        let now = match ctx.cluster.last_seq().await {
+            Ok(now) => now,
+            Err(e) => return format!("reading the stream's position: {e}"),
+        };
         feed.lock().replay.set_floor(now);
     }
     let mut messages = match subscribe(stream, &subject, 0).await {
@@ -1058,13 +1062,16 @@ async fn own(
         }
     };
     // What the previous owner last said is known once the follower has read up to here.
+    // Bounded by the lease, which nobody renews meanwhile: an owner must not start a session
+    // on a lease that may have run out.
+    let catch_up = lease
+        .valid_until
+        .saturating_duration_since(std::time::Instant::now())
+        .saturating_sub(ctx.cluster.config().lease_renew);
     if expected > 0
-        && tokio::time::timeout(
-            ctx.cluster.config().lease_ttl,
-            position.wait_for(|p| *p >= expected),
-        )
-        .await
-        .map_or(true, |r| r.is_err())
+        && tokio::time::timeout(catch_up, position.wait_for(|p| *p >= expected))
+            .await
+            .map_or(true, |r| r.is_err())
     {
         lease.release().await;
         if let Some(standby) = standby {
