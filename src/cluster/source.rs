@@ -900,6 +900,16 @@ async fn standby(
             return Standing::Over;
         }
     }
+    // The handover may be over already (another standby took the lease and deleted its
+    // claim): a claim now would keep a second upstream session for nothing.
+    let still_draining = matches!(
+        ctx.cluster.leases().entry(name).await,
+        Ok(Some(e)) if e.operation == kv::Operation::Put && Holder::decode(&e.value).draining == Some(term)
+    );
+    if !still_draining {
+        session.stop.cancel();
+        return Standing::Declined;
+    }
     match claim(ctx.cluster.leases(), &ready_key(name), &ready).await {
         Ok(true) => {}
         Ok(false) => {
