@@ -244,7 +244,7 @@ async fn follow(
                 if let Some(tell) = notices.changed(state, Instant::now())
                     && caught_up
                 {
-                    on_link(ctx, feed, tell);
+                    on_link(ctx, feed, name, tell).await;
                 }
                 continue;
             }
@@ -252,7 +252,7 @@ async fn follow(
                 if let Some(tell) = notices.elapsed(Instant::now())
                     && caught_up
                 {
-                    on_link(ctx, feed, tell);
+                    on_link(ctx, feed, name, tell).await;
                 }
                 continue;
             }
@@ -562,16 +562,27 @@ async fn ready(ctx: &Context, feed: &Feed, name: &str, shared: &Shared) {
 
 /// The NATS connection went down or came back: this replica's streams are told; events
 /// the owner could not publish meanwhile are missed, and a restore brings a snapshot.
-fn on_link(ctx: &Context, feed: &Arc<Feed>, link: Link) {
-    let input = match (link, &*feed.status.borrow()) {
+async fn on_link(ctx: &Context, feed: &Arc<Feed>, name: &str, link: Link) {
+    let status = feed.status.borrow().clone();
+    let input = match (link, status) {
         (Link::Down, Upstream::Subscribed) => Input::Lost {
             reason: "this gateway replica lost its NATS connection; reconnecting".into(),
             at: None,
         },
-        (Link::Up, Upstream::Lost) => Input::Subscribed {
-            restored: true,
-            at: None,
-        },
+        (Link::Up, Upstream::Lost) => {
+            // RESTORED only if an owner's session is subscribed now (the lease says so): the
+            // owner may have lost its own meanwhile, or stopped with no successor; then the
+            // next owner's control restores these streams, and nothing says so before.
+            let holder = ctx.cluster.leases().get(name).await;
+            if matches!(holder, Ok(None)) || matches!(&holder, Ok(Some(v)) if !Holder::decode(v).up)
+            {
+                return;
+            }
+            Input::Subscribed {
+                restored: true,
+                at: None,
+            }
+        }
         _ => return,
     };
     if let Effect::ReadSnapshot { generation } = feed.apply(input) {
