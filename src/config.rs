@@ -54,6 +54,23 @@ pub enum Command {
     Client(ClientArgs),
 }
 
+/// A secret flag's value: its `Debug` (and so any `{:?}` of the arguments) never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(pub String);
+
+impl std::str::FromStr for Redacted {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// gRPC listen address.
@@ -210,10 +227,10 @@ pub struct ServeArgs {
     pub nats_user: Option<String>,
     /// Password of --nats-user.
     #[arg(long, env = "GATEWAY_NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
+    pub nats_password: Option<Redacted>,
     /// NATS authentication token (instead of --nats-user).
     #[arg(long, env = "GATEWAY_NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
+    pub nats_token: Option<Redacted>,
     /// PEM CA certificate(s) trusted for a TLS NATS (tls:// URLs, or a server requiring TLS).
     #[arg(long, env = "GATEWAY_NATS_CA")]
     pub nats_ca: Option<PathBuf>,
@@ -221,7 +238,7 @@ pub struct ServeArgs {
     /// of their credential salted with it, so NATS never sees a credential nor a hash that
     /// could be tested against guessed passwords without it. Required with --nats-url.
     #[arg(long, env = "GATEWAY_CLUSTER_SECRET", hide_env_values = true)]
-    pub cluster_secret: Option<String>,
+    pub cluster_secret: Option<Redacted>,
     /// Copies of the event stream and the lease bucket JetStream keeps (at most the NATS
     /// cluster's size; 3 on a 3-node NATS, so one NATS node may fail).
     #[arg(long, env = "GATEWAY_NATS_REPLICAS", default_value_t = 1)]
@@ -564,9 +581,9 @@ fn cluster_config(args: &ServeArgs) -> Result<Option<crate::cluster::ClusterConf
     let auth = match (&args.nats_user, &args.nats_password, &args.nats_token) {
         (None, None, None) => crate::cluster::NatsAuth::None,
         (Some(user), Some(password), None) => {
-            crate::cluster::NatsAuth::UserPassword(user.clone(), password.clone())
+            crate::cluster::NatsAuth::UserPassword(user.clone(), password.0.clone())
         }
-        (None, None, Some(token)) => crate::cluster::NatsAuth::Token(token.clone()),
+        (None, None, Some(token)) => crate::cluster::NatsAuth::Token(token.0.clone()),
         (_, _, Some(_)) => {
             return Err("--nats-token and --nats-user are alternatives: give one".into());
         }
@@ -576,7 +593,7 @@ fn cluster_config(args: &ServeArgs) -> Result<Option<crate::cluster::ClusterConf
         std::fs::metadata(ca).map_err(|e| format!("--nats-ca {}: {e}", ca.display()))?;
     }
     let secret = match &args.cluster_secret {
-        Some(s) if s.len() >= 16 => s.clone(),
+        Some(Redacted(s)) if s.len() >= 16 => s.clone(),
         Some(_) => return Err("--cluster-secret must be at least 16 bytes".into()),
         None => {
             return Err("--nats-url needs --cluster-secret (GATEWAY_CLUSTER_SECRET), the secret every replica shares".into());
@@ -934,5 +951,25 @@ mod tests {
         // The secret is never printed.
         let c = serve(&["--nats-url", "nats://a", "--cluster-secret", SECRET]).unwrap();
         assert!(!format!("{:?}", c.cluster).contains(SECRET));
+        // Nor are they in the parsed arguments, nor the NATS password or token.
+        let cli = Cli::try_parse_from([
+            "gws-sms-gateway",
+            "serve",
+            "--cluster-secret",
+            SECRET,
+            "--nats-user",
+            "u",
+            "--nats-password",
+            "a-nats-password",
+            "--nats-token",
+            "a-nats-token",
+        ])
+        .unwrap();
+        let printed = format!("{cli:?}");
+        for secret in [SECRET, "a-nats-password", "a-nats-token"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        let auth = crate::cluster::NatsAuth::UserPassword("u".into(), "a-nats-password".into());
+        assert!(!format!("{auth:?}").contains("a-nats-password"));
     }
 }

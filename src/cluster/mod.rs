@@ -37,11 +37,22 @@ const CONNECTION_NAME: &str = "gws-sms-gateway";
 /// Connecting at start, and every JetStream request.
 const NATS_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum NatsAuth {
     None,
     UserPassword(String, String),
     Token(String),
+}
+
+// By hand: a password or token is never printed.
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NatsAuth::None => "None",
+            NatsAuth::UserPassword(..) => "UserPassword(<redacted>)",
+            NatsAuth::Token(_) => "Token(<redacted>)",
+        })
+    }
 }
 
 /// The validated cluster flags.
