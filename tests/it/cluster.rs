@@ -3,6 +3,10 @@
 //! on 127.0.0.1. Waits are on stream items, health, log lines, process exits and the
 //! simulator's counters, never sleeps.
 
+use crate::support::cluster::{
+    self, SECRET, health, notice, notices_and_snapshots, properties_updated, replica, simulator,
+    with_snapshot,
+};
 use crate::support::events;
 use crate::support::gateway;
 use crate::support::nats;
@@ -10,58 +14,14 @@ use crate::support::replica::Replica;
 
 use events::{Stream, expect_notice, next, open, subscribed_at};
 use gateway::{AGENT1, Harness, SEED_SESSION, STEP, authed, eventually};
-use gws_simulator::{self as simulator, RunningSimulator, SimulatorConfig};
+use gws_simulator::RunningSimulator;
 use gws_sms_gateway::proto::session_events_response::Event;
 use gws_sms_gateway::proto::sms_session_service_client::SmsSessionServiceClient;
 use gws_sms_gateway::proto::*;
 use nats::Nats;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-const SECRET: &str = "a-test-cluster-secret";
-
-fn cluster_flags(nats: &Nats) -> Vec<String> {
-    [
-        "--nats-url",
-        &nats.url(),
-        "--cluster-secret",
-        SECRET,
-        "--lease-ttl",
-        "1500ms",
-        "--lease-renew",
-        "300ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-async fn simulator() -> RunningSimulator {
-    simulator::start(&SimulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("simulator starts")
-}
-
-async fn replica(sim: &RunningSimulator, nats: &Nats) -> Harness {
-    // RUST_LOG=gws_sms_gateway=debug shows what the replicas do.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let flags = cluster_flags(nats);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    Harness::gateway(&sim.url, &flags).await
-}
-
-fn properties_updated(tag: &str) -> Value {
-    json!({
-        "messageType": "SMSsessionStateChangeMessage",
-        "notificationType": "PropertiesUpdated",
-        "smssession": { "id": SEED_SESSION, "state": "Chatting", "userData": { "tag": tag },
-                        "capabilities": [], "uri": "", "participants": [] }
-    })
-}
 
 /// The tag of a PropertiesUpdated item (what `properties_updated` put in).
 fn tag(item: &SessionEventsResponse) -> String {
@@ -76,13 +36,6 @@ fn tag(item: &SessionEventsResponse) -> String {
                 .to_string()
         }
         other => panic!("expected a state change, got {other:?}"),
-    }
-}
-
-fn notice(item: &SessionEventsResponse) -> Option<NoticeKind> {
-    match &item.event {
-        Some(Event::Notice(n)) => NoticeKind::try_from(n.kind).ok(),
-        _ => None,
     }
 }
 
@@ -109,9 +62,9 @@ async fn three_replicas_share_one_upstream_session_and_resume_on_another_replica
     let nats = Nats::start();
     let sim = simulator().await;
     let replicas = [
-        replica(&sim, &nats).await,
-        replica(&sim, &nats).await,
-        replica(&sim, &nats).await,
+        replica(&sim, &nats.url()).await,
+        replica(&sim, &nats.url()).await,
+        replica(&sim, &nats.url()).await,
     ];
     let mut streams = Vec::new();
     for r in &replicas {
@@ -168,8 +121,8 @@ async fn three_replicas_share_one_upstream_session_and_resume_on_another_replica
 async fn wait_for_outcome_is_confirmed_on_a_replica_that_does_not_own_the_session() {
     let nats = Nats::start();
     let sim = simulator().await;
-    let owner = replica(&sim, &nats).await;
-    let other = replica(&sim, &nats).await;
+    let owner = replica(&sim, &nats.url()).await;
+    let other = replica(&sim, &nats.url()).await;
     // The first with the credential takes the lease.
     let (_stream, _) = stream_on(&owner, "").await;
     let mut c = other.client().await;
@@ -194,7 +147,7 @@ async fn wait_for_outcome_is_confirmed_on_a_replica_that_does_not_own_the_sessio
 async fn a_stale_owners_late_publish_is_not_delivered() {
     let nats = Nats::start();
     let sim = simulator().await;
-    let r = replica(&sim, &nats).await;
+    let r = replica(&sim, &nats.url()).await;
     let (mut stream, _) = stream_on(&r, "").await;
     // A replica that lost its lease long ago publishes an item (its term is below the
     // owner's): straight to the agent's subject, as its late publish would.
@@ -239,7 +192,7 @@ fn agent_name(agent: &gws_sms_gateway::upstream::Agent) -> String {
 async fn nats_restarted_mid_stream_streams_are_told_and_recover_and_unary_calls_work() {
     let mut nats = Nats::start();
     let sim = simulator().await;
-    let a = replica(&sim, &nats).await;
+    let a = replica(&sim, &nats.url()).await;
     let (mut stream, _) = stream_on(&a, "").await;
     a.inject("agent1", properties_updated("before")).await;
     assert_eq!(tag(&next(&mut stream).await.unwrap()), "before");
@@ -288,61 +241,18 @@ async fn nats_restarted_mid_stream_streams_are_told_and_recover_and_unary_calls_
     assert!(got.is_some(), "events flow again after NATS is back");
 }
 
-/// 1 SERVING, 2 NOT_SERVING.
-async fn health(h: &Harness, service: &str) -> i32 {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    let channel = tonic::transport::Channel::from_shared(h.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    tokio::time::timeout(
-        STEP,
-        HealthClient::new(channel).check(HealthCheckRequest {
-            service: service.into(),
-        }),
-    )
-    .await
-    .expect("health answers in time")
-    .map(|r| r.into_inner().status)
-    .unwrap_or(0)
-}
-
-fn with_snapshot() -> SessionEventsRequest {
-    SessionEventsRequest {
-        include_snapshot: true,
-        ..Default::default()
-    }
-}
-
-/// LOST, RESTORED and the resync snapshot, as (kind, token).
-async fn takeover_items(stream: &mut Stream) -> Vec<(String, String)> {
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        let item = next(stream).await.unwrap();
-        let kind = match &item.event {
-            Some(Event::Notice(n)) => format!("{:?}", NoticeKind::try_from(n.kind).unwrap()),
-            Some(Event::Snapshot(_)) => "snapshot".into(),
-            other => panic!("expected a notice or a snapshot, got {other:?}"),
-        };
-        got.push((kind, item.resume_token));
-    }
-    got
-}
-
 #[tokio::test]
 async fn kill_9_of_the_owner_another_replica_takes_over_and_every_stream_learns_it_at_one_sequence()
 {
     let nats = Nats::start();
     let sim = simulator().await;
     // A child process, so it can be killed with SIGKILL.
-    let process = Replica::spawn("owner", &sim.url, &cluster_flags(&nats), STEP).await;
+    let process = Replica::spawn("owner", &sim.url, &cluster::flags(&nats.url()), STEP).await;
     let owner = Harness::remote(process.addr, &sim.url).await;
     // The first replica with the credential owns the agent.
     let (_on_owner, _) = stream_on(&owner, "").await;
-    let b = replica(&sim, &nats).await;
-    let c = replica(&sim, &nats).await;
+    let b = replica(&sim, &nats.url()).await;
+    let c = replica(&sim, &nats.url()).await;
     let mut streams = Vec::new();
     for r in [&b, &c] {
         let mut s = open(r, AGENT1, with_snapshot()).await.unwrap();
@@ -358,7 +268,7 @@ async fn kill_9_of_the_owner_another_replica_takes_over_and_every_stream_learns_
     let killed = std::time::Instant::now();
     let mut seen = Vec::new();
     for s in &mut streams {
-        seen.push(takeover_items(s).await);
+        seen.push(notices_and_snapshots(s, 3).await);
     }
     println!("takeover after kill -9: {:?}", killed.elapsed());
     let kinds: Vec<&str> = seen[0].iter().map(|(k, _)| k.as_str()).collect();
@@ -417,10 +327,10 @@ fn differences(got: &[String], want: &[String]) -> String {
 async fn a_handover_to_two_standbys_loses_nothing_and_leaves_one_upstream_session() {
     let nats = Nats::start();
     let sim = simulator().await;
-    let mut owner = replica(&sim, &nats).await;
+    let mut owner = replica(&sim, &nats.url()).await;
     let (_on_owner, _) = stream_on(&owner, "").await;
-    let b = replica(&sim, &nats).await;
-    let c = replica(&sim, &nats).await;
+    let b = replica(&sim, &nats.url()).await;
+    let c = replica(&sim, &nats.url()).await;
     let mut streams = vec![stream_on(&b, "").await.0, stream_on(&c, "").await.0];
     let injected = Arc::new(Injected::default());
     let stop = tokio_util::sync::CancellationToken::new();
@@ -476,7 +386,7 @@ const HANDOVER: Duration = Duration::from_secs(10);
 const EXIT_BOUND: Duration = Duration::from_secs(HANDOVER.as_secs() + 2 + 5);
 
 fn rolling_flags(nats: &Nats) -> Vec<String> {
-    let mut flags = cluster_flags(nats);
+    let mut flags = cluster::flags(&nats.url());
     flags.extend(["--drain-timeout".into(), format!("{}s", HANDOVER.as_secs())]);
     flags
 }

@@ -5,6 +5,9 @@
 //! all on 127.0.0.1; waits are on stream items, notices, health, log lines and the
 //! simulator's counters, never sleeps.
 
+use crate::support::cluster::{
+    self, health, properties_updated, replica, simulator, with_snapshot,
+};
 use crate::support::events;
 use crate::support::gateway;
 use crate::support::link_proxy::LinkProxy;
@@ -12,59 +15,15 @@ use crate::support::nats::Nats;
 use crate::support::process;
 
 use events::{Stream, expect_notice, next, open, subscribed_at};
-use gateway::{AGENT1, Harness, SEED_SESSION, STEP, eventually};
-use gws_simulator::{self as simulator, RunningSimulator, SimulatorConfig};
+use gateway::{AGENT1, Harness, STEP, eventually};
+use gws_simulator::RunningSimulator;
 use gws_sms_gateway::proto::session_events_response::Event;
 use gws_sms_gateway::proto::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const SECRET: &str = "a-test-cluster-secret";
 /// The lease TTL the replicas run with (and its renewal): short, so takeovers are quick.
 const LEASE_TTL: Duration = Duration::from_millis(1500);
-
-fn cluster_flags(nats_url: &str) -> Vec<String> {
-    [
-        "--nats-url",
-        nats_url,
-        "--cluster-secret",
-        SECRET,
-        "--lease-ttl",
-        "1500ms",
-        "--lease-renew",
-        "300ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
-async fn simulator() -> RunningSimulator {
-    simulator::start(&SimulatorConfig::default(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("simulator starts")
-}
-
-/// An in-process replica whose NATS connection goes to `nats_url` (the server, or a proxy).
-async fn replica(sim: &RunningSimulator, nats_url: &str) -> Harness {
-    // RUST_LOG=gws_sms_gateway=debug shows what the replicas do.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let flags = cluster_flags(nats_url);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    Harness::gateway(&sim.url, &flags).await
-}
-
-fn properties_updated(tag: &str) -> Value {
-    json!({
-        "messageType": "SMSsessionStateChangeMessage",
-        "notificationType": "PropertiesUpdated",
-        "smssession": { "id": SEED_SESSION, "state": "Chatting", "userData": { "tag": tag },
-                        "capabilities": [], "uri": "", "participants": [] }
-    })
-}
 
 /// What a stream item is, for comparing streams: a notification's tag, a notice's kind or
 /// "snapshot".
@@ -148,13 +107,6 @@ async fn takeover_items(stream: &mut Stream) -> Vec<(String, String)> {
     got
 }
 
-fn with_snapshot() -> SessionEventsRequest {
-    SessionEventsRequest {
-        include_snapshot: true,
-        ..Default::default()
-    }
-}
-
 /// A stream with snapshots on `h`, past its SUBSCRIBED notice and first snapshot.
 async fn snapshot_stream(h: &Harness) -> Stream {
     let mut s = open(h, AGENT1, with_snapshot()).await.unwrap();
@@ -164,27 +116,6 @@ async fn snapshot_stream(h: &Harness) -> Stream {
         Some(Event::Snapshot(_))
     ));
     s
-}
-
-/// 1 SERVING, 2 NOT_SERVING.
-async fn health(h: &Harness, service: &str) -> i32 {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    let channel = tonic::transport::Channel::from_shared(h.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    tokio::time::timeout(
-        STEP,
-        HealthClient::new(channel).check(HealthCheckRequest {
-            service: service.into(),
-        }),
-    )
-    .await
-    .expect("health answers in time")
-    .map(|r| r.into_inner().status)
-    .unwrap_or(0)
 }
 
 const NATS_HEALTH: &str = "gws.sms.v1.Cluster";
@@ -321,7 +252,7 @@ impl Child {
         let mut child = std::process::Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--gws-url", &sim.url])
             .args(["--metrics-listen", "127.0.0.1:0"])
-            .args(cluster_flags(&nats.url()))
+            .args(cluster::flags(&nats.url()))
             // GWS_CHILD_LOG=info,gws_sms_gateway=debug shows what the child does.
             .env(
                 "RUST_LOG",

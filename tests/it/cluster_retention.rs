@@ -2,48 +2,23 @@
 //! replica that starts following then learns the upstream state from the lease, not from
 //! controls long dropped), and an event whose session id no NATS header can carry.
 
+use crate::support::cluster::{self, properties_updated};
 use crate::support::events::{Stream, next, subscribed_at};
-use crate::support::gateway::{AGENT1, Harness, SEED_SESSION};
+use crate::support::gateway::{AGENT1, Harness};
 use crate::support::nats::Nats;
 use gws_simulator::{self as simulator, SimulatorConfig};
 use gws_sms_gateway::proto::SessionEventsRequest;
 use gws_sms_gateway::proto::session_events_response::Event;
 use serde_json::json;
 
+/// A replica that keeps two events per agent: the SUBSCRIBED control leaves the subject soon.
 async fn replica(sim_url: &str, nats: &Nats) -> Harness {
-    let url = nats.url();
-    Harness::gateway(
-        sim_url,
-        &[
-            "--nats-url",
-            &url,
-            "--cluster-secret",
-            "a-test-cluster-secret",
-            "--lease-ttl",
-            "1500ms",
-            "--lease-renew",
-            "300ms",
-            // Two events per agent retained: the SUBSCRIBED control leaves the subject soon.
-            "--stream-buffer",
-            "2",
-            "--replay-max-events",
-            "2",
-        ],
-    )
-    .await
+    let extra = ["--stream-buffer", "2", "--replay-max-events", "2"];
+    cluster::replica_with(sim_url, &nats.url(), &extra).await
 }
 
 async fn inject(h: &Harness, tag: &str) {
-    h.inject(
-        "agent1",
-        json!({
-            "messageType": "SMSsessionStateChangeMessage",
-            "notificationType": "PropertiesUpdated",
-            "smssession": { "id": SEED_SESSION, "state": "Chatting", "userData": { "tag": tag },
-                            "capabilities": [], "uri": "", "participants": [] }
-        }),
-    )
-    .await;
+    h.inject("agent1", properties_updated(tag)).await;
 }
 
 async fn stream(h: &Harness) -> (Stream, String) {

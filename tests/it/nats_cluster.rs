@@ -9,13 +9,14 @@
 //! with one copy get three when the flag says so. Waits are on stream items, the servers'
 //! log lines and JetStream's own state, never sleeps.
 
+use crate::support::cluster::{SECRET, properties_updated};
 use crate::support::events;
 use crate::support::gateway;
 use crate::support::nats::NatsCluster;
 
 use async_nats::jetstream;
 use events::{Stream, subscribed_at};
-use gateway::{AGENT1, Harness, SEED_SESSION, STEP};
+use gateway::{AGENT1, Harness, STEP};
 use gws_simulator::{self as simulator, RunningSimulator, SimulatorConfig};
 use gws_sms_gateway::cluster::{LEASES, STREAM};
 use gws_sms_gateway::proto::session_events_response::Event;
@@ -26,7 +27,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-const SECRET: &str = "a-test-cluster-secret";
 /// The lease bucket's stream, as JetStream names a KV bucket's.
 const LEASES_STREAM: &str = "KV_gws_leases";
 
@@ -123,15 +123,6 @@ async fn replica_with(sim: &RunningSimulator, nats: &NatsCluster, extra: &[&str]
         stop: Some(stop),
         task,
     }
-}
-
-fn properties_updated(tag: &str) -> Value {
-    json!({
-        "messageType": "SMSsessionStateChangeMessage",
-        "notificationType": "PropertiesUpdated",
-        "smssession": { "id": SEED_SESSION, "state": "Chatting", "userData": { "tag": tag },
-                        "capabilities": [], "uri": "", "participants": [] }
-    })
 }
 
 /// One item a client read: its notification's tag or its notice, its token, when it came.

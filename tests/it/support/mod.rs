@@ -3,6 +3,7 @@
 //! network link that can be cut and healed.
 
 pub mod certs;
+pub mod cluster;
 pub mod cometd_node;
 pub mod cut_proxy;
 pub mod events;
