@@ -281,43 +281,25 @@ fn reconcile(
 ) -> Option<jetstream::stream::Config> {
     let mut next = have.clone();
     let mut changed = Vec::new();
-    if have.num_replicas != wanted.num_replicas {
-        next.num_replicas = wanted.num_replicas;
-        changed.push(format!(
-            "copies {} -> {}",
-            have.num_replicas, wanted.num_replicas
-        ));
+    // Each setting the flags decide: taken from `wanted` when it differs, and said.
+    macro_rules! adopt {
+        ($field:ident, $what:literal) => {
+            if have.$field != wanted.$field {
+                next.$field = wanted.$field;
+                changed.push(format!(
+                    concat!($what, " {:?} -> {:?}"),
+                    have.$field, wanted.$field
+                ));
+            }
+        };
     }
-    if have.max_age != wanted.max_age {
-        next.max_age = wanted.max_age;
-        changed.push(format!(
-            "max age {:?} -> {:?}",
-            have.max_age, wanted.max_age
-        ));
-    }
+    adopt!(num_replicas, "copies");
+    adopt!(max_age, "max age");
     match made {
         Made::Events => {
-            if have.max_bytes != wanted.max_bytes {
-                next.max_bytes = wanted.max_bytes;
-                changed.push(format!(
-                    "max bytes {} -> {}",
-                    have.max_bytes, wanted.max_bytes
-                ));
-            }
-            if have.max_messages_per_subject != wanted.max_messages_per_subject {
-                next.max_messages_per_subject = wanted.max_messages_per_subject;
-                changed.push(format!(
-                    "events per agent {} -> {}",
-                    have.max_messages_per_subject, wanted.max_messages_per_subject
-                ));
-            }
-            if have.duplicate_window != wanted.duplicate_window {
-                next.duplicate_window = wanted.duplicate_window;
-                changed.push(format!(
-                    "duplicate window {:?} -> {:?}",
-                    have.duplicate_window, wanted.duplicate_window
-                ));
-            }
+            adopt!(max_bytes, "max bytes");
+            adopt!(max_messages_per_subject, "events per agent");
+            adopt!(duplicate_window, "duplicate window");
         }
         // JetStream refuses a duplicate window longer than the stream's max age.
         Made::Leases => next.duplicate_window = have.duplicate_window.min(next.max_age),
