@@ -948,25 +948,21 @@ async fn standby(
                 _ => break,
             },
             _ = poll.tick() => {
-                // A lease handed back leaves a delete marker; one that ran out leaves nothing.
-                let released = matches!(
-                    ctx.cluster.leases().entry(name).await,
-                    Ok(Some(e)) if e.operation != kv::Operation::Put
-                );
-                match Lease::take(ctx.cluster.leases(), name, ctx.cluster.replica(), ctx.cluster.config().lease_ttl).await {
-                    Ok(lease) => {
-                        // The claim has served: no other replica holds back from the lease.
-                        let _ = ctx.cluster.leases().delete(ready_key(name)).await;
-                        let standby = Standby { session, buffer, mark, released };
-                        own(ctx, feed, name, shared, position.clone(), lease, Some(standby)).await;
-                        return Standing::Over;
+                // One read a tick says it all: held (by the draining owner, or by another
+                // replica), handed back (a delete marker), or run out (nothing).
+                let entry = match ctx.cluster.leases().entry(name).await {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cluster: lease not read");
+                        continue;
                     }
-                    Err(LeaseError::Taken) => {
+                };
+                match entry {
+                    Some(e) if e.operation == kv::Operation::Put => {
                         // Held by another replica: one that found this claim hands it back at
                         // once; one that took it after this claim expired keeps it, and this
                         // session is then one too many.
-                        let entry = ctx.cluster.leases().entry(name).await.ok().flatten();
-                        if entry.is_some_and(|e| superseded(e.operation, &e.value, term))
+                        if superseded(e.operation, &e.value, term)
                             && !standing_claim(ctx, name).await.is_some_and(|r| {
                                 r.term == term && r.replica == ctx.cluster.replica()
                             })
@@ -974,7 +970,21 @@ async fn standby(
                             break;
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "cluster: lease not taken"),
+                    gone => {
+                        let released = gone.is_some();
+                        match Lease::take(ctx.cluster.leases(), name, ctx.cluster.replica(), ctx.cluster.config().lease_ttl).await {
+                            Ok(lease) => {
+                                // The claim has served: no other replica holds back from the lease.
+                                let _ = ctx.cluster.leases().delete(ready_key(name)).await;
+                                let standby = Standby { session, buffer, mark, released };
+                                own(ctx, feed, name, shared, position.clone(), lease, Some(standby)).await;
+                                return Standing::Over;
+                            }
+                            // Taken in between: the next tick reads who holds it.
+                            Err(LeaseError::Taken) => {}
+                            Err(e) => tracing::debug!(error = %e, "cluster: lease not taken"),
+                        }
+                    }
                 }
             }
         }
