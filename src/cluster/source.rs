@@ -122,6 +122,29 @@ pub struct Context {
     pub handover: Duration,
 }
 
+/// The publisher's term a message carries (0: none, below every owner's).
+fn term_of(headers: Option<&HeaderMap>) -> u64 {
+    headers
+        .and_then(|h| h.get(TERM))
+        .and_then(|t| t.as_str().parse().ok())
+        .unwrap_or(0)
+}
+
+impl Context {
+    /// Applies `input` to the feed; a restore's snapshot is read in a task of the hub's.
+    fn apply(&self, feed: &Arc<Feed>, input: Input) {
+        if let Effect::ReadSnapshot { generation } = feed.apply(input) {
+            feed::spawn_resync(
+                &self.tasks,
+                feed.clone(),
+                self.gws.clone(),
+                self.read_timeout,
+                generation,
+            );
+        }
+    }
+}
+
 /// Runs `feed` from the agent's subject until the feed is cancelled, competing meanwhile for
 /// the agent's lease (the credential is in this replica's memory: the feed exists).
 pub async fn run(ctx: Context, feed: Arc<Feed>) {
@@ -295,7 +318,7 @@ async fn follow(
                 .and_then(|h| h.get(name))
                 .map(|v| v.as_str().to_string())
         };
-        let term = header(TERM).and_then(|t| t.parse().ok()).unwrap_or(0);
+        let term = term_of(headers);
         // A message skipped (a stale owner's, or one nobody of ours wrote) still counts as
         // read: the history's end and the owner's catch-up wait on its sequence.
         let stale = term < max_term;
@@ -375,16 +398,8 @@ async fn follow(
             }
             _ => None,
         };
-        if let Some(input) = input
-            && let Effect::ReadSnapshot { generation } = feed.apply(input)
-        {
-            feed::spawn_resync(
-                &ctx.tasks,
-                feed.clone(),
-                ctx.gws.clone(),
-                ctx.read_timeout,
-                generation,
-            );
+        if let Some(input) = input {
+            ctx.apply(feed, input);
         }
         applied = seq;
         position.send_replace(seq);
@@ -585,15 +600,7 @@ async fn on_link(ctx: &Context, feed: &Arc<Feed>, name: &str, link: Link) {
         }
         _ => return,
     };
-    if let Effect::ReadSnapshot { generation } = feed.apply(input) {
-        feed::spawn_resync(
-            &ctx.tasks,
-            feed.clone(),
-            ctx.gws.clone(),
-            ctx.read_timeout,
-            generation,
-        );
-    }
+    ctx.apply(feed, input);
 }
 
 /// A running upstream session of this replica; what it learns arrives on `rx`.
@@ -1448,11 +1455,7 @@ impl ClusterSink {
             .get_last_raw_message_by_subject(&self.subject)
             .await
             .ok()?;
-        let term = m
-            .headers
-            .get(TERM)
-            .and_then(|t| t.as_str().parse().ok())
-            .unwrap_or(0);
+        let term = term_of(Some(&m.headers));
         let id = m
             .headers
             .get(async_nats::header::NATS_MESSAGE_ID)
