@@ -550,14 +550,7 @@ async fn ready(ctx: &Context, feed: &Feed, name: &str, shared: &Shared) {
         .unwrap_or_else(|e| e.into_inner());
     let up = match last {
         Some(control) => control != Control::Lost,
-        None => match ctx.cluster.leases().get(name).await {
-            Ok(Some(value)) => Holder::decode(&value).up,
-            Ok(None) => false,
-            Err(e) => {
-                tracing::debug!(error = %e, "cluster follower: cannot read the agent's lease");
-                false
-            }
-        },
+        None => owner_up(ctx, name).await.unwrap_or(false),
     };
     if up && last.is_none() {
         // Learnt from the lease: an owner taking over from here must say LOST (its
@@ -575,6 +568,18 @@ async fn ready(ctx: &Context, feed: &Feed, name: &str, shared: &Shared) {
     }
 }
 
+/// Whether the agent's lease says its holder's session is subscribed (no holder: no);
+/// `None` when the lease cannot be read.
+async fn owner_up(ctx: &Context, name: &str) -> Option<bool> {
+    match ctx.cluster.leases().get(name).await {
+        Ok(value) => Some(value.is_some_and(|v| Holder::decode(&v).up)),
+        Err(e) => {
+            tracing::debug!(error = %e, "cluster follower: cannot read the agent's lease");
+            None
+        }
+    }
+}
+
 /// The NATS connection went down or came back: this replica's streams are told; events
 /// the owner could not publish meanwhile are missed, and a restore brings a snapshot.
 async fn on_link(ctx: &Context, feed: &Arc<Feed>, name: &str, link: Link) {
@@ -588,9 +593,8 @@ async fn on_link(ctx: &Context, feed: &Arc<Feed>, name: &str, link: Link) {
             // RESTORED only if an owner's session is subscribed now (the lease says so): the
             // owner may have lost its own meanwhile, or stopped with no successor; then the
             // next owner's control restores these streams, and nothing says so before.
-            let holder = ctx.cluster.leases().get(name).await;
-            if matches!(holder, Ok(None)) || matches!(&holder, Ok(Some(v)) if !Holder::decode(v).up)
-            {
+            // (Unreadable: as before the outage, restored.)
+            if !owner_up(ctx, name).await.unwrap_or(true) {
                 return;
             }
             Input::Subscribed {
