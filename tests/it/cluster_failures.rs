@@ -271,10 +271,10 @@ impl Child {
             metrics: String::new(),
             seen,
         };
-        c.addr = field(&c.wait_line("gateway serving gRPC").await, "listen")
+        c.addr = process::log_field(&c.wait_line("gateway serving gRPC").await, "listen")
             .parse()
             .expect("an address");
-        c.metrics = field(&c.wait_line("metrics serving").await, "metrics");
+        c.metrics = process::log_field(&c.wait_line("metrics serving").await, "metrics");
         c
     }
 
@@ -320,20 +320,6 @@ impl Drop for Child {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The value of `key=` in a log line.
-fn field(line: &str, key: &str) -> String {
-    let start = line
-        .find(&format!(" {key}="))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-        + key.len()
-        + 2;
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
 }
 
 #[tokio::test]

@@ -74,8 +74,10 @@ impl Gateway {
             metrics: String::new(),
         };
         let serving = g.wait_line("gateway serving gRPC");
-        g.addr = field(&serving, "listen").parse().expect("listen address");
-        g.metrics = field(&g.wait_line("metrics serving"), "metrics");
+        g.addr = process::log_field(&serving, "listen")
+            .parse()
+            .expect("listen address");
+        g.metrics = process::log_field(&g.wait_line("metrics serving"), "metrics");
         g
     }
 
@@ -111,7 +113,7 @@ impl Gateway {
 
     /// A number the gateway logged in its "open-files budget" line.
     fn budget(&self, key: &str) -> usize {
-        field(&self.wait_line("open-files budget"), key)
+        process::log_field(&self.wait_line("open-files budget"), key)
             .parse()
             .expect("a number")
     }
@@ -155,20 +157,6 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// `key=value` of a text log line.
-fn field(line: &str, key: &str) -> String {
-    let start = line
-        .find(&format!(" {key}="))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-        + key.len()
-        + 2;
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_string()
 }
 
 /// Whether a new client gets health SERVING from `addr` (a fresh connection).
@@ -473,7 +461,7 @@ async fn silent_and_dribbling_connections_are_closed_and_new_clients_served() {
             "127.0.0.1:0",
         ],
     );
-    let health: SocketAddr = field(&g.wait_line("plaintext health serving"), "health")
+    let health: SocketAddr = process::log_field(&g.wait_line("plaintext health serving"), "health")
         .parse()
         .unwrap();
     let pending = g.budget("max_pending_handshakes");

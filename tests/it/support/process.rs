@@ -31,3 +31,17 @@ pub fn signal(child: &Child, signal: &str) {
         .success();
     assert!(sent, "kill {signal} {}", child.id());
 }
+
+/// The value of `key=` in a text log line (up to the next space).
+pub fn log_field(line: &str, key: &str) -> String {
+    let start = line
+        .find(&format!(" {key}="))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        + key.len()
+        + 2;
+    line[start..]
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
